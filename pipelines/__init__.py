@@ -1,0 +1,1 @@
+"""The jobs users run and the ``hurricane`` command line."""
