@@ -11,9 +11,19 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 
-class ArchError(ValueError):
+from hurricane.errors import UserError
+
+
+class ArchError(UserError):
     """An architecture string or JSON document that cannot be read."""
+
+
+def _width(w: float) -> str:
+    # Shortest digits that read back to the same float, never in exponent form ("1e-05"
+    # would be split at its "-").
+    return np.format_float_positional(w, trim="-")
 
 
 @dataclass(frozen=True)
@@ -32,7 +42,9 @@ class Arch:
         return cls(tuple(ops), tuple(widths) if widths is not None else (1.0,) * len(ops))
 
     def __str__(self) -> str:
-        return "-".join(op if w == 1.0 else f"{op}@{w:g}" for op, w in zip(self.ops, self.widths))
+        return "-".join(
+            op if w == 1.0 else f"{op}@{_width(w)}" for op, w in zip(self.ops, self.widths)
+        )
 
     def __len__(self) -> int:
         return len(self.ops)

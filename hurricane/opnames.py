@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from hurricane.errors import UserError
+
 FAMILIES = ("mb", "ds", "fmb", "shuffle", "shufflex", "conv", "res", "skip")
 ACT_NAMES = ("relu", "relu6", "hswish")
 KERNELS = (1, 3, 5, 7, 9)
@@ -54,11 +56,19 @@ VOCABULARY: tuple[str, ...] = (
 )
 
 FBNET_OPS: tuple[str, ...] = (
-    "k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6", "skip",
+    "k3_e1",
+    "k3_e1_g2",
+    "k3_e3",
+    "k3_e6",
+    "k5_e1",
+    "k5_e1_g2",
+    "k5_e3",
+    "k5_e6",
+    "skip",
 )
 
 
-class OpNameError(ValueError):
+class OpNameError(UserError):
     """An operator name that does not follow the grammar."""
 
 
@@ -124,7 +134,9 @@ def parse_op(name: str) -> OpSpec:
             letter, value = m.group(1), int(m.group(2))
             allowed = {"k": want_k, "e": want_e, "g": want_g}[letter]
             if allowed is None:
-                raise OpNameError(f"unknown operator {name!r}: {family!r} takes no {letter!r} token")
+                raise OpNameError(
+                    f"unknown operator {name!r}: {family!r} takes no {letter!r} token"
+                )
             if letter == "k":
                 if value not in KERNELS:
                     raise OpNameError(

@@ -20,6 +20,10 @@ def check_op(spec: OpSpec, cin: int, cout: int, stride: int) -> str | None:
         return f"stride must be 1 or 2, got {stride}"
     if cin < 1 or cout < 1:
         return f"channels must be positive, got cin={cin} cout={cout}"
+    if spec.family in ("shuffle", "shufflex") and stride == 2 and cout < 2:
+        return (
+            f"{spec.name} at stride 2 needs at least 2 output channels (two branches), got {cout}"
+        )
     g = spec.channel_multiple()
     if g > 1:
         hidden = cin * (spec.expansion or 1)
@@ -228,7 +232,9 @@ def build_op(
     spec = parse_op(name) if isinstance(name, str) else name
     problem = check_op(spec, cin, cout, stride)
     if problem:
-        raise ValueError(f"cannot build {spec.name} (cin={cin}, cout={cout}, stride={stride}): {problem}")
+        raise ValueError(
+            f"cannot build {spec.name} (cin={cin}, cout={cout}, stride={stride}): {problem}"
+        )
     act = spec.act or act
     fam = spec.family
     if fam == "mb":

@@ -15,13 +15,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from hurricane.arch import Arch
+from hurricane.arch import Arch, ArchError
 from hurricane.dynamic import make_divisible
-from hurricane.ops import check_op
+from hurricane.errors import UserError
 from hurricane.opnames import ACT_NAMES, OpNameError, canonical, parse_op
+from hurricane.ops import check_op
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError):
     """A search-space file that cannot be used; the message names file, field and fix."""
 
 
@@ -139,14 +140,16 @@ class SearchSpace:
         out = []
         for i, ((cin, cout), op) in enumerate(zip(self.arch_channels(arch), arch.ops)):
             h, w = self.input_shape(i)
-            out.append(OpInstance(op, cin, cout, h, w, self.layers[i].stride, self.layer_act(i, op)))
+            out.append(
+                OpInstance(op, cin, cout, h, w, self.layers[i].stride, self.layer_act(i, op))
+            )
         return out
 
     # --- architectures ------------------------------------------------------------------
     def validate_arch(self, arch: Arch) -> Arch:
         """Return ``arch`` with canonical op names, or raise naming the first bad layer."""
         if len(arch.ops) != len(self.layers):
-            raise ValueError(
+            raise ArchError(
                 f"architecture has {len(arch.ops)} layers but space {self.name!r} has "
                 f"{len(self.layers)}"
             )
@@ -155,14 +158,14 @@ class SearchSpace:
             try:
                 op = canonical(op)
             except OpNameError as exc:
-                raise ValueError(f"layer {i}: {exc}") from None
+                raise ArchError(f"layer {i}: {exc}") from None
             if op not in layer.ops:
-                raise ValueError(
+                raise ArchError(
                     f"layer {i}: op {op!r} is not a candidate here (candidates: "
                     f"{', '.join(layer.ops)})"
                 )
             if width not in layer.widths:
-                raise ValueError(
+                raise ArchError(
                     f"layer {i}: width {width:g} is not a choice here (choices: "
                     f"{', '.join(f'{w:g}' for w in layer.widths)})"
                 )
@@ -205,7 +208,11 @@ class SearchSpace:
                 "channels": self.in_channels,
                 "classes": self.classes,
             },
-            "stem": {"cout": self.stem.cout, "kernel": self.stem.kernel, "stride": self.stem.stride},
+            "stem": {
+                "cout": self.stem.cout,
+                "kernel": self.stem.kernel,
+                "stride": self.stem.stride,
+            },
             "layers": [
                 {
                     "index": i,
@@ -265,8 +272,18 @@ def parse_space(text: str, source: str = "<string>") -> SearchSpace:
 
 
 class _SpaceReader:
-    TOP = {"name", "description", "act", "channel_divisor", "ops", "widths", "input", "stem",
-           "layers", "head"}
+    TOP = {
+        "name",
+        "description",
+        "act",
+        "channel_divisor",
+        "ops",
+        "widths",
+        "input",
+        "stem",
+        "layers",
+        "head",
+    }
     LAYER = {"cout", "stride", "ops", "widths", "act", "repeat"}
 
     def __init__(self, source: str) -> None:
@@ -294,7 +311,9 @@ class _SpaceReader:
 
     def _act(self, value: Any, where: str) -> str:
         if value not in ACT_NAMES:
-            raise self.fail(where, f"activation must be one of {', '.join(ACT_NAMES)}, got {value!r}")
+            raise self.fail(
+                where, f"activation must be one of {', '.join(ACT_NAMES)}, got {value!r}"
+            )
         return value
 
     def _widths(self, value: Any, where: str) -> tuple[float, ...]:
@@ -374,7 +393,9 @@ class _SpaceReader:
                 ops = default_ops
             else:
                 raise self.fail(f"{where}.ops", "missing, and no top-level ops list to inherit")
-            widths = self._widths(lt["widths"], f"{where}.widths") if "widths" in lt else default_widths
+            widths = (
+                self._widths(lt["widths"], f"{where}.widths") if "widths" in lt else default_widths
+            )
             layer_act = self._act(lt.get("act", act), f"{where}.act")
             repeat = self._int(lt.get("repeat", 1), f"{where}.repeat")
             for r in range(repeat):
@@ -386,7 +407,11 @@ class _SpaceReader:
             raise self.fail("head", "expected a table")
         self._keys(head_t, {"channels", "dropout"}, "head.")
         dropout = head_t.get("dropout", 0.0)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        if (
+            isinstance(dropout, bool)
+            or not isinstance(dropout, (int, float))
+            or not 0 <= dropout < 1
+        ):
             raise self.fail("head.dropout", f"must be a number in [0, 1), got {dropout!r}")
         head = HeadSpec(self._int(head_t.get("channels", 0), "head.channels", lo=0), float(dropout))
 

@@ -44,7 +44,9 @@ class Supernet(nn.Module):
         if path is None:
             arch = self.space.validate_arch(arch)
             chans = self.space.arch_channels(arch)
-            path = [(self._index[i][op], cout) for i, (op, (_, cout)) in enumerate(zip(arch.ops, chans))]
+            path = [
+                (self._index[i][op], cout) for i, (op, (_, cout)) in enumerate(zip(arch.ops, chans))
+            ]
             if len(self._paths) < 100_000:
                 self._paths[arch] = path
         return path
@@ -55,7 +57,9 @@ class Supernet(nn.Module):
             x = choices[j](x, cout)
         return self.head(x)
 
-    def sample(self, rng: random.Random, layers: list[int] | None = None, fixed: Arch | None = None) -> Arch:
+    def sample(
+        self, rng: random.Random, layers: list[int] | None = None, fixed: Arch | None = None
+    ) -> Arch:
         return self.space.sample_arch(rng, layers, fixed)
 
     def extract(self, arch: Arch | str) -> Subnet:

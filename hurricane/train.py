@@ -1,0 +1,453 @@
+"""Single-path one-shot (SPOS) supernet training, resumable and data-parallel.
+
+Every random choice of a step (the path, the batch order, the augmentation, dropout) is drawn
+from generators seeded by ``(seed, step)``, so a run killed at any point and resumed from its
+last checkpoint ends with exactly the weights of an uninterrupted run. Under ``torchrun``
+each process takes its share of every global batch and gradients are averaged by DDP (gloo on
+CPU); all processes sample the same path, so the step equals one large-batch step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import hurricane
+from hurricane.arch import Arch
+from hurricane.data import DataSplits, augment, load_data
+from hurricane.errors import UserError
+from hurricane.evaluate import accuracy, recalibrate_bn
+from hurricane.space import SearchSpace, load_space
+from hurricane.supernet import Supernet
+
+CHECKPOINT = "checkpoint.pt"
+SUMMARY = "summary.json"
+LOG = "log.jsonl"
+# Fields that may change between a run and its resumption without changing its result.
+RESUMABLE_FIELDS = {"out", "ckpt_every", "progress", "threads"}
+
+
+@dataclass
+class TrainConfig:
+    space: str = "demo"
+    data: str = "fashion-mnist"
+    out: str = "runs/train"
+    epochs: float = 1.0
+    steps: int | None = None  # overrides epochs when set
+    batch_size: int = 128  # global, split across processes
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    label_smoothing: float = 0.1
+    warmup_steps: int = 0
+    seed: int = 0
+    ckpt_every: int = 100
+    sample_layers: list[int] | None = None  # None: every layer is sampled
+    fixed: str | None = None  # arch for the layers that are not sampled
+    augment: bool = True
+    val_fraction: float = 0.1
+    train_limit: int | None = None
+    eval_limit: int | None = 2000
+    eval_paths: int = 2
+    bn_batches: int = 10
+    threads: int | None = None
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def identity(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RESUMABLE_FIELDS}
+
+
+def parse_layers(text: str | None, n_layers: int) -> list[int] | None:
+    """``"0-3,5"`` -> [0, 1, 2, 3, 5]; None or ``"all"`` -> None (every layer)."""
+    if text is None or text == "all":
+        return None
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            a, b = int(lo), int(hi) if hi else int(lo)
+        except ValueError:
+            raise UserError(f"--sample-layers: {part!r} is not a layer index or range") from None
+        if not (0 <= a <= b < n_layers):
+            raise UserError(f"--sample-layers: {part!r} is outside layers 0..{n_layers - 1}")
+        out.update(range(a, b + 1))
+    return sorted(out)
+
+
+class _Dist:
+    """Process-group facts; a single process when not launched by torchrun."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.active = self.world > 1
+        if self.active and not dist.is_initialized():
+            dist.init_process_group("gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+
+def _step_rng(seed: int, step: int, salt: int) -> int:
+    return (seed * 1_000_003 + step) * 31 + salt
+
+
+def _git_commit() -> str | None:
+    try:
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=Path(__file__).resolve().parent,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance() -> dict[str, Any]:
+    """What produced a run: versions, host, command line."""
+    return {
+        "hurricane": hurricane.__version__,
+        "git_commit": _git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "machine": platform.machine(),
+        "argv": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        space: SearchSpace | None = None,
+        data: DataSplits | None = None,
+        net: Supernet | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.dist = _Dist()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.space = space or load_space(cfg.space)
+        self.data = data or load_data(
+            cfg.data,
+            self.space.resolution,
+            self.space.in_channels,
+            self.space.classes,
+            cfg.val_fraction,
+            train_limit=cfg.train_limit,
+            eval_limit=cfg.eval_limit,
+        )
+        n_layers = len(self.space.layers)
+        self.sample_layers = cfg.sample_layers
+        if self.sample_layers is not None and any(
+            not 0 <= i < n_layers for i in self.sample_layers
+        ):
+            raise UserError(f"sample_layers {self.sample_layers} outside layers 0..{n_layers - 1}")
+        self.fixed = self.space.parse_arch(cfg.fixed) if cfg.fixed else None
+        if cfg.batch_size % self.dist.world:
+            raise UserError(
+                f"batch size {cfg.batch_size} does not split over {self.dist.world} processes"
+            )
+        self.steps_per_epoch = len(self.data.train) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                f"training split has {len(self.data.train)} images, fewer than one batch of "
+                f"{cfg.batch_size}; lower --batch-size or raise --train-limit"
+            )
+        self.total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+        torch.manual_seed(cfg.seed)
+        self.net = net or Supernet(self.space)
+        self.model: torch.nn.Module = self.net
+        if self.dist.active:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.net, find_unused_parameters=True
+            )
+        decay = [p for p in self.net.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.net.parameters() if p.ndim <= 1]
+        self.opt = torch.optim.SGD(
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.momentum > 0,
+        )
+        self.out = Path(cfg.out)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.resumed_from: list[int] = []
+        self.seconds = 0.0  # training wall time over all sessions of this run
+
+    # --- schedule and sampling ------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        if step < self.cfg.warmup_steps:
+            return self.cfg.lr * (step + 1) / self.cfg.warmup_steps
+        t = (step - self.cfg.warmup_steps) / max(1, self.total_steps - self.cfg.warmup_steps)
+        return 0.5 * self.cfg.lr * (1 + math.cos(math.pi * t))
+
+    def path_at(self, step: int) -> Arch:
+        rng = random.Random(_step_rng(self.cfg.seed, step, 1))
+        return self.net.sample(rng, self.sample_layers, self.fixed)
+
+    def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, b = divmod(step, self.steps_per_epoch)
+        gen = torch.Generator().manual_seed(_step_rng(self.cfg.seed, epoch, 2))
+        perm = torch.randperm(len(self.data.train), generator=gen)
+        idx = perm[b * self.cfg.batch_size : (b + 1) * self.cfg.batch_size]
+        idx = idx[self.dist.rank :: self.dist.world]
+        x, y = self.data.train.batch(idx)
+        if self.cfg.augment:
+            aug = torch.Generator().manual_seed(_step_rng(self.cfg.seed, step, 3 + self.dist.rank))
+            x = augment(x, aug)
+        return x, y
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def _checkpoint(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.net.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "config": dataclasses.asdict(self.cfg),
+            "history": self.history,
+            "resumed_from": self.resumed_from,
+            "seconds": self.seconds,
+            "world_size": self.dist.world,
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _atomic_save(self._checkpoint(), self.out / CHECKPOINT)
+        self.dist.barrier()
+
+    def try_resume(self) -> bool:
+        path = self.out / CHECKPOINT
+        if not path.exists():
+            return False
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        old = TrainConfig(**ckpt["config"]).identity()
+        new = self.cfg.identity()
+        changed = [k for k in new if old.get(k) != new[k]]
+        if ckpt.get("world_size", 1) != self.dist.world:
+            changed.append("world_size")
+        if changed:
+            k = changed[0]
+            raise UserError(
+                f"{self.out} holds a checkpoint of a different run ({k}: "
+                f"{old.get(k, ckpt.get('world_size'))!r} there, "
+                f"{new.get(k, self.dist.world)!r} now); use another --out or pass --fresh"
+            )
+        self.net.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.step = ckpt["step"]
+        self.history = ckpt["history"]
+        self.resumed_from = ckpt["resumed_from"] + [self.step]
+        self.seconds = ckpt["seconds"]
+        return True
+
+    # --- evaluation -----------------------------------------------------------------------
+    def eval_paths(self) -> list[Arch]:
+        rng = random.Random(_step_rng(self.cfg.seed, -1, 4))
+        return [
+            self.net.sample(rng, self.sample_layers, self.fixed) for _ in range(self.cfg.eval_paths)
+        ]
+
+    def evaluate(self) -> list[float]:
+        """Validation accuracy of fixed sample paths, each extracted with recalibrated BN;
+        the supernet itself is not touched."""
+        accs = []
+        for i, arch in enumerate(self.eval_paths()):
+            sub = self.net.extract(arch)
+            recalibrate_bn(sub, self.data.train, self.cfg.bn_batches, 256, seed=self.cfg.seed + i)
+            accs.append(accuracy(sub, self.data.val))
+        return accs
+
+    # --- the loop -------------------------------------------------------------------------
+    def log(self, msg: str) -> None:
+        if self.dist.main:
+            tqdm.write(msg, file=sys.stderr)
+
+    def train(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.try_resume():
+            self.log(f"resuming {self.out} at step {self.step}/{self.total_steps}")
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc="supernet",
+            unit="step",
+            disable=not (cfg.progress and self.dist.main),
+            dynamic_ncols=True,
+        )
+        loss_sum, correct, seen, images = 0.0, 0, 0, 0
+        t_session = time.perf_counter()
+        t_last = t_session
+        self.model.train()
+        try:
+            while self.step < self.total_steps:
+                step = self.step
+                arch = self.path_at(step)
+                x, y = self.batch_at(step)
+                for group in self.opt.param_groups:
+                    group["lr"] = self.lr_at(step)
+                torch.manual_seed(_step_rng(cfg.seed, step, 5 + self.dist.rank))
+                logits = self.model(x, arch)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                self.step += 1
+                loss_sum += float(loss.detach()) * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                seen += len(y)
+                images += len(y) * self.dist.world
+                bar.update(1)
+                if self.step % 10 == 0:
+                    bar.set_postfix(loss=f"{loss_sum / max(1, seen):.3f}")
+                epoch_end = self.step % self.steps_per_epoch == 0 or self.step == self.total_steps
+                if epoch_end:
+                    now = time.perf_counter()
+                    self.seconds += now - t_last
+                    t_last = now
+                    self._end_epoch(loss_sum / max(1, seen), correct / max(1, seen))
+                    loss_sum, correct, seen = 0.0, 0, 0
+                if self.step % cfg.ckpt_every == 0 or self.step == self.total_steps:
+                    now = time.perf_counter()
+                    self.seconds += now - t_last
+                    t_last = now
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            bar.close()
+            self.seconds += time.perf_counter() - t_last
+            self.save_checkpoint()
+            self.log(f"interrupted: saved step {self.step}/{self.total_steps}; run again to resume")
+            raise
+        bar.close()
+        session = time.perf_counter() - t_session
+        return self._finish(images, session)
+
+    def _end_epoch(self, loss: float, acc: float) -> None:
+        epoch = math.ceil(self.step / self.steps_per_epoch)
+        n_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        val = self.evaluate() if self.dist.main and self.cfg.eval_paths else []
+        record = {
+            "epoch": epoch,
+            "step": self.step,
+            "train_loss": round(loss, 5),
+            "train_acc": round(acc, 5),
+            "val_acc_paths": [round(a, 5) for a in val],
+            "lr": self.lr_at(self.step - 1),
+            "seconds": round(self.seconds, 2),
+        }
+        self.history.append(record)
+        val_txt = f" val_acc(paths) {' '.join(f'{a:.4f}' for a in val)}" if val else ""
+        self.log(
+            f"epoch {epoch}/{n_epochs} step {self.step}/{self.total_steps} loss {loss:.4f} "
+            f"train_acc {acc:.4f}{val_txt} lr {record['lr']:.4f} time {self.seconds:.1f}s"
+        )
+        if self.dist.main:
+            with open(self.out / LOG, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _finish(self, images: int, session_seconds: float) -> dict[str, Any]:
+        digest = state_digest(self.net)
+        in_sync = True
+        if self.dist.active:
+            digests: list[str | None] = [None] * self.dist.world
+            dist.all_gather_object(digests, digest)
+            in_sync = len(set(digests)) == 1
+            if not in_sync:
+                raise RuntimeError(f"DDP processes ended with different weights: {digests}")
+        summary = {
+            "config": dataclasses.asdict(self.cfg),
+            "space": self.space.name,
+            "space_source": self.space.source,
+            "data": self.data.describe(),
+            "world_size": self.dist.world,
+            "ranks_in_sync": in_sync,
+            "steps": self.step,
+            "total_steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "resumed_from": self.resumed_from,
+            "train_seconds": round(self.seconds, 2),
+            "session_images_per_s": round(images / session_seconds, 1) if session_seconds else None,
+            "history": self.history,
+            "state_sha256": digest,
+            "provenance": provenance(),
+        }
+        if self.dist.main:
+            _atomic_save(
+                {
+                    "space": self.space.name,
+                    "config": summary["config"],
+                    "model": self.net.state_dict(),
+                },
+                self.out / "supernet.pt",
+            )
+            _write_json(self.out / SUMMARY, summary)
+            self.log(f"done: {self.step} steps; supernet and summary in {self.out}")
+        self.dist.barrier()
+        return summary
+
+
+def train(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
+    """Train (or resume) the supernet run in ``cfg.out``; return its summary."""
+    out = Path(cfg.out)
+    if fresh and int(os.environ.get("RANK", "0")) == 0:
+        for name in (CHECKPOINT, SUMMARY, LOG, "supernet.pt"):
+            (out / name).unlink(missing_ok=True)
+    trainer = Trainer(cfg)
+    trainer.dist.barrier()
+    return trainer.train()

@@ -1,0 +1,194 @@
+"""The ``hurricane`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from hurricane.errors import UserError
+
+DEMO_OUT = "runs/demo"
+
+
+def _space_show(args: argparse.Namespace) -> int:
+    from hurricane.space import load_space
+
+    space = load_space(args.space)
+    summary = space.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    h, w = space.resolution
+    print(f"space {space.name} ({space.source}): {space.description}")
+    print(
+        f"input {space.in_channels}x{h}x{w}, {space.classes} classes; "
+        f"stem conv_k{space.stem.kernel} -> {space.stem.cout} stride {space.stem.stride}; "
+        f"head {space.head.channels or 'none'}"
+    )
+    print(f"{'layer':>5}  {'input':>9}  {'cout (widths)':<22} {'s':>1}  {'act':<6}  candidates")
+    for layer in summary["layers"]:
+        chans = layer["channels"]
+        cout = f"{layer['cout']}" + (f" ({','.join(map(str, chans))})" if len(chans) > 1 else "")
+        hw = "x".join(map(str, layer["input_hw"]))
+        cands = layer["candidates"]
+        print(
+            f"{layer['index']:>5}  {hw:>9}  {cout:<22} {layer['stride']:>1}  {layer['act']:<6}  "
+            f"{len(cands)}: {' '.join(cands)}"
+        )
+    print(f"operator instances: {summary['num_op_instances']}")
+    print(f"log10 size: {summary['log10_size']:.2f}")
+    return 0
+
+
+def _space_list(args: argparse.Namespace) -> int:
+    from hurricane.space import builtin_spaces, load_space
+
+    for name in builtin_spaces():
+        space = load_space(name)
+        print(
+            f"{name:<10} {len(space.layers):>3} layers  log10 size {space.log10_size():6.2f}  "
+            f"{space.description}"
+        )
+    return 0
+
+
+def _add_train_args(p: argparse.ArgumentParser, out_default: str) -> None:
+    from hurricane.train import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--space", default=d.space, help="built-in space name or TOML file")
+    p.add_argument(
+        "--data",
+        default=d.data,
+        help="fashion-mnist | cifar10:DIR | imagefolder:DIR | idx:DIR (default: %(default)s)",
+    )
+    p.add_argument("--out", default=out_default, help="run folder (checkpoints, summary)")
+    p.add_argument("--epochs", type=float, default=d.epochs)
+    p.add_argument(
+        "--steps", type=int, default=None, help="train this many steps (overrides --epochs)"
+    )
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="checkpoint every N steps")
+    p.add_argument(
+        "--sample-layers",
+        default=None,
+        help="layers to sample, e.g. '0-3,5' (default: all); the others stay at --fixed",
+    )
+    p.add_argument("--fixed", default=None, help="architecture string for the unsampled layers")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--train-limit", type=int, default=None, help="use at most N training images")
+    p.add_argument(
+        "--eval-limit", type=int, default=d.eval_limit, help="validation images per eval"
+    )
+    p.add_argument("--eval-paths", type=int, default=d.eval_paths, help="paths evaluated per epoch")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--fresh", action="store_true", help="discard a checkpoint in --out and start over"
+    )
+
+
+def _train_config(args: argparse.Namespace):
+    from hurricane.space import load_space
+    from hurricane.train import TrainConfig, parse_layers
+
+    space = load_space(args.space)
+    return TrainConfig(
+        space=args.space,
+        data=args.data,
+        out=args.out,
+        epochs=args.epochs,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        warmup_steps=args.warmup_steps,
+        seed=args.seed,
+        ckpt_every=args.ckpt_every,
+        sample_layers=parse_layers(args.sample_layers, len(space.layers)),
+        fixed=str(space.parse_arch(args.fixed)) if args.fixed else None,
+        augment=not args.no_augment,
+        val_fraction=args.val_fraction,
+        train_limit=args.train_limit,
+        eval_limit=args.eval_limit,
+        eval_paths=args.eval_paths,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from hurricane.train import train
+
+    summary = train(_train_config(args), fresh=args.fresh)
+    last = summary["history"][-1] if summary["history"] else {}
+    if summary["world_size"] == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(
+            f"trained {summary['steps']} steps in {summary['train_seconds']:.1f}s; "
+            f"last epoch loss {last.get('train_loss', float('nan')):.4f}; "
+            f"outputs in {args.out}"
+        )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """The embedded default: a short supernet training run on the demo space."""
+    print("Hurricane demo: SPOS supernet training on the demo space with Fashion-MNIST")
+    return _train(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hurricane",
+        description="Hardware-aware neural architecture search: profile devices, search under "
+        "a latency budget, hand over a verified model.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    space = sub.add_parser("space", help="inspect search spaces")
+    space_sub = space.add_subparsers(dest="space_command", required=True)
+    show = space_sub.add_parser("show", help="layers, candidates, operator instances, size")
+    show.add_argument(
+        "space", help="built-in space name (demo, default, fbnet, proxyless) or TOML file"
+    )
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(func=_space_show)
+    lst = space_sub.add_parser("list", help="the built-in spaces")
+    lst.set_defaults(func=_space_list)
+
+    train = sub.add_parser("train", help="train a weight-sharing supernet (SPOS); resumable")
+    _add_train_args(train, "runs/train")
+    train.set_defaults(func=_train)
+
+    demo = sub.add_parser("demo", help="the embedded default job (short run on the demo space)")
+    _add_train_args(demo, DEMO_OUT)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"hurricane: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hurricane: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
