@@ -10,6 +10,7 @@ into ``train`` and ``val`` by a seeded permutation; search uses ``val``, never `
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 from dataclasses import dataclass
@@ -133,7 +134,13 @@ def _read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not an IDX file (bad magic number)")
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    offset = 4 + 4 * ndim
+    if len(data) - offset != math.prod(dims):
+        raise DataError(
+            f"{path}: IDX header promises {math.prod(dims)} bytes of data but the file holds "
+            f"{len(data) - offset}; the file is truncated or corrupt, reinstall or re-download it"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -159,6 +166,11 @@ def _load_idx(folder: Path, what: str) -> tuple[TensorImages, TensorImages]:
     for split in ("train", "test"):
         images = torch.from_numpy(_read_idx(files[split, "images-idx3-ubyte"]).copy())
         labels = torch.from_numpy(_read_idx(files[split, "labels-idx1-ubyte"]).astype(np.int64))
+        if len(images) != len(labels):
+            raise DataError(
+                f"{files[split, 'images-idx3-ubyte']} holds {len(images)} images but "
+                f"{files[split, 'labels-idx1-ubyte']} holds {len(labels)} labels; they must match"
+            )
         out.append(TensorImages(images.unsqueeze(1), labels, (0.2860,), (0.3530,)))
     return out[0], out[1]
 
@@ -244,13 +256,13 @@ def load_data(
     """Load ``spec`` for a space with this input; the last ``val_fraction`` of a seeded
     permutation of the training set becomes the validation split."""
     kind, _, path = spec.partition(":")
-    if not path:
+    if Path(spec).expanduser().is_dir():  # a bare folder, even one with ':' in its name
+        kind, path = _guess_kind(Path(spec).expanduser()), spec
+    elif not path:
         if kind in ("fashion-mnist", "fmnist"):
             path = os.environ.get("HURRICANE_FASHION_MNIST", FASHION_MNIST_DIR)
         elif kind in ("cifar10", "imagefolder", "idx"):
             raise DataError(f"data spec {spec!r} needs a folder: {kind}:PATH")
-        elif Path(spec).expanduser().is_dir():
-            kind, path = _guess_kind(Path(spec).expanduser()), spec
         else:
             raise DataError(
                 f"unknown data set {spec!r}: neither a known name (fashion-mnist, cifar10:PATH, "

@@ -79,7 +79,10 @@ class DynConv2d(nn.Module):
         self.padding = kernel // 2
         fan_in = 1 if depthwise else cin // groups
         self.weight = nn.Parameter(torch.empty(cout, fan_in, kernel, kernel))
-        nn.init.kaiming_normal_(self.weight, mode="fan_out")
+        # He init over the fan-out of one group (timm's rule): torch's own fan_out ignores
+        # groups and would start depthwise filters ~sqrt(channels) times too small.
+        fan_out = kernel * kernel * (1 if depthwise else cout // groups)
+        nn.init.normal_(self.weight, std=math.sqrt(2.0 / fan_out))
         self.bias = nn.Parameter(torch.zeros(cout)) if bias else None
 
     def active_weight(self, cin: int, cout: int) -> torch.Tensor:

@@ -16,8 +16,10 @@ import math
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,9 +146,10 @@ def provenance() -> dict[str, Any]:
     }
 
 
-def state_digest(module: torch.nn.Module) -> str:
+def state_digest(module: torch.nn.Module, params_only: bool = False) -> str:
     h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    items = module.named_parameters() if params_only else module.state_dict().items()
+    for name, tensor in sorted(items):
         h.update(name.encode())
         h.update(tensor.detach().contiguous().cpu().numpy().tobytes())
     return h.hexdigest()
@@ -162,6 +165,27 @@ def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+class _StopOnInterrupt:
+    """Turn the first Ctrl-C into a request to stop after the current step, so a checkpoint
+    never holds a half-applied step; a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
 
 
 class Trainer:
@@ -335,8 +359,11 @@ class Trainer:
         t_session = time.perf_counter()
         t_last = t_session
         self.model.train()
+        stop = _StopOnInterrupt()
         try:
             while self.step < self.total_steps:
+                if stop.requested:
+                    raise KeyboardInterrupt
                 step = self.step
                 arch = self.path_at(step)
                 x, y = self.batch_at(step)
@@ -374,6 +401,8 @@ class Trainer:
             self.save_checkpoint()
             self.log(f"interrupted: saved step {self.step}/{self.total_steps}; run again to resume")
             raise
+        finally:
+            stop.restore()
         bar.close()
         session = time.perf_counter() - t_session
         return self._finish(images, session)
@@ -402,14 +431,18 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
 
     def _finish(self, images: int, session_seconds: float) -> dict[str, Any]:
-        digest = state_digest(self.net)
         in_sync = True
         if self.dist.active:
+            # Parameters must agree exactly; BN running statistics are per process (each saw
+            # its own shard), so take rank 0's, as DDP does at every forward.
             digests: list[str | None] = [None] * self.dist.world
-            dist.all_gather_object(digests, digest)
+            dist.all_gather_object(digests, state_digest(self.net, params_only=True))
             in_sync = len(set(digests)) == 1
             if not in_sync:
                 raise RuntimeError(f"DDP processes ended with different weights: {digests}")
+            for buf in self.net.buffers():
+                dist.broadcast(buf, 0)
+        digest = state_digest(self.net)
         summary = {
             "config": dataclasses.asdict(self.cfg),
             "space": self.space.name,

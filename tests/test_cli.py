@@ -1,0 +1,285 @@
+"""The ``hurricane`` command line (pipelines.cli), mostly in-process through ``main``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hurricane.data import FASHION_MNIST_DIR
+from hurricane.space import builtin_spaces, load_space
+from pipelines.cli import main
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+BUILTINS = ["default", "demo", "fbnet", "proxyless"]
+
+needs_fmnist = pytest.mark.skipif(
+    not (Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
+
+TINY = """\
+name = "tiny-cli"
+description = "two layers for a quick CLI run"
+channel_divisor = 4
+
+[input]
+resolution = 28
+channels = 1
+classes = 10
+
+[stem]
+cout = 8
+stride = 2
+
+[[layers]]
+cout = 16
+stride = 2
+ops = ["mb_k3_e3", "ds_k3"]
+widths = [0.5, 1.0]
+
+[[layers]]
+cout = 16
+ops = ["mb_k3_e3", "ds_k3", "skip"]
+
+[head]
+channels = 32
+"""
+
+
+def _error_line(capsys) -> str:
+    """The one line a user error prints; nothing else on stderr."""
+    err = capsys.readouterr().err
+    lines = err.strip("\n").split("\n")
+    assert len(lines) == 1, err
+    assert lines[0].startswith("hurricane: error: "), err
+    assert err.endswith("\n")
+    return lines[0]
+
+
+# --- help and spaces ---------------------------------------------------------------------------
+
+
+def test_help_in_process(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("space", "train", "demo"):
+        assert command in out
+
+
+def test_help_entry_point() -> None:
+    """The installed console script, next to this interpreter."""
+    script = Path(sys.executable).parent / "hurricane"
+    if not script.exists():
+        pytest.skip(f"no console script at {script}")
+    proc = subprocess.run(
+        [str(script), "--help"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: hurricane")
+    assert "{space,train,demo}" in proc.stdout
+    assert proc.stderr == ""
+
+
+def test_train_help_lists_options(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--space", "--data", "--steps", "--sample-layers", "--fixed", "--fresh"):
+        assert option in out
+
+
+def test_space_show_json(capsys) -> None:
+    assert main(["space", "show", "demo", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    space = load_space("demo")
+    assert shown["name"] == "demo"
+    assert shown["num_op_instances"] == len(space.op_instances())
+    assert shown["log10_size"] == pytest.approx(space.log10_size())
+    assert isinstance(shown["layers"], list)
+    assert len(shown["layers"]) == len(space.layers) == 6
+    for entry, layer in zip(shown["layers"], space.layers):
+        assert isinstance(entry, dict)
+        assert entry["candidates"] == list(layer.ops)
+        assert len(entry["candidates"]) == 12
+    assert shown == json.loads(json.dumps(space.summary()))
+
+
+def test_space_show_text(capsys) -> None:
+    assert main(["space", "show", "demo"]) == 0
+    out = capsys.readouterr().out
+    space = load_space("demo")
+    assert f"log10 size: {space.log10_size():.2f}" in out
+    assert f"operator instances: {len(space.op_instances())}" in out
+    assert "input 1x28x28, 10 classes" in out
+    assert "12: mb_k3_e3 " in out  # candidates of a layer
+
+
+def test_space_show_file(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    assert main(["space", "show", str(path), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["name"] == "tiny-cli"
+    assert [layer["candidates"] for layer in shown["layers"]] == [
+        ["mb_k3_e3", "ds_k3"],
+        ["mb_k3_e3", "ds_k3", "skip"],
+    ]
+    assert shown["log10_size"] == pytest.approx(float(torch.tensor(4 * 3.0).log10()))
+
+
+def test_space_show_bad_file(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(TINY.replace('"mb_k3_e3", "ds_k3"]', '"mb_k3_e3", "warp_k9"]', 1))
+    assert main(["space", "show", str(path)]) == 2
+    line = _error_line(capsys)
+    assert str(path) in line
+    assert "layers[0].ops[1]" in line
+    assert "warp_k9" in line
+
+
+def test_space_show_not_toml(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("name = \n[input\n")
+    assert main(["space", "show", str(path)]) == 2
+    line = _error_line(capsys)
+    assert str(path) in line
+    assert "not valid TOML" in line
+
+
+def test_space_show_unknown_name(capsys) -> None:
+    assert main(["space", "show", "no-such-space"]) == 2
+    line = _error_line(capsys)
+    assert "no-such-space" in line
+    for name in BUILTINS:
+        assert name in line
+
+
+def test_space_list(capsys) -> None:
+    assert main(["space", "list"]) == 0
+    lines = capsys.readouterr().out.strip().split("\n")
+    assert [line.split()[0] for line in lines] == BUILTINS == builtin_spaces()
+    demo = lines[BUILTINS.index("demo")]
+    assert f"{len(load_space('demo').layers)} layers" in demo
+    assert f"log10 size {load_space('demo').log10_size():6.2f}" in demo
+
+
+# --- train: user errors ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--data", "imagefolder:{tmp}/nowhere"], ["does not exist", "nowhere"]),
+        (["--data", "{tmp}/nowhere"], ["unknown data set", "nowhere"]),
+        (["--sample-layers", "0-99"], ["--sample-layers", "0-99", "0..5"]),
+        (["--sample-layers", "two"], ["--sample-layers", "two"]),
+        (["--fixed", "mb_k3_e3-nonsense_op"], ["layers", "space"]),
+        (["--fixed", "mb_k3_e3-mb_k3_e3-mb_k3_e3-mb_k3_e3-mb_k3_e3-warp_k9"], ["layer 5"]),
+        (["--space", "no-such-space"], ["no-such-space", "built-in"]),
+    ],
+)
+@pytest.mark.parametrize("command", ["train", "demo"])
+def test_train_user_errors(tmp_path: Path, capsys, command: str, args, words) -> None:
+    args = [a.format(tmp=tmp_path) for a in args]
+    out = tmp_path / "run"
+    code = main([command, *args, "--out", str(out), "--no-progress", "--threads", "1"])
+    line = _error_line(capsys)
+    assert code == 2
+    for word in words:
+        assert word in line
+    assert not (out / "checkpoint.pt").exists()
+
+
+# --- train: a real, tiny run -------------------------------------------------------------------
+
+
+@needs_fmnist
+def test_train_resume_and_fresh(tmp_path: Path, capsys) -> None:
+    space = tmp_path / "tiny.toml"
+    space.write_text(TINY)
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--space",
+        str(space),
+        "--steps",
+        "4",
+        "--batch-size",
+        "16",
+        "--train-limit",
+        "64",
+        "--eval-limit",
+        "50",
+        "--eval-paths",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
+
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "trained 4 steps" in captured.out
+    for name in ("summary.json", "checkpoint.pt", "supernet.pt", "log.jsonl"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == summary["total_steps"] == 4
+    assert summary["steps_per_epoch"] == 4
+    assert summary["space"] == "tiny-cli"
+    assert summary["data"]["train"] == 64
+    assert summary["data"]["val"] == 50
+    assert summary["resumed_from"] == []
+    assert len(summary["history"]) == 1
+    record = summary["history"][0]
+    assert record["step"] == 4
+    assert len(record["val_acc_paths"]) == 1
+    assert 0.0 <= record["val_acc_paths"][0] <= 1.0
+    assert record["train_loss"] > 0
+    log = (out / "log.jsonl").read_text().strip().split("\n")
+    assert [json.loads(line) for line in log] == summary["history"]
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert ckpt["step"] == 4
+    assert ckpt["config"]["lr"] == 0.1
+    digest = summary["state_sha256"]
+
+    # The same command again resumes at the end: nothing more is trained.
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "trained 4 steps" in captured.out
+    assert "resuming" in captured.err
+    assert "step 4/4" in captured.err
+    again = json.loads((out / "summary.json").read_text())
+    assert again["steps"] == 4
+    assert again["resumed_from"] == [4]
+    assert again["history"] == summary["history"]
+    assert again["state_sha256"] == digest
+    assert len((out / "log.jsonl").read_text().strip().split("\n")) == 1
+
+    # A different learning rate is a different run: refused, with what to do.
+    assert main([*args, "--lr", "0.05"]) == 2
+    line = _error_line(capsys)
+    assert "lr" in line
+    assert "0.05" in line
+    assert "--fresh" in line
+    assert json.loads((out / "summary.json").read_text())["state_sha256"] == digest
+
+    # --fresh starts over with the new settings.
+    assert main([*args, "--lr", "0.05", "--fresh"]) == 0
+    capsys.readouterr()
+    fresh = json.loads((out / "summary.json").read_text())
+    assert fresh["steps"] == 4
+    assert fresh["resumed_from"] == []
+    assert fresh["config"]["lr"] == 0.05
+    assert fresh["state_sha256"] != digest
+    assert len((out / "log.jsonl").read_text().strip().split("\n")) == 1

@@ -1,0 +1,213 @@
+"""SPOS training on real Fashion-MNIST: learning, exact resume after a kill, 2-process DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hurricane.errors import UserError
+from hurricane.space import load_space
+from hurricane.supernet import Supernet
+from hurricane.train import TrainConfig, Trainer, parse_layers, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(Path(__file__).parent / "spaces" / "tiny.toml")
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def cli_args(out: Path, steps: int, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--space", TINY,
+        "--out", str(out),
+        "--steps", str(steps),
+        "--batch-size", "32",
+        "--train-limit", "640",
+        "--eval-limit", "200",
+        "--eval-paths", "1",
+        "--threads", "1",
+        "--no-progress",
+        *extra,
+    ]  # fmt: skip
+
+
+def run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pipelines.cli", *args]
+    return subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300, **kw)
+
+
+def load_state(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "supernet.pt", map_location="cpu", weights_only=False)["model"]
+
+
+def test_parse_layers() -> None:
+    assert parse_layers("0-2,5", 6) == [0, 1, 2, 5]
+    assert parse_layers(None, 6) is None and parse_layers("all", 6) is None
+    with pytest.raises(UserError, match="outside layers 0..5"):
+        parse_layers("4-9", 6)
+    with pytest.raises(UserError, match="not a layer index"):
+        parse_layers("a", 6)
+
+
+def test_fixed_path_learns_fashion_mnist(tmp_path: Path, single_thread) -> None:
+    """One fixed path trained briefly on real data beats chance by a wide margin."""
+    cfg = TrainConfig(
+        space=TINY,
+        out=str(tmp_path / "run"),
+        steps=120,
+        batch_size=64,
+        lr=0.1,
+        sample_layers=[],
+        fixed="mb_k3_e3-mb_k3_e3-mb_k3_e3",
+        train_limit=8000,
+        eval_limit=1000,
+        eval_paths=1,
+        progress=False,
+    )
+    summary = train(cfg)
+    assert summary["steps"] == 120
+    acc = summary["history"][-1]["val_acc_paths"][0]
+    assert acc > 0.6, summary["history"]
+    assert summary["data"]["name"] == "fashion-mnist"
+
+
+def test_sampling_restricted_to_layers(tmp_path: Path, single_thread) -> None:
+    cfg = TrainConfig(
+        space=TINY,
+        out=str(tmp_path / "run"),
+        steps=3,
+        batch_size=32,
+        sample_layers=[1],
+        fixed="ds_k3@0.5-skip-shuffle_k3",
+        train_limit=256,
+        eval_paths=0,
+        progress=False,
+    )
+    tr = Trainer(cfg)
+    paths = [tr.path_at(s) for s in range(60)]
+    assert {p.ops[0] for p in paths} == {"ds_k3"} and {p.widths[0] for p in paths} == {0.5}
+    assert {p.ops[2] for p in paths} == {"shuffle_k3"}
+    assert len({p.ops[1] for p in paths}) == 4  # the sampled layer sees every candidate
+    assert tr.path_at(7) == tr.path_at(7)
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path: Path) -> None:
+    steps = 80
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    done = run_cli(cli_args(whole, steps, "--ckpt-every", "1000"))
+    assert done.returncode == 0, done.stderr
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", *cli_args(killed, steps, "--ckpt-every", "4")],
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpt = killed / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    step_at_kill = torch.load(ckpt, weights_only=False)["step"]
+    assert 0 < step_at_kill < steps
+    assert not (killed / "summary.json").exists()
+
+    resumed = run_cli(cli_args(killed, steps, "--ckpt-every", "4"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {killed} at step" in resumed.stderr
+
+    s_whole = json.loads((whole / "summary.json").read_text())
+    s_killed = json.loads((killed / "summary.json").read_text())
+    assert s_killed["resumed_from"] and s_killed["resumed_from"][0] >= step_at_kill
+    assert s_killed["steps"] == s_whole["steps"] == steps
+    a, b = load_state(whole), load_state(killed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert s_killed["state_sha256"] == s_whole["state_sha256"]
+    # The evaluations after each epoch saw the same weights too.
+    assert [h["val_acc_paths"] for h in s_killed["history"]] == [
+        h["val_acc_paths"] for h in s_whole["history"]
+    ]
+
+
+def test_ctrl_c_saves_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", *cli_args(out, 400, "--ckpt-every", "1000")],
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log = out / "log.jsonl"  # written after the first epoch (20 steps)
+    deadline = time.time() + 120
+    while not log.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "run again to resume" in err
+    step = torch.load(out / "checkpoint.pt", weights_only=False)["step"]
+    assert 20 <= step < 400
+
+
+def test_changed_config_is_refused(tmp_path: Path, single_thread) -> None:
+    base = dict(space=TINY, out=str(tmp_path / "r"), steps=2, batch_size=32, train_limit=128,
+                eval_paths=0, progress=False)  # fmt: skip
+    train(TrainConfig(**base))
+    with pytest.raises(UserError, match=r"lr: 0.1 there, 0.2 now.*--fresh"):
+        train(TrainConfig(**{**base, "lr": 0.2}))
+    again = train(TrainConfig(**{**base, "lr": 0.2}), fresh=True)
+    assert again["config"]["lr"] == 0.2 and again["resumed_from"] == []
+
+
+def test_ddp_two_processes(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    steps, seed = 6, 3
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "pipelines.cli",
+           *cli_args(out, steps, "--seed", str(seed), "--eval-paths", "0")]  # fmt: skip
+    res = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_in_sync"] is True
+    assert summary["steps"] == steps
+
+    # Each process took half of every global batch; gradients were averaged, so ops no path
+    # used are exactly as initialised (DDP must not decay or move them) and used ones moved.
+    space = load_space(TINY)
+    torch.manual_seed(seed)
+    init = Supernet(space).state_dict()
+    final = load_state(out)
+    cfg = TrainConfig(space=TINY, out=str(tmp_path / "x"), steps=steps, batch_size=32,
+                      train_limit=640, seed=seed)  # fmt: skip
+    trainer = Trainer(cfg)
+    used = {(i, op) for s in range(steps) for i, op in enumerate(trainer.path_at(s).ops)}
+    moved = unmoved = 0
+    for i, layer in enumerate(space.layers):
+        for j, op in enumerate(layer.ops):
+            keys = [k for k in init if k.startswith(f"choices.{i}.{j}.") and "weight" in k]
+            if not keys:
+                continue  # identity skip
+            same = all(torch.equal(init[k], final[k]) for k in keys)
+            if (i, op) in used:
+                if op == "skip":
+                    continue  # identity when its widths matched: nothing to train
+                assert not same, f"layer {i} {op} was trained but did not change"
+                moved += 1
+            else:
+                assert same, f"layer {i} {op} was never sampled but changed"
+                unmoved += 1
+    assert moved and unmoved
