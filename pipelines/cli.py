@@ -54,7 +54,9 @@ def _space_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train_args(p: argparse.ArgumentParser, out_default: str) -> None:
+def _add_train_args(
+    p: argparse.ArgumentParser, out_default: str, epochs: float | None = None
+) -> None:
     from hurricane.train import TrainConfig
 
     d = TrainConfig()
@@ -65,7 +67,7 @@ def _add_train_args(p: argparse.ArgumentParser, out_default: str) -> None:
         help="fashion-mnist | cifar10:DIR | imagefolder:DIR | idx:DIR (default: %(default)s)",
     )
     p.add_argument("--out", default=out_default, help="run folder (checkpoints, summary)")
-    p.add_argument("--epochs", type=float, default=d.epochs)
+    p.add_argument("--epochs", type=float, default=epochs or d.epochs)
     p.add_argument(
         "--steps", type=int, default=None, help="train this many steps (overrides --epochs)"
     )
@@ -172,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     demo = sub.add_parser("demo", help="the embedded default job (short run on the demo space)")
-    _add_train_args(demo, DEMO_OUT)
+    _add_train_args(demo, DEMO_OUT, epochs=2)
     demo.set_defaults(func=_demo)
     return parser
 
