@@ -251,6 +251,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.resumed_from: list[int] = []
         self.seconds = 0.0  # training wall time over all sessions of this run
+        self.epoch_stats = [0.0, 0, 0]  # loss sum, correct, seen so far in this epoch
 
     # --- schedule and sampling ------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -286,6 +287,7 @@ class Trainer:
             "resumed_from": self.resumed_from,
             "seconds": self.seconds,
             "world_size": self.dist.world,
+            "epoch_stats": self.epoch_stats,
         }
 
     def save_checkpoint(self) -> None:
@@ -317,6 +319,7 @@ class Trainer:
         self.history = ckpt["history"]
         self.resumed_from = ckpt["resumed_from"] + [self.step]
         self.seconds = ckpt["seconds"]
+        self.epoch_stats = ckpt["epoch_stats"]
         return True
 
     # --- evaluation -----------------------------------------------------------------------
@@ -355,7 +358,7 @@ class Trainer:
             disable=not (cfg.progress and self.dist.main),
             dynamic_ncols=True,
         )
-        loss_sum, correct, seen, images = 0.0, 0, 0, 0
+        images = 0
         t_session = time.perf_counter()
         t_last = t_session
         self.model.train()
@@ -376,20 +379,21 @@ class Trainer:
                 loss.backward()
                 self.opt.step()
                 self.step += 1
-                loss_sum += float(loss.detach()) * len(y)
-                correct += int((logits.argmax(1) == y).sum())
-                seen += len(y)
+                stats = self.epoch_stats
+                stats[0] += float(loss.detach()) * len(y)
+                stats[1] += int((logits.argmax(1) == y).sum())
+                stats[2] += len(y)
                 images += len(y) * self.dist.world
                 bar.update(1)
                 if self.step % 10 == 0:
-                    bar.set_postfix(loss=f"{loss_sum / max(1, seen):.3f}")
+                    bar.set_postfix(loss=f"{stats[0] / max(1, stats[2]):.3f}")
                 epoch_end = self.step % self.steps_per_epoch == 0 or self.step == self.total_steps
                 if epoch_end:
                     now = time.perf_counter()
                     self.seconds += now - t_last
                     t_last = now
-                    self._end_epoch(loss_sum / max(1, seen), correct / max(1, seen))
-                    loss_sum, correct, seen = 0.0, 0, 0
+                    self._end_epoch(stats[0] / max(1, stats[2]), stats[1] / max(1, stats[2]))
+                    self.epoch_stats = [0.0, 0, 0]
                 if self.step % cfg.ckpt_every == 0 or self.step == self.total_steps:
                     now = time.perf_counter()
                     self.seconds += now - t_last

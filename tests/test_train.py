@@ -135,10 +135,9 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path: Path) -> None:
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert s_killed["state_sha256"] == s_whole["state_sha256"]
-    # The evaluations after each epoch saw the same weights too.
-    assert [h["val_acc_paths"] for h in s_killed["history"]] == [
-        h["val_acc_paths"] for h in s_whole["history"]
-    ]
+    # Per-epoch records, evaluations included, match too (timings aside).
+    strip = lambda hist: [{k: v for k, v in h.items() if k != "seconds"} for h in hist]  # noqa: E731
+    assert strip(s_killed["history"]) == strip(s_whole["history"])
 
 
 def test_ctrl_c_saves_and_resumes(tmp_path: Path) -> None:
