@@ -47,8 +47,9 @@ class Supernet(nn.Module):
             path = [
                 (self._index[i][op], cout) for i, (op, (_, cout)) in enumerate(zip(arch.ops, chans))
             ]
-            if len(self._paths) < 100_000:
-                self._paths[arch] = path
+            if len(self._paths) >= 4096:  # random paths rarely repeat: keep the cache small
+                self._paths.clear()
+            self._paths[arch] = path
         return path
 
     def forward(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
