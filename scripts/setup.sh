@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dataset-fashion-mnist)
+APT_PACKAGES=(dataset-fashion-mnist openssh-server)
 PYTHON=${PYTHON:-python3}
 TORCH_PIN=${TORCH_PIN:-torch==2.13.0}
 

@@ -1,0 +1,115 @@
+"""Typed reads from a TOML table whose errors name the file and the field.
+
+Every configuration file (devices, pipelines) is read through a ``Fields`` view so that a bad
+value stops with one line: ``FILE: FIELD: what is wrong (what was expected)``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from hurricane.errors import UserError
+
+_MISSING = object()
+
+
+class ConfigError(UserError):
+    """A configuration file with a bad or missing field."""
+
+
+def read_toml(path: str | Path, what: str = "file") -> dict[str, Any]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+class Fields:
+    """A table of a TOML file, with the dotted path that leads to it."""
+
+    def __init__(self, table: Any, source: str, prefix: str = "") -> None:
+        self.source, self.prefix = source, prefix
+        if not isinstance(table, dict):
+            raise self.error("", f"expected a table, got {table!r}")
+        self.table = table
+
+    def where(self, key: str) -> str:
+        return f"{self.prefix}{key}" if key else self.prefix.rstrip(".") or "(top level)"
+
+    def error(self, key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self.where(key)}: {msg}")
+
+    def only(self, allowed: set[str]) -> None:
+        for key in self.table:
+            if key not in allowed:
+                raise self.error(
+                    key, f"unknown field (expected one of: {', '.join(sorted(allowed))})"
+                )
+
+    def has(self, key: str) -> bool:
+        return key in self.table
+
+    def _get(self, key: str, default: Any) -> Any:
+        if key in self.table:
+            return self.table[key]
+        if default is _MISSING:
+            raise self.error(key, "missing")
+        return default
+
+    def str(self, key: str, default: Any = _MISSING, choices: tuple[str, ...] | None = None) -> Any:
+        value = self._get(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if not isinstance(value, str) or not value:
+            raise self.error(key, f"expected a non-empty string, got {value!r}")
+        if choices is not None and value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def int(self, key: str, default: Any = _MISSING, lo: int | None = None) -> Any:
+        value = self._get(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"expected an integer, got {value!r}")
+        if lo is not None and value < lo:
+            raise self.error(key, f"must be >= {lo}, got {value}")
+        return value
+
+    def float(self, key: str, default: Any = _MISSING, lo: float | None = None) -> Any:
+        value = self._get(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(key, f"expected a number, got {value!r}")
+        if lo is not None and value < lo:
+            raise self.error(key, f"must be >= {lo}, got {value}")
+        return float(value)
+
+    def bool(self, key: str, default: Any = _MISSING) -> Any:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {value!r}")
+        return value
+
+    def int_list(self, key: str, default: Any = _MISSING) -> Any:
+        value = self._get(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+        ):
+            raise self.error(key, f"expected a list of non-negative integers, got {value!r}")
+        return value
+
+    def sub(self, key: str, required: bool = False) -> Fields:
+        if key not in self.table:
+            if required:
+                raise self.error(key, "missing table")
+            return Fields({}, self.source, f"{self.prefix}{key}.")
+        return Fields(self.table[key], self.source, f"{self.prefix}{key}.")
