@@ -1,0 +1,71 @@
+"""Host-side converters and the content-addressed artifact cache, with the real runtimes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import openvino as ov
+import pytest
+import torch
+from torch import nn
+
+from devices.convert import ArtifactCache, ConversionError
+from hurricane.ops import build_op
+
+
+def block(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_op("mb_k3_e3_se", 8, 12, 2).eval()
+
+
+def test_onnx_matches_torch_and_is_cached(tmp_path: Path, single_thread) -> None:
+    cache = ArtifactCache(tmp_path)
+    m, x = block(), torch.randn(1, 8, 14, 14)
+    art = cache.get(m, x, "onnxruntime")
+    assert art.path.suffix == ".onnx" and art.path.exists()
+    sess = ort.InferenceSession(str(art.path))
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, m(x).detach().numpy(), atol=1e-5)
+    mtime = art.path.stat().st_mtime_ns
+    again = ArtifactCache(tmp_path).get(block(), x, "onnxruntime")  # same content, new cache object
+    assert again == art and art.path.stat().st_mtime_ns == mtime
+    assert (cache.hits, cache.misses) == (0, 1)
+
+
+def test_openvino_ir_fp32_and_fp16(tmp_path: Path, single_thread) -> None:
+    cache = ArtifactCache(tmp_path)
+    m, x = block(), torch.randn(1, 8, 14, 14)
+    fp32 = cache.get(m, x, "openvino", "fp32")
+    fp16 = cache.get(m, x, "openvino", "fp16")
+    assert fp32.key != fp16.key and all(f.exists() for f in fp32.files + fp16.files)
+    assert (
+        fp16.path.with_suffix(".bin").stat().st_size < fp32.path.with_suffix(".bin").stat().st_size
+    )
+    compiled = ov.Core().compile_model(str(fp32.path), "CPU")
+    got = compiled(x.numpy())[0]
+    np.testing.assert_allclose(got, m(x).detach().numpy(), atol=1e-4)
+
+
+def test_key_follows_content(tmp_path: Path) -> None:
+    cache = ArtifactCache(tmp_path)
+    x = torch.randn(1, 8, 14, 14)
+    a = cache.get(block(0), x, "onnxruntime")
+    b = cache.get(block(1), x, "onnxruntime")  # other weights
+    c = cache.get(block(0), torch.randn(1, 8, 16, 16), "onnxruntime")  # other shape
+    assert len({a.key, b.key, c.key}) == 3 and cache.misses == 3
+
+
+def test_conversion_errors_are_one_line(tmp_path: Path) -> None:
+    class Broken(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("this block cannot be traced\nsecond line")
+
+    cache = ArtifactCache(tmp_path)
+    with pytest.raises(ConversionError) as err:
+        cache.get(Broken(), torch.randn(1, 3, 4, 4), "onnxruntime")
+    assert "\n" not in str(err.value) and "cannot be traced" in str(err.value)
+    assert not list(tmp_path.rglob("*.onnx"))  # nothing half-written left behind
+    with pytest.raises(ConversionError, match="unknown runtime"):
+        cache.get(block(), torch.randn(1, 8, 14, 14), "tensorrt")
