@@ -1,0 +1,1 @@
+"""On-device profilers and the host-side profiling campaign."""
