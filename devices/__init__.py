@@ -1,0 +1,1 @@
+"""Device adapters: transports, runtimes, specs."""
