@@ -26,7 +26,7 @@ from torch import nn
 from hurricane.errors import UserError
 
 FORMATS = {"onnxruntime": ".onnx", "openvino": ".xml", "litert": ".tflite"}
-CONVERTER_VERSION = 1  # bump when a converter's output changes for the same input
+CONVERTER_VERSION = 2  # bump when a converter's output changes for the same input
 
 
 class ConversionError(UserError):
@@ -93,7 +93,7 @@ def to_openvino(module: nn.Module, example: torch.Tensor, out: Path, fp16: bool)
     import openvino as ov
 
     def convert() -> None:
-        model = ov.convert_model(module, example_input=example)
+        model = ov.convert_model(module, example_input=example, input=[tuple(example.shape)])
         ov.save_model(model, str(out), compress_to_fp16=fp16)
 
     _quiet(convert)

@@ -6,6 +6,7 @@ and stops at the first problem with one line naming the file and the field.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -83,7 +84,7 @@ class DeviceSpec:
     transport: TransportSpec
     runtime: RuntimeSpec
     measure: MeasureSpec = MeasureSpec()
-    python: str = "python3"
+    python: str | None = None  # None: this interpreter when local, "python3" over SSH
     workdir: str = "/tmp"
     affinity: tuple[int, ...] = ()
     description: str = ""
@@ -92,6 +93,11 @@ class DeviceSpec:
     @property
     def is_local(self) -> bool:
         return self.transport.type == "local"
+
+    def python_command(self) -> str:
+        if self.python:
+            return self.python
+        return sys.executable if self.is_local else "python3"
 
 
 def builtin_devices() -> list[str]:
@@ -196,7 +202,7 @@ def parse_device(data: dict[str, Any], source: str = "<string>") -> DeviceSpec:
         transport=transport,
         runtime=runtime,
         measure=measure,
-        python=top.str("python", "python3"),
+        python=top.str("python", None),
         workdir=top.str("workdir", "/tmp"),
         affinity=tuple(top.int_list("affinity", [])),
         description=top.str("description", ""),

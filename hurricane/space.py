@@ -135,6 +135,24 @@ class SearchSpace:
                         seen.setdefault(OpInstance(op, cin, cout, h, w, layer.stride, act))
         return list(seen)
 
+    def stem_instance(self) -> OpInstance:
+        h, w = self.resolution
+        s = self.stem
+        return OpInstance(f"conv_k{s.kernel}", self.in_channels, s.cout, h, w, s.stride, self.act)
+
+    def head_instances(self) -> list[OpInstance]:
+        """The head at every width the last layer can give it (op ``head_cC``, C its 1x1
+        conv's channels, 0 for none; cout = classes)."""
+        h, w = self.input_shape(len(self.layers))
+        act = self.layers[-1].act
+        op = f"head_c{self.head.channels}"
+        last = self.layers[-1].channels(self.channel_divisor)
+        return [OpInstance(op, c, self.classes, h, w, 1, act) for c in dict.fromkeys(last)]
+
+    def fixed_instances(self) -> list[OpInstance]:
+        """Stem and head: measured with the searchable layers so a LUT sums to a model."""
+        return [self.stem_instance(), *self.head_instances()]
+
     def arch_instances(self, arch: Arch) -> list[OpInstance]:
         arch = self.validate_arch(arch)
         out = []

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import nn
 
 from hurricane.arch import Arch
 from hurricane.dynamic import ConvBN, DynLinear
 from hurricane.ops import build_op
-from hurricane.space import SearchSpace
+from hurricane.space import OpInstance, SearchSpace
 
 
 def build_stem(space: SearchSpace) -> ConvBN:
@@ -65,3 +67,17 @@ def build_subnet(space: SearchSpace, arch: Arch | str) -> Subnet:
     if isinstance(arch, str):
         arch = space.parse_arch(arch)
     return Subnet(space, arch)
+
+
+def instance_module(inst: OpInstance, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    """A standalone module and a batch-1 input for one LUT key (an op, the stem or a head).
+
+    Weights are seeded by the key, so the same key always gives the same module (and the
+    same content hash in the artifact cache)."""
+    torch.manual_seed(seed + int(hashlib.sha256(inst.key.encode()).hexdigest()[:8], 16))
+    if inst.op.startswith("head_c"):
+        channels = int(inst.op[len("head_c") :])
+        module: nn.Module = Head(inst.cin, channels, inst.cout, 0.0, inst.act)
+    else:
+        module = build_op(inst.op, inst.cin, inst.cout, inst.stride, inst.act)
+    return module.eval(), torch.randn(1, inst.cin, inst.h, inst.w)

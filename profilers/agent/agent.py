@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import random
+import signal
 import socket
 import statistics
 import sys
@@ -717,6 +718,14 @@ def round_orders(ids: list, rounds: int, seed: int) -> list:
     return orders
 
 
+def _maybe_crash(item_id: str) -> None:
+    """Fault injection for the host's tests: die like a runtime segfault on a chosen item.
+    Inert unless HURRICANE_AGENT_CRASH_ON is set in the agent's environment."""
+    needle = os.environ.get("HURRICANE_AGENT_CRASH_ON")
+    if needle and needle in item_id:
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
 def handle_measure(cmd: dict, chan: Channel) -> None:
     """Load every item, warm each up, then time them interleaved round by round; every item
     ends in exactly one result or error line, and the command in one done line."""
@@ -747,6 +756,7 @@ def handle_measure(cmd: dict, chan: Channel) -> None:
             runtime_module(params["runtime"])  # a missing runtime is the first thing to fix
             if not os.path.isfile(path):
                 raise AgentError(f"model file {path} not found on the device")
+            _maybe_crash(item_id)
             t0 = time.perf_counter()
             model = LOADERS[params["runtime"]](path, params["options"], shapes, params["seed"])
             model.info["load_ms"] = round((time.perf_counter() - t0) * 1e3, 3)

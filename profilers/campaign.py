@@ -1,0 +1,245 @@
+"""The profiling campaign: a (space, device) pair -> a latency lookup table in SQLite.
+
+Enumerate the space's operator instances (plus stem and head), convert each into the device's
+artifact (cached), ship them in batches to the device's agent, and store every result the
+moment it arrives. Running again skips what is stored, so an interrupted campaign (Ctrl-C, a
+dropped connection, a rebooted board) continues where it stopped with nothing lost or
+duplicated. Noisy entries are re-measured, then flagged; failures are stored with their error.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from devices.convert import Artifact, ArtifactCache, ConversionError
+from devices.spec import DeviceSpec
+from devices.transport import DeviceUnreachable
+from hurricane.lut import Entry, LutDB, entry_from_samples, error_entry
+from hurricane.space import OpInstance, SearchSpace
+from hurricane.subnet import instance_module
+from profilers.session import AgentCrashed, AgentSession
+
+
+@dataclass
+class CampaignReport:
+    device: str
+    space: str
+    db: str
+    instances: int
+    already_done: int
+    measured: int = 0
+    noisy: int = 0
+    errors: int = 0
+    remeasured: int = 0
+    seconds: float = 0.0
+    convert_seconds: float = 0.0
+    timed_seconds: float = 0.0  # time inside the agent's timed runs
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def new_entries(self) -> int:
+        return self.measured + self.noisy + self.errors
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["new_entries"] = self.new_entries
+        d["entries_per_min"] = (
+            round(60 * self.new_entries / self.seconds, 1) if self.seconds else None
+        )
+        d["overhead_ratio"] = (
+            round(self.seconds / self.timed_seconds, 2) if self.timed_seconds else None
+        )
+        return d
+
+
+def round_cv(result: dict[str, Any]) -> float:
+    """Spread of the round medians relative to their mean: how far the reported statistic
+    (the median of round medians) would move if measured again."""
+    meds = result.get("round_medians_ms") or []
+    if len(meds) < 2 or statistics.fmean(meds) <= 0:
+        return 0.0
+    return statistics.pstdev(meds) / statistics.fmean(meds)
+
+
+def space_instances(space: SearchSpace) -> list[OpInstance]:
+    return list(dict.fromkeys([*space.fixed_instances(), *space.op_instances()]))
+
+
+class Campaign:
+    def __init__(
+        self,
+        space: SearchSpace,
+        spec: DeviceSpec,
+        db_path: str | Path,
+        cache: ArtifactCache | None = None,
+        progress: bool = True,
+        retry_errors: bool = False,
+        limit: int | None = None,
+        session_factory: Callable[[DeviceSpec], AgentSession] = AgentSession,
+        position: int = 0,
+    ) -> None:
+        self.space, self.spec = space, spec
+        self.db = LutDB(db_path)
+        self.cache = cache or ArtifactCache()
+        self.progress, self.retry_errors, self.limit = progress, retry_errors, limit
+        self.session_factory = session_factory
+        self.position = position
+
+    # --- helpers --------------------------------------------------------------------------
+    def _convert(self, inst: OpInstance) -> Artifact:
+        module, example = instance_module(inst)
+        rt = self.spec.runtime
+        return self.cache.get(module, example, rt.name, rt.precision)
+
+    def _entry(self, inst: OpInstance, res: dict[str, Any], status: str, attempts: int) -> Entry:
+        return entry_from_samples(
+            inst,
+            res["samples_ms"],
+            status=status,
+            median_ms=res["median_ms"],
+            runtime=f"{res.get('runtime')} {res.get('runtime_version', '')}".strip(),
+            precision=self.spec.runtime.precision,
+            delegate=res.get("delegate"),
+            attempts=attempts,
+        )
+
+    # --- the run --------------------------------------------------------------------------
+    def run(self) -> CampaignReport:
+        spec, space = self.spec, self.space
+        instances = space_instances(space)
+        dev = self.db.upsert_device(spec.name, spec.kind, spec.runtime.name, _spec_json(spec))
+        done = self.db.done_keys(dev)
+        if self.retry_errors:
+            done -= {e.key for e in self.db.entries(dev, ["error"])}
+        pending = [i for i in instances if i.key not in done]
+        if self.limit is not None:
+            pending = pending[: self.limit]
+        report = CampaignReport(spec.name, space.name, str(self.db.path), len(instances),
+                                len(instances) - len([i for i in instances if i.key not in done]))  # fmt: skip
+        if not pending:
+            return report
+        run_id = self.db.start_run(dev, space.name, {"pending": len(pending)})
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(pending), desc=f"{spec.name}", unit="op", disable=not self.progress,
+                   position=self.position, dynamic_ncols=True)  # fmt: skip
+        status = "interrupted"
+        session = self.session_factory(spec)
+        try:
+            session.open()
+            report.fingerprint = session.fingerprint
+            self.db.upsert_device(spec.name, spec.kind, spec.runtime.name, _spec_json(spec),
+                                  session.fingerprint)  # fmt: skip
+            queue: list[tuple[OpInstance, int]] = [(i, 1) for i in pending]
+            while queue:
+                batch, queue = queue[: spec.measure.batch], queue[spec.measure.batch :]
+                session, retry = self._batch(session, dev, run_id, batch, report, bar)
+                queue.extend(retry)
+            status = "done"
+        finally:
+            bar.close()
+            report.seconds = time.perf_counter() - t0
+            self.db.finish_run(run_id, status, report.to_json())
+            try:
+                session.close()
+            except Exception:  # closing a lost connection must not hide the real error
+                pass
+        return report
+
+    def _batch(self, session, dev, run_id, batch, report, bar):
+        """Convert, measure and store one batch; return the (possibly new) session and the
+        entries to measure again."""
+        items: list[tuple[str, Artifact]] = []
+        by_key: dict[str, tuple[OpInstance, int]] = {}
+        t = time.perf_counter()
+        for inst, attempts in batch:
+            try:
+                items.append((inst.key, self._convert(inst)))
+                by_key[inst.key] = (inst, attempts)
+            except ConversionError as exc:
+                self.db.put(dev, error_entry(inst, str(exc), attempts=attempts), run_id)
+                report.errors += 1
+                bar.update(1)
+        report.convert_seconds += time.perf_counter() - t
+        retry: list[tuple[OpInstance, int]] = []
+        try:
+            results = list(self._measure(session, items))
+        except AgentCrashed as crash:
+            # Which op killed it is unknown: run the unfinished ones one by one.
+            results = [r for r in crash.partial]
+            for key in crash.pending:
+                session.restart_agent()
+                try:
+                    results.extend(self._measure(session, [(key, dict(items)[key])]))
+                except AgentCrashed as alone:
+                    results.append({"type": "error", "id": key, "error": str(alone)})
+        except DeviceUnreachable:
+            # One reconnect; if that fails too, what was stored stays stored.
+            session.close()
+            session = self.session_factory(self.spec)
+            session.open()
+            results = list(self._measure(session, items))
+        for res in results:
+            inst, attempts = by_key[res["id"]]
+            if res["type"] == "error":
+                self.db.put(dev, error_entry(inst, res["error"], attempts=attempts), run_id)
+                report.errors += 1
+                bar.update(1)
+                continue
+            report.timed_seconds += sum(res["samples_ms"]) / 1000
+            noisy = round_cv(res) > self.spec.measure.cv_threshold
+            if noisy and attempts <= self.spec.measure.max_remeasure:
+                retry.append((inst, attempts + 1))
+                report.remeasured += 1
+                continue
+            self.db.put(dev, self._entry(inst, res, "noisy" if noisy else "ok", attempts), run_id)
+            if noisy:
+                report.noisy += 1
+            else:
+                report.measured += 1
+            bar.update(1)
+        bar.set_postfix(ok=report.measured, noisy=report.noisy, err=report.errors)
+        return session, retry
+
+    @staticmethod
+    def _measure(session: AgentSession, items: list[tuple[str, Artifact]]):
+        if not items:
+            return []
+        out: list[dict[str, Any]] = []
+        try:
+            for res in session.measure(items):
+                out.append(res)
+        except AgentCrashed as crash:
+            crash.partial = out
+            raise
+        return out
+
+
+def _spec_json(spec: DeviceSpec) -> dict[str, Any]:
+    return asdict(spec)
+
+
+def profile(space: SearchSpace, spec: DeviceSpec, db_path: str | Path, **kw: Any) -> CampaignReport:
+    """Profile ``space`` on ``spec`` into the LUT at ``db_path`` (resumable)."""
+    return Campaign(space, spec, db_path, **kw).run()
+
+
+def measure_modules(
+    spec: DeviceSpec,
+    models: list[tuple[str, nn.Module, torch.Tensor]],
+    cache: ArtifactCache | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Measure complete networks end to end through the same agent path as operators."""
+    cache = cache or ArtifactCache()
+    rt = spec.runtime
+    items = [(mid, cache.get(m, x, rt.name, rt.precision)) for mid, m, x in models]
+    with AgentSession(spec) as session:
+        return {res["id"]: res for res in session.measure(items)}
