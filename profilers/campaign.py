@@ -121,10 +121,10 @@ class Campaign:
         if self.retry_errors:
             done -= {e.key for e in self.db.entries(dev, ["error"])}
         pending = [i for i in instances if i.key not in done]
+        already = len(instances) - len(pending)
         if self.limit is not None:
             pending = pending[: self.limit]
-        report = CampaignReport(spec.name, space.name, str(self.db.path), len(instances),
-                                len(instances) - len([i for i in instances if i.key not in done]))  # fmt: skip
+        report = CampaignReport(spec.name, space.name, str(self.db.path), len(instances), already)
         if not pending:
             return report
         run_id = self.db.start_run(dev, space.name, {"pending": len(pending)})
