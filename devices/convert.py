@@ -14,7 +14,9 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,12 +67,30 @@ def content_key(module: nn.Module, example: torch.Tensor, runtime: str, precisio
     return h.hexdigest()[:32]
 
 
+_CONVERT_LOCK = threading.Lock()  # torch tracing is not thread-safe; devices share one host
+
+
 def _quiet(fn: Callable[[], None]) -> None:
+    """Run a converter with its chatter (Python warnings, progress logs, C++ logs written
+    straight to file descriptors 1 and 2) kept out of the user's terminal."""
     # Tracing warns about Python-level shape checks in sliceable layers; at fixed shapes they
     # are constants, so the warnings say nothing to a user.
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), tempfile.TemporaryFile() as sink:
         warnings.simplefilter("ignore")
-        fn()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            fn()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
 
 
 def to_onnx(module: nn.Module, example: torch.Tensor, out: Path) -> None:
@@ -171,7 +191,7 @@ class ArtifactCache:
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             tmp_path = Path(tmp) / path.name
             try:
-                with torch.no_grad():
+                with _CONVERT_LOCK, torch.no_grad():
                     if runtime == "onnxruntime":
                         to_onnx(module, example, tmp_path)
                     elif runtime == "openvino":

@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(train, "runs/train")
     train.set_defaults(func=_train)
 
+    from pipelines.profile_cli import add_commands
+
+    add_commands(sub)
+
     demo = sub.add_parser("demo", help="the embedded default job (short run on the demo space)")
     _add_train_args(demo, DEMO_OUT, epochs=2)
     demo.set_defaults(func=_demo)
@@ -190,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hurricane: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into head and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -61,13 +61,18 @@ class CampaignReport:
         return d
 
 
+NOISE_FLOOR_MS = 0.002  # below this spread the clock and the agent's loop dominate anyway
+
+
 def round_cv(result: dict[str, Any]) -> float:
     """Spread of the round medians relative to their mean: how far the reported statistic
-    (the median of round medians) would move if measured again."""
+    (the median of round medians) would move if measured again. A spread under
+    ``NOISE_FLOOR_MS`` counts as steady, so microsecond ops are not re-measured forever."""
     meds = result.get("round_medians_ms") or []
     if len(meds) < 2 or statistics.fmean(meds) <= 0:
         return 0.0
-    return statistics.pstdev(meds) / statistics.fmean(meds)
+    spread = statistics.pstdev(meds)
+    return 0.0 if spread < NOISE_FLOOR_MS else spread / statistics.fmean(meds)
 
 
 def space_instances(space: SearchSpace) -> list[OpInstance]:
