@@ -1,0 +1,75 @@
+"""Profiling throughput: the demo space on the local LiteRT device, from an empty database
+and an empty artifact cache.
+
+    .venv/bin/python benchmarks/profiling_throughput.py [--limit N] [--device local-litert]
+
+Writes benchmarks/results/profiling_throughput.json with entries, entries_per_min and
+overhead_ratio (campaign wall time / time inside timed runs). Goal on 2 cores: >= 60 entries
+per minute and overhead <= 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from devices.convert import ArtifactCache
+from devices.spec import load_device
+from hurricane.space import load_space
+from hurricane.train import provenance
+from profilers.campaign import profile
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--space", default="demo")
+    ap.add_argument("--device", default="local-litert")
+    ap.add_argument("--limit", type=int, default=None, help="profile only the first N entries")
+    args = ap.parse_args()
+    space, spec = load_space(args.space), load_device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = profile(
+            space, spec, Path(tmp) / "lut.sqlite", cache=ArtifactCache(Path(tmp) / "cache"),
+            limit=args.limit,
+        )  # fmt: skip
+    r = report.to_json()
+    result = {
+        "device": spec.name,
+        "space": space.name,
+        "entries": r["new_entries"],
+        "space_entries": r["instances"],
+        "limit": args.limit,
+        "entries_per_min": r["entries_per_min"],
+        "overhead_ratio": r["overhead_ratio"],
+        "seconds": round(r["seconds"], 1),
+        "convert_seconds": round(r["convert_seconds"], 1),
+        "timed_seconds": round(r["timed_seconds"], 2),
+        "measured": r["measured"],
+        "noisy": r["noisy"],
+        "errors": r["errors"],
+        "remeasured": r["remeasured"],
+        "measure_protocol": {
+            "warmup": spec.measure.warmup,
+            "rounds": spec.measure.rounds,
+            "runs": spec.measure.runs,
+            "batch": spec.measure.batch,
+        },  # fmt: skip
+        "goal": "entries_per_min >= 60 and overhead_ratio <= 3",
+        "provenance": provenance(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "profiling_throughput.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        f"{spec.name}: {result['entries']} entries in {result['seconds']}s "
+        f"({result['entries_per_min']}/min; conversion {result['convert_seconds']}s), "
+        f"overhead ratio {result['overhead_ratio']}; wrote {out}"
+    )
+
+
+if __name__ == "__main__":
+    main()
