@@ -72,6 +72,7 @@ class MeasureSpec:
     warmup: int = 5
     rounds: int = 5
     runs: int = 10
+    min_round_ms: int = 20  # more runs per round for short ops, up to this much timed time
     cv_threshold: float = 0.05
     max_remeasure: int = 2
     batch: int = 16
@@ -186,12 +187,13 @@ def parse_device(data: dict[str, Any], source: str = "<string>") -> DeviceSpec:
     _check_kind(kind, runtime, rf)
 
     mf = top.sub("measure")
-    mf.only({"warmup", "rounds", "runs", "cv_threshold", "max_remeasure", "batch"})
+    mf.only({"warmup", "rounds", "runs", "min_round_ms", "cv_threshold", "max_remeasure", "batch"})
     d = MeasureSpec()
     measure = MeasureSpec(
         warmup=mf.int("warmup", d.warmup, lo=0),
         rounds=mf.int("rounds", d.rounds, lo=1),
         runs=mf.int("runs", d.runs, lo=1),
+        min_round_ms=mf.int("min_round_ms", d.min_round_ms, lo=0),
         cv_threshold=mf.float("cv_threshold", d.cv_threshold, lo=0.0),
         max_remeasure=mf.int("max_remeasure", d.max_remeasure, lo=0),
         batch=mf.int("batch", d.batch, lo=1),

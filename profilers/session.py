@@ -130,6 +130,7 @@ class AgentSession:
             "warmup": m.warmup,
             "rounds": m.rounds,
             "runs": m.runs,
+            "min_round_ms": m.min_round_ms,
             "seed": seed,
         }
         self.proc.send(json.dumps(payload))

@@ -598,3 +598,25 @@ def test_affinity() -> None:
     a.close()
     bad = Agent("--affinity", "zero")
     assert bad.close() == 2
+
+
+def test_min_round_ms_adds_runs_to_short_ops(agent: Agent, onnx_models: dict) -> None:
+    out, done = agent.measure(
+        runtime="onnxruntime",
+        options={"threads": 1},
+        items=[{"id": "linear", "path": onnx_models["linear"]}],
+        warmup=1,
+        rounds=3,
+        runs=2,
+        min_round_ms=15,
+        max_runs=5000,
+    )
+    res = out["linear"]
+    assert done["n_ok"] == 1
+    per_round = res["runs_per_round"]
+    assert len(per_round) == 3 and sum(per_round) == res["n"] == len(res["samples_ms"])
+    assert all(n > 2 for n in per_round)  # a ~0.01 ms op needs many runs to fill 15 ms
+    start = 0
+    for n in per_round:  # each round stopped once it had 15 ms of timed runs (or hit the cap)
+        assert sum(res["samples_ms"][start : start + n]) >= 15 or n == 5000
+        start += n

@@ -17,7 +17,7 @@ from profilers.session import AgentSession
 from tests.sshd import SSHServer
 
 TINY = Path(__file__).parent / "spaces" / "tiny.toml"
-MEASURE = "[measure]\nwarmup = 1\nrounds = 3\nruns = 3\nbatch = 8\ncv_threshold = 10.0\n"
+MEASURE = "[measure]\nwarmup = 1\nrounds = 3\nruns = 3\nmin_round_ms = 0\nbatch = 8\ncv_threshold = 10.0\n"
 
 
 def spec_file(tmp_path: Path, body: str, name: str = "dev") -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 from pipelines.cli import main
 
 TINY = str(Path(__file__).parent / "spaces" / "tiny.toml")
-SPEC = 'name = "cli-ort"\nkind = "cpu"\n[runtime]\nname = "onnxruntime"\n[measure]\nwarmup = 1\nrounds = 3\nruns = 3\n'  # noqa: E501
+SPEC = 'name = "cli-ort"\nkind = "cpu"\n[runtime]\nname = "onnxruntime"\n[measure]\nwarmup = 1\nrounds = 3\nruns = 3\nmin_round_ms = 0\n'  # noqa: E501
 
 
 def test_devices_check(tmp_path: Path, capsys, monkeypatch) -> None:

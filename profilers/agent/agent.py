@@ -659,6 +659,10 @@ def parse_measure(cmd: dict) -> dict:
         "warmup": _int_field(cmd, "warmup", 10, 0),
         "rounds": _int_field(cmd, "rounds", 5, 1),
         "runs": _int_field(cmd, "runs", 10, 1),
+        # Short ops get more runs per round, until the round has this much timed time: the
+        # statistic steadies and the device spends its time measuring, not waiting.
+        "min_round_ms": _int_field(cmd, "min_round_ms", 0, 0),
+        "max_runs": _int_field(cmd, "max_runs", 10000, 1),
     }
 
 
@@ -788,6 +792,8 @@ def handle_measure(cmd: dict, chan: Channel) -> None:
         rounds: dict = {i: [] for i in order_ids}
         clock = time.perf_counter_ns
         runs = params["runs"]
+        min_round_ns = params["min_round_ms"] * 1_000_000
+        max_runs = max(runs, params["max_runs"])
         for order in orders:
             for item_id in order:
                 if item_id not in loaded:
@@ -795,11 +801,13 @@ def handle_measure(cmd: dict, chan: Channel) -> None:
                 invoke = loaded[item_id].invoke
                 these = []
                 try:
-                    for _ in range(runs):
+                    spent = 0
+                    while len(these) < runs or (spent < min_round_ns and len(these) < max_runs):
                         t0 = clock()
                         invoke()
                         t1 = clock()
                         these.append(t1 - t0)
+                        spent += t1 - t0
                 except Exception as exc:
                     n_err += 1
                     chan.error(item_id, f"timed run failed: {one_line(exc)}")
@@ -818,6 +826,7 @@ def handle_measure(cmd: dict, chan: Channel) -> None:
         msg["runtime"] = params["runtime"]
         msg.update(loaded[item_id].info)
         msg.update(warmup=params["warmup"], rounds=params["rounds"], runs=runs)
+        msg["runs_per_round"] = [len(r) for r in rounds[item_id]]
         chan.send(msg)
         n_ok += 1
     for model in loaded.values():
