@@ -9,9 +9,12 @@ duplicated. Noisy entries are re-measured, then flagged; failures are stored wit
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +78,57 @@ def round_cv(result: dict[str, Any]) -> float:
     return 0.0 if spread < NOISE_FLOOR_MS else spread / statistics.fmean(meds)
 
 
+def _convert_chunk(
+    instances: list[OpInstance], runtime: str, precision: str, cache_root: str
+) -> list[tuple[str, str | None]]:
+    """Worker: convert instances into the shared cache; (key, error or None) for each."""
+    torch.set_num_threads(1)
+    cache = ArtifactCache(Path(cache_root))
+    out: list[tuple[str, str | None]] = []
+    for inst in instances:
+        module, example = instance_module(inst)
+        try:
+            cache.get(module, example, runtime, precision)
+            out.append((inst.key, None))
+        except ConversionError as exc:
+            out.append((inst.key, str(exc)))
+    return out
+
+
+def convert_all(
+    instances: list[OpInstance],
+    runtime: str,
+    precision: str,
+    cache: ArtifactCache,
+    workers: int,
+    progress: bool = True,
+    position: int = 0,
+) -> dict[str, str]:
+    """Convert every instance into the cache with ``workers`` processes before any timing
+    starts (conversion next to a timed run would disturb it); return key -> error for the
+    ones that failed. The measuring loop then finds each artifact in the cache."""
+    errors: dict[str, str] = {}
+    if workers <= 1 or len(instances) < 2 * workers:
+        return errors  # converted one by one as they are measured
+    per_task = max(1, min(8, len(instances) // (workers * 4)))
+    chunks = [instances[i : i + per_task] for i in range(0, len(instances), per_task)]
+    ctx = multiprocessing.get_context("spawn")  # JAX (LiteRT's converter) does not survive fork
+    bar = tqdm(total=len(instances), desc=f"convert {runtime}", unit="op", disable=not progress,
+               position=position, dynamic_ncols=True)  # fmt: skip
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = [
+            pool.submit(_convert_chunk, chunk, runtime, precision, str(cache.root))
+            for chunk in chunks
+        ]
+        for fut in as_completed(futures):
+            for key, err in fut.result():
+                if err:
+                    errors[key] = err
+            bar.update(len(fut.result()))
+    bar.close()
+    return errors
+
+
 def space_instances(space: SearchSpace) -> list[OpInstance]:
     return list(dict.fromkeys([*space.fixed_instances(), *space.op_instances()]))
 
@@ -91,6 +145,7 @@ class Campaign:
         limit: int | None = None,
         session_factory: Callable[[DeviceSpec], AgentSession] = AgentSession,
         position: int = 0,
+        convert_workers: int | None = None,
     ) -> None:
         self.space, self.spec = space, spec
         self.db = LutDB(db_path)
@@ -98,9 +153,15 @@ class Campaign:
         self.progress, self.retry_errors, self.limit = progress, retry_errors, limit
         self.session_factory = session_factory
         self.position = position
+        if convert_workers is None:  # ONNX export is fast enough in-process
+            convert_workers = 0 if spec.runtime.name == "onnxruntime" else (os.cpu_count() or 1)
+        self.convert_workers = convert_workers
+        self.failed_conversions: dict[str, str] = {}
 
     # --- helpers --------------------------------------------------------------------------
     def _convert(self, inst: OpInstance) -> Artifact:
+        if inst.key in self.failed_conversions:  # a worker tried already
+            raise ConversionError(self.failed_conversions[inst.key])
         module, example = instance_module(inst)
         rt = self.spec.runtime
         return self.cache.get(module, example, rt.name, rt.precision)
@@ -139,6 +200,11 @@ class Campaign:
         status = "interrupted"
         session = self.session_factory(spec)
         try:
+            t = time.perf_counter()
+            failed = convert_all(pending, spec.runtime.name, spec.runtime.precision, self.cache,
+                                 self.convert_workers, self.progress, self.position)  # fmt: skip
+            report.convert_seconds += time.perf_counter() - t
+            self.failed_conversions = failed
             session.open()
             report.fingerprint = session.fingerprint
             self.db.upsert_device(spec.name, spec.kind, spec.runtime.name, _spec_json(spec),

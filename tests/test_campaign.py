@@ -17,7 +17,10 @@ from profilers.session import AgentSession
 from tests.sshd import SSHServer
 
 TINY = Path(__file__).parent / "spaces" / "tiny.toml"
-MEASURE = "[measure]\nwarmup = 1\nrounds = 3\nruns = 3\nmin_round_ms = 0\nbatch = 8\ncv_threshold = 10.0\n"
+MEASURE = (
+    "[measure]\nwarmup = 1\nrounds = 3\nruns = 3\nmin_round_ms = 0\nbatch = 8\n"
+    "cv_threshold = 10.0\n"
+)
 
 
 def spec_file(tmp_path: Path, body: str, name: str = "dev") -> Path:
@@ -131,3 +134,31 @@ def test_dsp_without_its_delegate_library(tmp_path: Path, cache) -> None:
     with sqlite3.connect(db) as conn:
         errors = [e for (e,) in conn.execute("SELECT error FROM entries")]
     assert all("/nonexistent/libQnnTFLiteDelegate.so" in e for e in errors), errors
+
+
+def test_whole_models_over_ssh_with_litert_and_openvino(tmp_path: Path, cache) -> None:
+    """Complete subnets, end to end, through the same agent path, on the real LiteRT and
+    OpenVINO runtimes behind a real sshd."""
+    import torch
+
+    from hurricane.subnet import build_subnet
+    from profilers.campaign import measure_modules
+
+    pytest.importorskip("litert_torch", reason="LiteRT conversion needs litert-torch")
+    space = load_space(TINY)
+    small = build_subnet(space, "skip@0.5-skip@0.5-ds_k3@0.5").eval()
+    big = build_subnet(space, "mb_k3_e3-mb_k3_e3-mb_k3_e3").eval()
+    x = torch.randn(1, 1, 28, 28)
+    with SSHServer() as server:
+        for runtime in ("litert", "openvino"):
+            body = (
+                f'kind = "mobile-cpu"\npython = "{sys.executable}"\n'
+                f'[transport]\ntype = "ssh"\nhost = "{server.host}"\nport = {server.port}\n'
+                f'user = "{server.user}"\nkey_file = "{server.client_key}"\n'
+                f'known_hosts = "{server.known_hosts}"\n[runtime]\nname = "{runtime}"'
+            )
+            spec = load_device(spec_file(tmp_path, body, f"ssh-{runtime}"))
+            res = measure_modules(spec, [("small", small, x), ("big", big, x)], cache)
+            assert res["small"]["type"] == res["big"]["type"] == "result", res
+            assert res["big"]["median_ms"] > res["small"]["median_ms"] > 0
+            assert res["big"]["runtime"] == runtime
