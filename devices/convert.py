@@ -156,6 +156,44 @@ def _quantize_int8(path: Path, example: torch.Tensor, calibration: torch.Tensor 
     path.write_bytes(result.quantized_model)
 
 
+class _Chunk(nn.Module):
+    """Independent blocks as one graph: block i maps input i to output i."""
+
+    def __init__(self, blocks: list[nn.Module]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(block(x) for block, x in zip(self.blocks, xs))
+
+
+def tflite_chunk(modules: list[nn.Module], examples: list[torch.Tensor]) -> list[bytes]:
+    """Convert several blocks with one litert-torch call and cut the result into one model
+    per block; each part is checked to take and give the shapes its block does."""
+    import litert_torch
+    from ai_edge_litert.interpreter import Interpreter
+
+    from devices.tflite_split import split_outputs
+
+    holder: dict[str, object] = {}
+    chunk = _Chunk(modules).eval()
+    _quiet(lambda: holder.setdefault("m", litert_torch.convert(chunk, tuple(examples))))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "chunk.tflite"
+        _quiet(lambda: holder["m"].export(str(path)))
+        parts = split_outputs(path.read_bytes())
+    for part, module, x in zip(parts, modules, examples):
+        it = Interpreter(model_content=part)
+        (inp,), (out,) = it.get_input_details(), it.get_output_details()
+        want = tuple(module(x).shape)
+        if tuple(inp["shape"]) != tuple(x.shape) or tuple(out["shape"]) != want:
+            raise ConversionError(
+                f"split model has shapes {tuple(inp['shape'])} -> {tuple(out['shape'])}, "
+                f"expected {tuple(x.shape)} -> {want}"
+            )
+    return parts
+
+
 class ArtifactCache:
     """Converted artifacts on disk, named by content hash; conversion happens at most once."""
 
@@ -208,4 +246,63 @@ class ArtifactCache:
             tmp_art = Artifact(runtime, precision, key, tmp_path)
             for src, dst in zip(tmp_art.files, art.files):
                 shutil.move(str(src), dst)
+        return art
+
+    def get_many(
+        self,
+        items: list[tuple[nn.Module, torch.Tensor]],
+        runtime: str,
+        precision: str = "fp32",
+        chunk: int = 16,
+    ) -> list[Artifact | ConversionError]:
+        """Artifacts for many blocks; LiteRT ones not yet cached are converted a chunk at a
+        time (one converter call per chunk), and a chunk that fails falls back to one call
+        per block so a bad block fails alone. Each result is an Artifact or the error."""
+        results: list[Artifact | ConversionError | None] = [None] * len(items)
+        todo: list[int] = []
+        for i, (module, x) in enumerate(items):
+            key = content_key(module.eval(), x, runtime, precision)
+            art = Artifact(runtime, precision, key, self.path_for(key, runtime))
+            if all(f.exists() for f in art.files):
+                self.hits += 1
+                results[i] = art
+            else:
+                todo.append(i)
+        if runtime == "litert" and chunk > 1:
+            for start in range(0, len(todo), chunk):
+                idx = todo[start : start + chunk]
+                if len(idx) < 2:
+                    continue
+                try:
+                    with _CONVERT_LOCK, torch.no_grad():
+                        parts = tflite_chunk([items[i][0] for i in idx], [items[i][1] for i in idx])
+                except Exception:  # noqa: BLE001 - any failure: convert these one by one
+                    continue
+                for i, part in zip(idx, parts):
+                    results[i] = self._store_tflite(items[i][0], items[i][1], part, precision)
+        for i, (module, x) in enumerate(items):
+            if results[i] is None:
+                try:
+                    results[i] = self.get(module, x, runtime, precision)
+                except ConversionError as exc:
+                    results[i] = exc
+        return results  # type: ignore[return-value]
+
+    def _store_tflite(
+        self, module: nn.Module, x: torch.Tensor, fp32: bytes, precision: str
+    ) -> Artifact | ConversionError:
+        key = content_key(module, x, "litert", precision)
+        art = Artifact("litert", precision, key, self.path_for(key, "litert"))
+        art.path.parent.mkdir(parents=True, exist_ok=True)
+        self.misses += 1
+        with tempfile.TemporaryDirectory(dir=art.path.parent) as tmp:
+            tmp_path = Path(tmp) / art.path.name
+            tmp_path.write_bytes(fp32)
+            if precision == "int8":
+                try:
+                    with _CONVERT_LOCK:
+                        _quiet(lambda: _quantize_int8(tmp_path, x, None))
+                except Exception as exc:  # noqa: BLE001
+                    return ConversionError(f"litert int8 quantization failed: {exc}")
+            shutil.move(str(tmp_path), art.path)
         return art

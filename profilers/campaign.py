@@ -84,15 +84,11 @@ def _convert_chunk(
     """Worker: convert instances into the shared cache; (key, error or None) for each."""
     torch.set_num_threads(1)
     cache = ArtifactCache(Path(cache_root))
-    out: list[tuple[str, str | None]] = []
-    for inst in instances:
-        module, example = instance_module(inst)
-        try:
-            cache.get(module, example, runtime, precision)
-            out.append((inst.key, None))
-        except ConversionError as exc:
-            out.append((inst.key, str(exc)))
-    return out
+    results = cache.get_many([instance_module(inst) for inst in instances], runtime, precision)
+    return [
+        (inst.key, str(r) if isinstance(r, ConversionError) else None)
+        for inst, r in zip(instances, results)
+    ]
 
 
 def convert_all(
@@ -109,8 +105,14 @@ def convert_all(
     ones that failed. The measuring loop then finds each artifact in the cache."""
     errors: dict[str, str] = {}
     if workers <= 1 or len(instances) < 2 * workers:
-        return errors  # converted one by one as they are measured
-    per_task = max(1, min(8, len(instances) // (workers * 4)))
+        if runtime == "litert":  # still worth one converter call per chunk
+            for key, err in _convert_chunk(instances, runtime, precision, str(cache.root)):
+                if err:
+                    errors[key] = err
+        return errors  # others are converted one by one as they are measured
+    # LiteRT converts a chunk of blocks per converter call, so its tasks are bigger.
+    cap = 16 if runtime == "litert" else 8
+    per_task = max(1, min(cap, len(instances) // (workers * 2)))
     chunks = [instances[i : i + per_task] for i in range(0, len(instances), per_task)]
     ctx = multiprocessing.get_context("spawn")  # JAX (LiteRT's converter) does not survive fork
     bar = tqdm(total=len(instances), desc=f"convert {runtime}", unit="op", disable=not progress,
