@@ -109,12 +109,32 @@ def to_onnx(module: nn.Module, example: torch.Tensor, out: Path) -> None:
     out.write_bytes(buf.getvalue())
 
 
-def to_openvino(module: nn.Module, example: torch.Tensor, out: Path, fp16: bool) -> None:
+def to_openvino(
+    module: nn.Module,
+    example: torch.Tensor,
+    out: Path,
+    precision: str,
+    calibration: torch.Tensor | None = None,
+) -> None:
+    """IR in FP32 or FP16; INT8 through NNCF post-training quantization (optional extra)."""
     import openvino as ov
+
+    nncf = None
+    if precision == "int8":
+        try:
+            import nncf
+        except ImportError:
+            raise ConversionError(
+                "OpenVINO INT8 needs NNCF on the host: .venv/bin/pip install 'hurricane-nas[nncf]'"
+            ) from None
 
     def convert() -> None:
         model = ov.convert_model(module, example_input=example, input=[tuple(example.shape)])
-        ov.save_model(model, str(out), compress_to_fp16=fp16)
+        if nncf is not None:
+            samples = calibration if calibration is not None else torch.randn(8, *example.shape[1:])
+            data = nncf.Dataset([s.unsqueeze(0).numpy() for s in samples])
+            model = nncf.quantize(model, data, subset_size=len(samples))
+        ov.save_model(model, str(out), compress_to_fp16=precision == "fp16")
 
     _quiet(convert)
 
@@ -233,7 +253,7 @@ class ArtifactCache:
                     if runtime == "onnxruntime":
                         to_onnx(module, example, tmp_path)
                     elif runtime == "openvino":
-                        to_openvino(module, example, tmp_path, fp16=precision == "fp16")
+                        to_openvino(module, example, tmp_path, precision, calibration)
                     else:
                         to_tflite(module, example, tmp_path, precision == "int8", calibration)
             except ConversionError:

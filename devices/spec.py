@@ -72,7 +72,7 @@ class MeasureSpec:
     warmup: int = 5
     rounds: int = 5
     runs: int = 10
-    min_round_ms: int = 20  # more runs per round for short ops, up to this much timed time
+    min_round_ms: int = 50  # more runs per round for short ops, up to this much timed time
     cv_threshold: float = 0.05
     max_remeasure: int = 2
     batch: int = 16

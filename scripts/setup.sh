@@ -37,7 +37,7 @@ if ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
   .venv/bin/pip install -q "$TORCH_PIN"
 fi
 echo "setup: installing hurricane-nas and its dependencies"
-.venv/bin/pip install -q -e '.[dev]'
+.venv/bin/pip install -q -e '.[dev,nncf]'
 
 case "${1:-}" in
   "") echo "setup: done; run .venv/bin/hurricane --help" ;;

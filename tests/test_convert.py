@@ -69,3 +69,20 @@ def test_conversion_errors_are_one_line(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.onnx"))  # nothing half-written left behind
     with pytest.raises(ConversionError, match="unknown runtime"):
         cache.get(block(), torch.randn(1, 8, 14, 14), "tensorrt")
+
+
+def test_openvino_int8_through_nncf(tmp_path: Path, single_thread) -> None:
+    pytest.importorskip("nncf", reason="the nncf extra: pip install 'hurricane-nas[nncf]'")
+    cache = ArtifactCache(tmp_path)
+    m, x = block(), torch.randn(1, 8, 14, 14)
+    fp32 = cache.get(m, x, "openvino", "fp32")
+    int8 = cache.get(m, x, "openvino", "int8", calibration=torch.randn(4, 8, 14, 14))
+    model = ov.Core().read_model(str(int8.path))
+    assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+    assert not any(
+        op.get_type_name() == "FakeQuantize"
+        for op in ov.Core().read_model(str(fp32.path)).get_ops()
+    )
+    got = ov.Core().compile_model(model, "CPU")(x.numpy())[0]
+    ref = m(x).detach().numpy()
+    assert np.abs(got - ref).max() < 0.25 * np.abs(ref).max()  # int8: close, not exact
