@@ -173,9 +173,10 @@ class _StopOnInterrupt:
 
     def __init__(self) -> None:
         self.requested = False
-        self._old = None
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+        self._installed = threading.current_thread() is threading.main_thread()
+        if self._installed:
+            self._old = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002
         if self.requested:
@@ -183,9 +184,10 @@ class _StopOnInterrupt:
         self.requested = True
 
     def restore(self) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
+        if self._installed:
+            # getsignal gives None for a handler not set from Python: fall back to the default.
+            signal.signal(signal.SIGINT, self._old if self._old is not None else signal.SIG_DFL)
+            self._installed = False
 
 
 class Trainer:
