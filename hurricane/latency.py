@@ -1,0 +1,141 @@
+"""Latency from a device's lookup table: stem + each layer's entry + head, for many
+architectures at once.
+
+Each layer's table is an array indexed by (candidate, input width choice, output width
+choice), so scoring a batch of architectures is a handful of NumPy gathers. An entry the
+table lacks is NaN there and is reported by key, never read as zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from hurricane.arch import Arch
+from hurricane.errors import UserError
+from hurricane.lut import LutDB
+from hurricane.space import OpInstance, SearchSpace
+
+USABLE = ("ok", "noisy")  # noisy entries are measurements too, only flagged
+
+
+class MissingEntries(UserError):
+    """Latency entries a prediction needs that the table does not have."""
+
+    def __init__(self, keys: list[str], hint: str) -> None:
+        shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        super().__init__(f"{len(keys)} latency entries missing ({shown}); {hint}")
+        self.keys = keys
+
+
+class LutPredictor:
+    """Scores architectures of ``space`` from ``table`` (LUT key -> median ms)."""
+
+    def __init__(self, space: SearchSpace, table: dict[str, float], device: str = "") -> None:
+        self.space, self.device = space, device
+        self.hint = (
+            f"fill them with: hurricane profile --space {space.source} --device {device or 'SPEC'}"
+        )
+        self._keys: list[np.ndarray] = []  # per layer: object array of keys, for messages
+        self.tables: list[np.ndarray] = []
+        cin_choices = [space.stem.cout]
+        for i, layer in enumerate(space.layers):
+            couts = layer.channels(space.channel_divisor)
+            h, w = space.input_shape(i)
+            tab = np.full((len(layer.ops), len(cin_choices), len(couts)), np.nan)
+            keys = np.empty(tab.shape, dtype=object)
+            for o, op in enumerate(layer.ops):
+                act = space.layer_act(i, op)
+                for a, cin in enumerate(cin_choices):
+                    for b, cout in enumerate(couts):
+                        key = OpInstance(op, cin, cout, h, w, layer.stride, act).key
+                        keys[o, a, b] = key
+                        tab[o, a, b] = table.get(key, np.nan)
+            self.tables.append(tab)
+            self._keys.append(keys)
+            cin_choices = list(couts)
+        self.stem_key = space.stem_instance().key
+        self.stem = table.get(self.stem_key, np.nan)
+        heads = space.head_instances()
+        by_cin = {inst.cin: inst.key for inst in heads}
+        self.head_keys = [by_cin[c] for c in cin_choices]
+        self.head = np.array([table.get(k, np.nan) for k in self.head_keys])
+        self._op_index = [{op: j for j, op in enumerate(layer.ops)} for layer in space.layers]
+        self._w_index = [{w: j for j, w in enumerate(layer.widths)} for layer in space.layers]
+
+    @classmethod
+    def from_db(cls, space: SearchSpace, db_path: str | Path, device: str) -> LutPredictor:
+        with LutDB(db_path) as db:
+            try:
+                dev = db.device_id(device)
+            except KeyError:
+                raise UserError(
+                    f"{db_path}: no latency table for device {device!r}; run "
+                    f"hurricane profile --space {space.source} --device {device}"
+                ) from None
+            table = {e.key: e.median_ms for e in db.entries(dev, USABLE)}
+        return cls(space, table, device)
+
+    def missing(self) -> list[str]:
+        """Every key of the space this table lacks."""
+        out = [self.stem_key] if np.isnan(self.stem) else []
+        for tab, keys in zip(self.tables, self._keys):
+            out.extend(keys[np.isnan(tab)].tolist())
+        out.extend(k for k, v in zip(self.head_keys, self.head) if np.isnan(v))
+        return out
+
+    def encode(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
+        """(op index, width index) arrays of shape (N, layers)."""
+        n, layers = len(archs), len(self.space.layers)
+        ops = np.empty((n, layers), dtype=np.intp)
+        widths = np.empty((n, layers), dtype=np.intp)
+        for r, arch in enumerate(archs):
+            try:
+                self._encode_row(arch, ops[r], widths[r])
+            except (KeyError, IndexError, ValueError):
+                # Not in canonical form (an FBNet alias, say) or not in the space:
+                # validation canonicalises it or raises saying which layer is wrong.
+                self._encode_row(self.space.validate_arch(arch), ops[r], widths[r])
+        return ops, widths
+
+    def _encode_row(self, arch: Arch, ops: np.ndarray, widths: np.ndarray) -> None:
+        if len(arch.ops) != len(self._op_index):
+            raise ValueError("layer count")
+        for i, (op, w) in enumerate(zip(arch.ops, arch.widths)):
+            ops[i] = self._op_index[i][op]
+            widths[i] = self._w_index[i][w]
+
+    def predict_indices(self, ops: np.ndarray, widths: np.ndarray) -> np.ndarray:
+        n = ops.shape[0]
+        total = np.full(n, self.stem, dtype=float)
+        cin = np.zeros(n, dtype=np.intp)
+        for i, tab in enumerate(self.tables):
+            total += tab[ops[:, i], cin, widths[:, i]]
+            cin = widths[:, i]
+        total += self.head[cin]
+        if np.isnan(total).any():
+            raise MissingEntries(self._missing_for(ops, widths, np.isnan(total)), self.hint)
+        return total
+
+    def predict(self, archs: Sequence[Arch] | Arch) -> np.ndarray | float:
+        """Predicted latency (ms) of one architecture or an array for a sequence."""
+        single = isinstance(archs, Arch)
+        ops, widths = self.encode([archs] if single else archs)
+        out = self.predict_indices(ops, widths)
+        return float(out[0]) if single else out
+
+    def _missing_for(self, ops: np.ndarray, widths: np.ndarray, bad: np.ndarray) -> list[str]:
+        keys: dict[str, None] = {}
+        if np.isnan(self.stem):
+            keys[self.stem_key] = None
+        for r in np.flatnonzero(bad):
+            cin = 0
+            for i, (tab, kt) in enumerate(zip(self.tables, self._keys)):
+                if np.isnan(tab[ops[r, i], cin, widths[r, i]]):
+                    keys[kt[ops[r, i], cin, widths[r, i]]] = None
+                cin = widths[r, i]
+            if np.isnan(self.head[cin]):
+                keys[self.head_keys[cin]] = None
+        return list(keys)
