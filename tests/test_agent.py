@@ -131,7 +131,7 @@ def onnx_models(tmp_path_factory, single_thread) -> dict:
 
 @pytest.fixture(scope="module")
 def ir_models(tmp_path_factory, single_thread) -> dict:
-    ov = pytest.importorskip("openvino")
+    import openvino as ov
     import torch
 
     out = tmp_path_factory.mktemp("ir")
@@ -219,7 +219,6 @@ def build_tflite(depthwise: bool = False, int8: bool = False, size: int = 16, ch
 
 @pytest.fixture(scope="module")
 def tflite_models(tmp_path_factory) -> dict:
-    pytest.importorskip("ai_edge_litert.interpreter")
     out = tmp_path_factory.mktemp("tflite")
     paths = {}
     for name, kwargs in {"conv": {}, "dw_int8": {"depthwise": True, "int8": True}}.items():

@@ -122,7 +122,6 @@ def test_agent_crash_on_one_op_is_recorded(tmp_path: Path, cache, monkeypatch) -
 def test_dsp_without_its_delegate_library(tmp_path: Path, cache) -> None:
     """The DSP path runs here on the CPU: full-int8 LiteRT through the same agent; a missing
     delegate library is an error on every entry, never a silent CPU run."""
-    pytest.importorskip("litert_torch", reason="LiteRT conversion needs litert-torch")
     body = (
         'kind = "dsp"\n[runtime]\nname = "litert"\nprecision = "int8"\n'
         '[runtime.delegate]\nlibrary = "/nonexistent/libQnnTFLiteDelegate.so"\n'
@@ -144,7 +143,6 @@ def test_whole_models_over_ssh_with_litert_and_openvino(tmp_path: Path, cache) -
     from hurricane.subnet import build_subnet
     from profilers.campaign import measure_modules
 
-    pytest.importorskip("litert_torch", reason="LiteRT conversion needs litert-torch")
     space = load_space(TINY)
     small = build_subnet(space, "skip@0.5-skip@0.5-ds_k3@0.5").eval()
     big = build_subnet(space, "mb_k3_e3-mb_k3_e3-mb_k3_e3").eval()

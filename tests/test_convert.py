@@ -72,7 +72,6 @@ def test_conversion_errors_are_one_line(tmp_path: Path) -> None:
 
 
 def test_openvino_int8_through_nncf(tmp_path: Path, single_thread) -> None:
-    pytest.importorskip("nncf", reason="the nncf extra: pip install 'hurricane-nas[nncf]'")
     cache = ArtifactCache(tmp_path)
     m, x = block(), torch.randn(1, 8, 14, 14)
     fp32 = cache.get(m, x, "openvino", "fp32")

@@ -29,10 +29,6 @@ from hurricane.evaluate import accuracy, recalibrate_bn
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 FMNIST = Path(FASHION_MNIST_DIR)
-needs_fmnist = pytest.mark.skipif(
-    not (FMNIST / "train-images-idx3-ubyte.gz").is_file(),
-    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
-)
 
 
 def _rows(images: torch.Tensor | np.ndarray) -> list[bytes]:
@@ -66,8 +62,6 @@ def _write_idx(path: Path, arr: np.ndarray) -> None:
 
 @pytest.fixture(scope="module")
 def fmnist():
-    if not (FMNIST / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip("Fashion-MNIST not installed")
     return load_data("fashion-mnist", (28, 28), 1, 10, split_seed=0)
 
 
@@ -78,7 +72,6 @@ def fmnist_raw():
     return images, labels
 
 
-@needs_fmnist
 def test_fashion_mnist_shapes_and_sizes(fmnist) -> None:
     assert fmnist.name == "fashion-mnist"
     assert fmnist.classes == 10
@@ -103,7 +96,6 @@ def test_fashion_mnist_shapes_and_sizes(fmnist) -> None:
         assert int(split.labels.max()) == 9
 
 
-@needs_fmnist
 def test_fashion_mnist_train_val_partition_the_training_file(fmnist, fmnist_raw) -> None:
     raw_images, raw_labels = fmnist_raw
     raw_keys = _rows(raw_images)
@@ -121,7 +113,6 @@ def test_fashion_mnist_train_val_partition_the_training_file(fmnist, fmnist_raw)
     assert train_keys[:50] != raw_keys[:50]
 
 
-@needs_fmnist
 def test_fashion_mnist_normalised(fmnist) -> None:
     x, _ = fmnist.train.batch(torch.arange(4000))
     assert abs(float(x.mean())) < 0.05
@@ -132,7 +123,6 @@ def test_fashion_mnist_normalised(fmnist) -> None:
     assert abs(float(x.std()) - 1.0) < 0.1
 
 
-@needs_fmnist
 def test_fashion_mnist_split_seed(fmnist) -> None:
     again = load_data("fashion-mnist", (28, 28), 1, 10, split_seed=0)
     assert torch.equal(again.val.images, fmnist.val.images)
@@ -145,7 +135,6 @@ def test_fashion_mnist_split_seed(fmnist) -> None:
     assert torch.equal(other.test.images, fmnist.test.images)
 
 
-@needs_fmnist
 def test_fashion_mnist_limits(fmnist) -> None:
     small = load_data("fashion-mnist", (28, 28), 1, 10, train_limit=100, eval_limit=50)
     assert (len(small.train), len(small.val), len(small.test)) == (100, 50, 50)
@@ -158,7 +147,6 @@ def test_fashion_mnist_limits(fmnist) -> None:
     assert y.shape == (50,)
 
 
-@needs_fmnist
 def test_fashion_mnist_resized(tmp_path: Path, monkeypatch, fmnist, fmnist_raw) -> None:
     # A copy of the first images in a folder named by HURRICANE_FASHION_MNIST keeps this fast.
     images, labels = fmnist_raw
@@ -199,7 +187,6 @@ def test_fashion_mnist_missing_files(tmp_path: Path, monkeypatch) -> None:
     assert "apt-get install dataset-fashion-mnist" in str(exc.value)
 
 
-@needs_fmnist
 @pytest.mark.parametrize(
     ("channels", "classes", "words"),
     [(3, 10, ["1 channel", "expects 3", "channels"]), (1, 5, ["10 classes", "classes = 10"])],

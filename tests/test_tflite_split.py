@@ -6,17 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
+from ai_edge_litert.interpreter import Interpreter
 from torch import nn
 
 from devices.convert import ArtifactCache, ConversionError
 from devices.tflite_split import opcode_names
 from hurricane.space import OpInstance
 from hurricane.subnet import instance_module
-
-pytest.importorskip("litert_torch", reason="LiteRT conversion needs litert-torch")
-from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 INSTANCES = [
     OpInstance("mb_k3_e3_se", 8, 12, 14, 14, 2, "relu"),
