@@ -6,6 +6,7 @@ nothing, and ``(device, key)`` is the primary key, so running again never duplic
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import statistics
@@ -106,11 +107,14 @@ class Entry:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
+def _key_fields(inst: OpInstance) -> dict[str, Any]:
+    return {"key": inst.key, **dataclasses.asdict(inst)}
+
+
 def entry_from_samples(inst: OpInstance, samples: list[float], status: str = "ok", **kw) -> Entry:
     """An entry whose statistics are computed from raw samples (ms)."""
     return Entry(
-        key=inst.key, op=inst.op, cin=inst.cin, cout=inst.cout, h=inst.h, w=inst.w,
-        stride=inst.stride, act=inst.act, status=status,
+        **_key_fields(inst), status=status,
         median_ms=kw.pop("median_ms", None) or statistics.median(samples),
         mean_ms=statistics.fmean(samples), std_ms=statistics.pstdev(samples),
         min_ms=min(samples), n=len(samples), samples=tuple(samples), **kw,
@@ -119,8 +123,7 @@ def entry_from_samples(inst: OpInstance, samples: list[float], status: str = "ok
 
 def error_entry(inst: OpInstance, error: str, **kw) -> Entry:
     return Entry(
-        key=inst.key, op=inst.op, cin=inst.cin, cout=inst.cout, h=inst.h, w=inst.w,
-        stride=inst.stride, act=inst.act, status="error", error=error.strip().splitlines()[0][:500]
+        **_key_fields(inst), status="error", error=error.strip().splitlines()[0][:500]
         if error.strip() else "unknown error", **kw,
     )  # fmt: skip
 

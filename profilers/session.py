@@ -111,13 +111,11 @@ class AgentSession:
 
     def upload(self, art: Artifact) -> str:
         """Ship an artifact (once per session) and return its path on the device."""
-        remote = None
         for f in art.files:
             if f.name not in self._uploaded:
                 self.transport.put(f, f.name)
                 self._uploaded.add(f.name)
-        remote = f"{self.transport.workdir()}/{art.path.name}"
-        return remote
+        return f"{self.transport.workdir()}/{art.path.name}"
 
     def measure(self, items: list[tuple[str, Artifact]], seed: int = 0) -> Iterator[dict[str, Any]]:
         """Time a batch in one agent command; yield each item's result or error line."""
