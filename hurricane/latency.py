@@ -1,5 +1,5 @@
 """Latency from a device's lookup table: stem + each layer's entry + head, for many
-architectures at once.
+architectures at once; gaps filled by the operator predictor; then the device's calibration.
 
 Each layer's table is an array indexed by (candidate, input width choice, output width
 choice), so scoring a batch of architectures is a handful of NumPy gathers. An entry the
@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from hurricane.arch import Arch
+from hurricane.calibration import Calibration
 from hurricane.errors import UserError
 from hurricane.lut import LutDB
+from hurricane.op_predictor import OpPredictor, record_from_instance
 from hurricane.space import OpInstance, SearchSpace
 
 USABLE = ("ok", "noisy")  # noisy entries are measurements too, only flagged
@@ -67,16 +69,7 @@ class LutPredictor:
 
     @classmethod
     def from_db(cls, space: SearchSpace, db_path: str | Path, device: str) -> LutPredictor:
-        with LutDB(db_path) as db:
-            try:
-                dev = db.device_id(device)
-            except KeyError:
-                raise UserError(
-                    f"{db_path}: no latency table for device {device!r}; run "
-                    f"hurricane profile --space {space.source} --device {device}"
-                ) from None
-            table = {e.key: e.median_ms for e in db.entries(dev, USABLE)}
-        return cls(space, table, device)
+        return cls(space, read_table(space, db_path, device), device)
 
     def missing(self) -> list[str]:
         """Every key of the space this table lacks."""
@@ -139,3 +132,78 @@ class LutPredictor:
             if np.isnan(self.head[cin]):
                 keys[self.head_keys[cin]] = None
         return list(keys)
+
+
+def read_table(space: SearchSpace, db_path: str | Path, device: str) -> dict[str, float]:
+    """A device's usable LUT entries: key -> median ms."""
+    if not Path(db_path).exists():
+        raise UserError(f"{db_path}: no such LUT database; run hurricane profile --space "
+                        f"{space.source} --device {device} --db {db_path}")  # fmt: skip
+    with LutDB(db_path) as db:
+        try:
+            dev = db.device_id(device)
+        except KeyError:
+            raise UserError(
+                f"{db_path}: no latency table for device {device!r}; run "
+                f"hurricane profile --space {space.source} --device {device}"
+            ) from None
+        return {e.key: e.median_ms for e in db.entries(dev, USABLE)}
+
+
+MIN_TO_LEARN = 20  # fewer measured entries than this teach the operator predictor too little
+
+
+def fill_missing(
+    space: SearchSpace, table: dict[str, float], device: str = "", seed: int = 0
+) -> tuple[dict[str, float], list[str]]:
+    """The table with every entry ``space`` needs: gaps predicted by an ``OpPredictor``
+    trained on the measured entries. Returns (table, keys that were predicted)."""
+    missing = LutPredictor(space, table, device).missing()
+    if not missing:
+        return table, []
+    if len(table) < MIN_TO_LEARN:
+        raise MissingEntries(missing, LutPredictor(space, {}, device).hint + (
+            f" (only {len(table)} entries measured: too few to predict the rest)"))  # fmt: skip
+    keys = list(table)
+    model = OpPredictor(seed=seed).fit(
+        [record_from_instance(OpInstance.from_key(k)) for k in keys], [table[k] for k in keys]
+    )
+    guesses = model.predict([record_from_instance(OpInstance.from_key(k)) for k in missing])
+    return {**table, **dict(zip(missing, map(float, guesses)))}, missing
+
+
+class LatencyModel:
+    """What the search asks for: LUT sum (gaps filled by the operator predictor), corrected
+    by the device's model-level calibration when one was fitted."""
+
+    def __init__(
+        self, lut: LutPredictor, calibration: Calibration | None = None, predicted: list[str] = ()
+    ) -> None:
+        self.lut, self.calibration, self.predicted_keys = lut, calibration, list(predicted)
+
+    @classmethod
+    def from_db(
+        cls, space: SearchSpace, db_path: str | Path, device: str, fill: bool = True
+    ) -> LatencyModel:
+        """The device's table, filled if ``fill``, with the latest calibration stored for this
+        space's structure (by ``hurricane latency validate``), if any."""
+        table = read_table(space, db_path, device)
+        predicted: list[str] = []
+        if fill:
+            table, predicted = fill_missing(space, table, device)
+        lut = LutPredictor(space, table, device)
+        calibration = None
+        with LutDB(db_path) as db:
+            for row in reversed(db.validations(db.device_id(device))):
+                res = row["result"]
+                if res.get("space_hash") == space.structure_hash() and res.get("calibration"):
+                    calibration = Calibration(**res["calibration"])
+                    break
+        return cls(lut, calibration, predicted)
+
+    def predict_sum(self, archs: Sequence[Arch] | Arch) -> np.ndarray | float:
+        return self.lut.predict(archs)
+
+    def predict(self, archs: Sequence[Arch] | Arch) -> np.ndarray | float:
+        summed = self.lut.predict(archs)
+        return self.calibration(summed) if self.calibration else summed

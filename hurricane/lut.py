@@ -63,6 +63,32 @@ CREATE TABLE IF NOT EXISTS entries (
     measured_at TEXT NOT NULL,
     PRIMARY KEY (device_id, key)
 );
+-- Whole networks measured end to end (calibration, validation, the whole-model predictor).
+-- space_hash names the space's structure, so a changed space file never reuses old timings.
+CREATE TABLE IF NOT EXISTS models (
+    device_id INTEGER NOT NULL REFERENCES devices(id),
+    space TEXT NOT NULL,
+    space_hash TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    median_ms REAL,
+    round_cv REAL,
+    samples TEXT,
+    status TEXT NOT NULL,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    runtime TEXT,
+    delegate TEXT,
+    measured_at TEXT NOT NULL,
+    PRIMARY KEY (device_id, space_hash, arch)
+);
+-- One row per latency validation: its figures and where its plot went.
+CREATE TABLE IF NOT EXISTS validations (
+    id INTEGER PRIMARY KEY,
+    device_id INTEGER NOT NULL REFERENCES devices(id),
+    space TEXT NOT NULL,
+    created TEXT NOT NULL,
+    result TEXT NOT NULL
+);
 """
 
 # ok: measured and steady; noisy: still above the CV threshold after every re-measurement
@@ -236,6 +262,45 @@ class LutDB:
             (device_id,),
         ).fetchall()
         return {r["status"]: r["n"] for r in rows}
+
+    # --- whole models and validations ---------------------------------------------------
+    def put_model(
+        self, device_id: int, space: str, space_hash: str, arch: str, result: dict[str, Any]
+    ) -> None:
+        """Store one end-to-end measurement (``result``: median_ms, round_cv, samples_ms,
+        status, error, attempts, runtime, delegate), committed at once."""
+        with self.conn:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO models (device_id, space, space_hash, arch, median_ms, "
+                "round_cv, samples, status, error, attempts, runtime, delegate, measured_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (device_id, space, space_hash, arch, result.get("median_ms"),
+                 result.get("round_cv"), json.dumps(result.get("samples_ms") or []),
+                 result["status"], result.get("error"), result.get("attempts", 1),
+                 result.get("runtime"), result.get("delegate"), _now()),
+            )  # fmt: skip
+
+    def models(self, device_id: int, space_hash: str) -> dict[str, dict[str, Any]]:
+        """arch string -> its stored measurement, for one device and space."""
+        rows = self.conn.execute(
+            "SELECT * FROM models WHERE device_id = ? AND space_hash = ?", (device_id, space_hash)
+        ).fetchall()
+        return {r["arch"]: {**dict(r), "samples": json.loads(r["samples"] or "[]")} for r in rows}
+
+    def add_validation(self, device_id: int, space: str, result: dict[str, Any]) -> int:
+        with self.conn:
+            cur = self.conn.execute(
+                "INSERT INTO validations (device_id, space, created, result) VALUES (?, ?, ?, ?)",
+                (device_id, space, _now(), json.dumps(result)),
+            )
+        return int(cur.lastrowid)
+
+    def validations(self, device_id: int | None = None) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT * FROM validations WHERE ? IS NULL OR device_id = ? ORDER BY id",
+            (device_id, device_id),
+        ).fetchall()
+        return [{**dict(r), "result": json.loads(r["result"])} for r in rows]
 
     @staticmethod
     def _entry(r: sqlite3.Row) -> Entry:

@@ -7,6 +7,7 @@ built-in spaces live in ``hurricane/spaces/``; any other file path works the sam
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import tomllib
@@ -41,6 +42,17 @@ class OpInstance:
     @property
     def key(self) -> str:
         return f"{self.op}:{self.cin}>{self.cout}:{self.h}x{self.w}:s{self.stride}:{self.act}"
+
+    @classmethod
+    def from_key(cls, key: str) -> OpInstance:
+        try:
+            op, chans, hw, stride, act = key.split(":")
+            cin, cout = chans.split(">")
+            h, w = hw.split("x")
+            assert stride.startswith("s")
+            return cls(op, int(cin), int(cout), int(h), int(w), int(stride[1:]), act)
+        except (ValueError, AssertionError):
+            raise UserError(f"{key!r} is not a LUT key (op:cin>cout:HxW:sS:act)") from None
 
 
 @dataclass(frozen=True)
@@ -215,6 +227,14 @@ class SearchSpace:
                 ops[i] = layer.ops[rng.randrange(len(layer.ops))]
                 widths[i] = layer.widths[rng.randrange(len(layer.widths))]
         return Arch(tuple(ops), tuple(widths))
+
+    def structure_hash(self) -> str:
+        """A short hash of what shapes a network (not the candidate lists or the name), so
+        stored whole-model timings are reused exactly when the same networks would be built."""
+        parts = (self.resolution, self.in_channels, self.classes, self.stem, self.head, self.act,
+                 [(lay.cout, lay.stride, lay.act, lay.channels(self.channel_divisor))
+                  for lay in self.layers])  # fmt: skip
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -148,8 +148,11 @@ class Campaign:
         session_factory: Callable[[DeviceSpec], AgentSession] = AgentSession,
         position: int = 0,
         convert_workers: int | None = None,
+        instances: list[OpInstance] | None = None,
     ) -> None:
         self.space, self.spec = space, spec
+        # Default: the space's every op instance; adaptive sampling passes its own.
+        self.instances = instances
         self.db = LutDB(db_path)
         self.cache = cache or ArtifactCache()
         self.progress, self.retry_errors, self.limit = progress, retry_errors, limit
@@ -183,7 +186,7 @@ class Campaign:
     # --- the run --------------------------------------------------------------------------
     def run(self) -> CampaignReport:
         spec, space = self.spec, self.space
-        instances = space_instances(space)
+        instances = self.instances if self.instances is not None else space_instances(space)
         dev = self.db.upsert_device(spec.name, spec.kind, spec.runtime.name, _spec_json(spec))
         done = self.db.done_keys(dev)
         if self.retry_errors:

@@ -1,0 +1,100 @@
+"""CLI commands for the latency model: ``latency validate``, ``latency predict``,
+``latency sample``."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipelines.profile_cli import DEFAULT_DB
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from devices.spec import load_device
+    from hurricane.space import load_space
+    from pipelines.latency_validate import summary_lines, validate_latency
+
+    space, spec = load_space(args.space), load_device(args.device)
+    result = validate_latency(
+        space, spec, args.db, n=args.n, n_calibration=args.calibration, seed=args.seed,
+        out_dir=args.out, progress=not args.no_progress,
+    )  # fmt: skip
+    print("\n".join(summary_lines(result)))
+    print(f"  stored as validation {result['id']} in {args.db}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from hurricane.latency import LatencyModel
+    from hurricane.space import load_space
+
+    space = load_space(args.space)
+    model = LatencyModel.from_db(space, args.db, args.device)
+    archs = [space.parse_arch(a) for a in args.arch]
+    for a, summed, pred in zip(archs, model.predict_sum(archs), model.predict(archs)):
+        print(f"{pred:9.4f} ms  (LUT sum {summed:.4f})  {a}")
+    if model.predicted_keys:
+        print(f"note: {len(model.predicted_keys)} LUT entries were predicted, not measured")
+    if model.calibration is None:
+        print("note: no calibration stored for this space; run hurricane latency validate")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from devices.spec import load_device
+    from hurricane.space import load_space
+    from profilers.adaptive import adaptive_sample
+
+    report = adaptive_sample(
+        load_space(args.space), load_device(args.device), args.db, budget=args.budget,
+        target_mape=args.target_mape, per_round=args.per_round, seed=args.seed,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    for r in report["rounds"]:
+        print(f"round {r['round']}: {r['train']} entries, cross-validated MAPE {r['cv_mape']:.2%}"
+              + (f", profiled {r['added']} more" if r.get("added") else ""))  # fmt: skip
+    print(f"{report['stopped']}; predictor saved to {report['predictor']}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    lat = sub.add_parser("latency", help="the latency model: validate, predict, sample")
+    lsub = lat.add_subparsers(dest="latency_command", required=True)
+
+    val = lsub.add_parser("validate", help="measure random models end to end and score the "
+                          "calibrated LUT prediction on them")  # fmt: skip
+    val.add_argument("--space", required=True, help="built-in space name or TOML file")
+    val.add_argument("--device", required=True, help="device spec TOML file or example name")
+    val.add_argument("--n", type=int, default=100, help="held-out models (default: %(default)s)")
+    val.add_argument("--calibration", type=int, default=20,
+                     help="models to fit the calibration on (default: %(default)s)")  # fmt: skip
+    val.add_argument("--seed", type=int, default=0)
+    val.add_argument("--db", default=DEFAULT_DB, help="LUT database (default: %(default)s)")
+    val.add_argument("--out", default=None,
+                     help="folder for validation.json and scatter.png "
+                          "(default: runs/latency/DEVICE-SPACE)")  # fmt: skip
+    val.add_argument("--no-progress", action="store_true")
+    val.set_defaults(func=_validate)
+
+    pred = lsub.add_parser("predict", help="predicted latency of architectures on a device")
+    pred.add_argument("--space", required=True)
+    pred.add_argument("--device", required=True, help="device name in the LUT database")
+    pred.add_argument("--db", default=DEFAULT_DB)
+    pred.add_argument("arch", nargs="+", help="architecture strings")
+    pred.set_defaults(func=_predict)
+
+    samp = lsub.add_parser("sample", help="profile extra operator configurations where the "
+                           "operator predictor errs most (nn-Meter style)")  # fmt: skip
+    samp.add_argument("--space", required=True)
+    samp.add_argument("--device", required=True)
+    samp.add_argument("--db", default=DEFAULT_DB)
+    samp.add_argument("--budget", type=int, default=200, help="configurations to profile at most")
+    samp.add_argument(
+        "--target-mape",
+        type=float,
+        default=0.05,
+        help="stop once cross-validated MAPE is below this (default: %(default)s)",
+    )
+    samp.add_argument("--per-round", type=int, default=40)
+    samp.add_argument("--seed", type=int, default=0)
+    samp.add_argument("--no-progress", action="store_true")
+    samp.set_defaults(func=_sample)

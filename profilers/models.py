@@ -1,0 +1,148 @@
+"""Whole networks measured end to end on a device, for calibration and validation.
+
+The same agent and protocol as the operator campaign (warm-up, interleaved rounds, median of
+round medians, noisy ones re-measured then flagged), and every result is committed to the
+LUT database's ``models`` table as it arrives, so an interrupted run keeps what it measured
+and a second run measures only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from devices.convert import Artifact, ArtifactCache, ConversionError
+from devices.spec import DeviceSpec
+from hurricane.arch import Arch
+from hurricane.lut import LutDB
+from hurricane.space import SearchSpace
+from hurricane.subnet import build_subnet
+from profilers.campaign import _spec_json, round_cv
+from profilers.session import AgentCrashed, AgentSession
+
+USABLE = ("ok", "noisy")
+
+
+def arch_module(space: SearchSpace, arch: Arch) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The network of ``arch`` with weights seeded by its string (same arch, same artifact)."""
+    torch.manual_seed(int(hashlib.sha256(str(arch).encode()).hexdigest()[:8], 16))
+    net = build_subnet(space, arch).eval()
+    return net, torch.randn(1, space.in_channels, *space.resolution)
+
+
+def _convert_archs(
+    space: SearchSpace, archs: list[str], runtime: str, precision: str, cache_root: str
+) -> list[tuple[str, str | None]]:
+    torch.set_num_threads(1)
+    cache = ArtifactCache(Path(cache_root))
+    items = [arch_module(space, Arch.parse(a)) for a in archs]
+    out = cache.get_many(items, runtime, precision, chunk=4)
+    return [(a, str(r) if isinstance(r, ConversionError) else None) for a, r in zip(archs, out)]
+
+
+def _convert_all(space, archs, spec, cache, workers, progress) -> dict[str, str]:
+    rt = spec.runtime
+    per = 4
+    chunks = [archs[i : i + per] for i in range(0, len(archs), per)]
+    errors: dict[str, str] = {}
+    bar = tqdm(total=len(archs), desc=f"convert {len(archs)} models", unit="model",
+               disable=not progress, dynamic_ncols=True)  # fmt: skip
+    if workers <= 1:
+        results = (_convert_archs(space, c, rt.name, rt.precision, str(cache.root)) for c in chunks)
+        for res in results:
+            errors.update({a: e for a, e in res if e})
+            bar.update(len(res))
+    else:
+        ctx = multiprocessing.get_context("spawn")  # the LiteRT converter does not survive fork
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = [pool.submit(_convert_archs, space, c, rt.name, rt.precision,
+                                   str(cache.root)) for c in chunks]  # fmt: skip
+            for fut in futures:
+                res = fut.result()
+                errors.update({a: e for a, e in res if e})
+                bar.update(len(res))
+    bar.close()
+    return errors
+
+
+def measure_archs(
+    space: SearchSpace,
+    spec: DeviceSpec,
+    archs: Sequence[Arch],
+    db_path: str | Path,
+    cache: ArtifactCache | None = None,
+    progress: bool = True,
+    workers: int | None = None,
+    batch: int = 10,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """End-to-end latency of each architecture on ``spec``: arch string -> stored row
+    (``median_ms``, ``status``, ...). Architectures already stored are not measured again."""
+    cache = cache or ArtifactCache()
+    archs = [space.validate_arch(a) for a in archs]
+    wanted = list(dict.fromkeys(str(a) for a in archs))
+    h = space.structure_hash()
+    with LutDB(db_path) as db:
+        dev = db.upsert_device(spec.name, spec.kind, spec.runtime.name, _spec_json(spec))
+        stored = db.models(dev, h)
+        todo = [a for a in wanted if a not in stored]
+        if todo:
+            if workers is None:
+                workers = 0 if spec.runtime.name == "onnxruntime" else (os.cpu_count() or 1)
+            failed = _convert_all(space, todo, spec, cache, workers, progress)
+            for a, err in failed.items():
+                db.put_model(dev, space.name, h, a, {"status": "error", "error": err[:500]})
+            ok = [a for a in todo if a not in failed]
+            _measure(space, spec, ok, db, dev, h, cache, progress, batch, seed)
+        stored = db.models(dev, h)
+    return {a: stored[a] for a in wanted if a in stored}
+
+
+def _measure(space, spec, archs, db, dev, h, cache, progress, batch, seed) -> None:
+    rt, m = spec.runtime, spec.measure
+    arts: dict[str, Artifact] = {}
+    for a in archs:
+        net, x = arch_module(space, Arch.parse(a))
+        arts[a] = cache.get(net, x, rt.name, rt.precision)
+    bar = tqdm(total=len(archs), desc=f"measure on {spec.name}", unit="model",
+               disable=not progress, dynamic_ncols=True)  # fmt: skip
+    queue = [(a, 1) for a in archs]
+    with AgentSession(spec) as session:
+        step = 0
+        while queue:
+            chunk, queue = queue[:batch], queue[batch:]
+            attempts = dict(chunk)
+            step += 1
+            try:
+                results = list(session.measure([(a, arts[a]) for a, _ in chunk], seed=seed + step))
+            except AgentCrashed as crash:
+                session.restart_agent()
+                results = [{"type": "error", "id": a, "error": str(crash)} for a in crash.pending]
+            for res in results:
+                a = res["id"]
+                if res["type"] == "error":
+                    db.put_model(dev, space.name, h, a, {"status": "error", "error": res["error"],
+                                                         "attempts": attempts[a]})  # fmt: skip
+                    bar.update(1)
+                    continue
+                cv = round_cv(res)
+                noisy = cv > m.cv_threshold
+                if noisy and attempts[a] <= m.max_remeasure:
+                    queue.append((a, attempts[a] + 1))
+                    continue
+                db.put_model(dev, space.name, h, a, {
+                    "median_ms": res["median_ms"], "round_cv": cv,
+                    "samples_ms": res["samples_ms"], "status": "noisy" if noisy else "ok",
+                    "attempts": attempts[a], "delegate": res.get("delegate"),
+                    "runtime": f"{res.get('runtime')} {res.get('runtime_version', '')}".strip(),
+                })  # fmt: skip
+                bar.update(1)
+    bar.close()
