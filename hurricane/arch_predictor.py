@@ -44,6 +44,13 @@ class ArchPredictor:
             Arch.of(ops, [max(layer.widths) for layer in self.space.layers][: len(ops)])
         )
 
+    def _is_op_list(self, a: object) -> bool:
+        """One architecture as per-layer op names (op names never contain '-' or '@')."""
+        return (
+            isinstance(a, (list, tuple)) and len(a) == len(self.space.layers)
+            and all(isinstance(o, str) and "-" not in o and "@" not in o for o in a)
+        )  # fmt: skip
+
     def features(self, archs: Sequence[ArchLike]) -> np.ndarray:
         k = len(self.ops)
         x = np.zeros((len(archs), 3 + 3 * k))
@@ -76,6 +83,6 @@ class ArchPredictor:
     def predict(self, archs: Sequence[ArchLike] | ArchLike) -> np.ndarray | float:
         if self.model is None:
             raise UserError("this ArchPredictor is not fitted yet: call fit(archs, latencies_ms)")
-        single = isinstance(archs, (Arch, str))
+        single = isinstance(archs, (Arch, str)) or self._is_op_list(archs)
         out = self.model.predict(self.features([archs] if single else archs))
         return float(out[0]) if single else out

@@ -1,0 +1,150 @@
+"""End-to-end latency validation, gap filling and adaptive sampling on a real runtime
+(ONNX Runtime on this CPU) with a real SQLite LUT."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from devices.convert import ArtifactCache
+from devices.spec import load_device
+from hurricane.errors import UserError
+from hurricane.latency import LatencyModel, LutPredictor, MissingEntries, fill_missing, read_table
+from hurricane.space import OpInstance, load_space, parse_space
+from pipelines.cli import main
+from profilers.adaptive import adaptive_sample, candidate_pool
+from profilers.campaign import profile
+from profilers.models import measure_archs
+
+TINY = Path(__file__).parent / "spaces" / "tiny.toml"
+
+
+@pytest.fixture(scope="module")
+def lut(tmp_path_factory) -> tuple[Path, Path, ArtifactCache]:
+    tmp = tmp_path_factory.mktemp("lut")
+    spec = tmp / "ort.toml"
+    spec.write_text(
+        'name = "ort"\nkind = "cpu"\n[runtime]\nname = "onnxruntime"\n'
+        "[measure]\nwarmup = 1\nrounds = 3\nruns = 3\nmin_round_ms = 0\n"
+    )
+    cache = ArtifactCache(tmp / "c")
+    db = tmp / "lut.sqlite"
+    profile(load_space(TINY), load_device(spec), db, cache=cache, progress=False)
+    return db, spec, cache
+
+
+def copy_db(lut, tmp_path: Path) -> Path:
+    db = tmp_path / "lut.sqlite"
+    with sqlite3.connect(lut[0]) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)  # the WAL's pages too
+    return db
+
+
+def test_validate_cli_stores_results_and_reuses_measurements(lut, tmp_path, capsys) -> None:
+    db, spec = copy_db(lut, tmp_path), lut[1]
+    out = tmp_path / "val"
+    argv = ["latency", "validate", "--space", str(TINY), "--device", str(spec), "--n", "12",
+            "--calibration", "5", "--db", str(db), "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "12 held-out models (calibrated on 5" in text and "calibrated" in text
+    result = json.loads((out / "validation.json").read_text())
+    for key in ("within_5pct", "within_10pct", "rmse_ms", "mape", "spearman"):
+        assert np.isfinite(result[key]) and np.isfinite(result["uncalibrated"][key])
+    assert result["n"] == 12 and result["n_calibration"] == 5
+    roles = [m["role"] for m in result["models"]]
+    assert roles.count("calibration") == 5 and roles.count("held_out") == 12
+    held = {m["arch"] for m in result["models"] if m["role"] == "held_out"}
+    assert not held & {m["arch"] for m in result["models"] if m["role"] == "calibration"}
+    # The calibrated figure is what the calibration says of the LUT sum.
+    cal = result["calibration"]
+    for m in result["models"]:
+        want = cal["scale"] * m["summed_ms"] + cal["offset_ms"]
+        assert m["predicted_ms"] == pytest.approx(want)
+    assert (out / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT COUNT(*) FROM models").fetchone()[0] == 17
+    assert conn.execute("SELECT COUNT(*) FROM validations").fetchone()[0] == 1
+    stamps = conn.execute("SELECT arch, measured_at FROM models").fetchall()
+    # Same seed again: every model is already stored, nothing is measured twice.
+    assert main(argv) == 0
+    assert conn.execute("SELECT arch, measured_at FROM models").fetchall() == stamps
+    assert conn.execute("SELECT COUNT(*) FROM validations").fetchone()[0] == 2
+    # The stored calibration is what predictions use from now on.
+    space = load_space(TINY)
+    model = LatencyModel.from_db(space, db, "ort")
+    assert model.calibration is not None and model.calibration.scale == pytest.approx(cal["scale"])
+    arch = space.default_arch()
+    assert model.predict(arch) == pytest.approx(
+        cal["scale"] * model.predict_sum(arch) + cal["offset_ms"]
+    )
+    assert main(["latency", "predict", "--space", str(TINY), "--device", "ort", "--db", str(db),
+                 str(arch)]) == 0  # fmt: skip
+    assert "ms  (LUT sum" in capsys.readouterr().out
+
+
+def test_missing_entries_are_predicted_not_zero(lut, tmp_path) -> None:
+    db = copy_db(lut, tmp_path)
+    space = load_space(TINY)
+    full = read_table(space, db, "ort")
+    gone = sorted(k for k in full if k.startswith("mb_k3_e3"))[:4]
+    conn = sqlite3.connect(db)
+    conn.executemany("DELETE FROM entries WHERE key = ?", [(k,) for k in gone])
+    conn.commit()
+    table = read_table(space, db, "ort")
+    assert sorted(LutPredictor(space, table).missing()) == gone
+    filled, predicted = fill_missing(space, table)
+    assert sorted(predicted) == gone
+    assert all(np.isfinite(filled[k]) and filled[k] > 0 for k in gone)
+    # Too few measured entries to learn from: the gaps are named, with the profile command.
+    conn.execute("DELETE FROM entries WHERE key NOT IN (SELECT key FROM entries LIMIT 5)")
+    conn.commit()
+    with pytest.raises(MissingEntries, match="hurricane profile --space .*tiny.toml"):
+        fill_missing(space, read_table(space, db, "ort"))
+
+
+def test_no_table_for_the_device_is_one_clear_error(lut, tmp_path, capsys) -> None:
+    db = copy_db(lut, tmp_path)
+    code = main(["latency", "validate", "--space", str(TINY), "--device", "local-onnxruntime",
+                 "--db", str(db), "--n", "3"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "no latency table for device 'local-onnxruntime'" in err and "hurricane profile" in err
+    with pytest.raises(UserError, match="no such LUT database"):
+        read_table(load_space(TINY), tmp_path / "none.sqlite", "ort")
+
+
+def test_models_keyed_by_space_structure(lut, tmp_path) -> None:
+    db, spec, cache = copy_db(lut, tmp_path), lut[1], lut[2]
+    space = load_space(TINY)
+    arch = space.default_arch()
+    rows = measure_archs(space, load_device(spec), [arch], db, cache=cache, progress=False)
+    assert rows[str(arch)]["status"] in ("ok", "noisy") and rows[str(arch)]["median_ms"] > 0
+    changed = parse_space(TINY.read_text().replace("resolution = 28", "resolution = 32"))
+    assert changed.structure_hash() != space.structure_hash()
+    assert space.structure_hash() == load_space(TINY).structure_hash()
+
+
+def test_adaptive_sampling_profiles_unmeasured_channel_counts(lut, tmp_path) -> None:
+    db, spec, cache = copy_db(lut, tmp_path), lut[1], lut[2]
+    space = load_space(TINY)
+    before = set(read_table(space, db, "ort"))
+    pool = candidate_pool(space)
+    assert {p.key for p in pool} - before  # off-grid channel counts exist
+    report = adaptive_sample(space, load_device(spec), db, budget=6, per_round=3,
+                             target_mape=0.0, folds=3, progress=False,
+                             out=tmp_path / "p.json", cache=cache)  # fmt: skip
+    after = set(read_table(space, db, "ort"))
+    new = after - before
+    assert len(new) == 6 and report["added"] == 6 and "budget" in report["stopped"]
+    assert new <= {p.key for p in pool}
+    assert [r["train"] for r in report["rounds"]] == [len(before), len(before) + 3, len(after)]
+    assert (tmp_path / "p.json").exists()
+    # The new configurations are ones the width grid never gives.
+    grid = {i.key for i in space.op_instances()}
+    assert not new & grid
+    assert all(isinstance(OpInstance.from_key(k).cin, int) for k in new)
