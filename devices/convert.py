@@ -109,6 +109,26 @@ def to_onnx(module: nn.Module, example: torch.Tensor, out: Path) -> None:
     out.write_bytes(buf.getvalue())
 
 
+def _no_openvino_telemetry() -> None:
+    """OpenVINO's converter reports usage over the network unless the user decided otherwise,
+    one child process per event, each left to time out when offline: dozens per block, for
+    thousands of blocks. Treat "no decision" as no; an explicit ``opt_in_out --opt_in`` stands."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:
+        return
+    if getattr(OptInChecker.check, "_hurricane", False):
+        return
+    original = OptInChecker.check
+
+    def check(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        return ConsentCheckResult.DECLINED if result == ConsentCheckResult.NO_FILE else result
+
+    check._hurricane = True
+    OptInChecker.check = check
+
+
 def to_openvino(
     module: nn.Module,
     example: torch.Tensor,
@@ -119,6 +139,7 @@ def to_openvino(
     """IR in FP32 or FP16; INT8 through NNCF post-training quantization (optional extra)."""
     import openvino as ov
 
+    _no_openvino_telemetry()
     nncf = None
     if precision == "int8":
         try:

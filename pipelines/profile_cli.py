@@ -76,6 +76,7 @@ def _profile(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     kws = [
         {"progress": not args.no_progress, "retry_errors": args.retry_errors,
+         "remeasure_noisy": args.remeasure_noisy,
          "limit": args.limit, "position": i}
         for i in range(len(specs))
     ]  # fmt: skip
@@ -189,6 +190,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     prof.add_argument("--db", default=DEFAULT_DB, help="LUT database (default: %(default)s)")
     prof.add_argument("--limit", type=int, default=None, help="measure at most N new entries")
     prof.add_argument("--retry-errors", action="store_true", help="measure failed entries again")
+    prof.add_argument(
+        "--remeasure-noisy",
+        action="store_true",
+        help="measure entries flagged noisy again (say, once the device is idle)",
+    )
     prof.add_argument("--no-progress", action="store_true")
     prof.set_defaults(func=_profile)
 

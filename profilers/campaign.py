@@ -144,6 +144,7 @@ class Campaign:
         cache: ArtifactCache | None = None,
         progress: bool = True,
         retry_errors: bool = False,
+        remeasure_noisy: bool = False,
         limit: int | None = None,
         session_factory: Callable[[DeviceSpec], AgentSession] = AgentSession,
         position: int = 0,
@@ -156,6 +157,7 @@ class Campaign:
         self.db = LutDB(db_path)
         self.cache = cache or ArtifactCache()
         self.progress, self.retry_errors, self.limit = progress, retry_errors, limit
+        self.remeasure_noisy = remeasure_noisy
         self.session_factory = session_factory
         self.position = position
         if convert_workers is None:  # ONNX export is fast enough in-process
@@ -191,6 +193,8 @@ class Campaign:
         done = self.db.done_keys(dev)
         if self.retry_errors:
             done -= {e.key for e in self.db.entries(dev, ["error"])}
+        if self.remeasure_noisy:  # e.g. flagged while something else loaded the device
+            done -= {e.key for e in self.db.entries(dev, ["noisy"])}
         pending = [i for i in instances if i.key not in done]
         already = len(instances) - len(pending)
         if self.limit is not None:
