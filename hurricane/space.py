@@ -279,6 +279,30 @@ def _down(size: int, stride: int) -> int:
 BUILTIN_DIR = "spaces"
 
 
+def space_to_toml(space: SearchSpace, header: str = "") -> str:
+    """A TOML file that ``parse_space`` reads back into an equal space (one table per layer)."""
+
+    def q(text: str) -> str:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    def floats(ws: tuple[float, ...]) -> str:
+        return "[" + ", ".join(repr(float(w)) for w in ws) + "]"
+
+    lines = [f"# {line}" for line in header.splitlines()]
+    lines += [f"name = {q(space.name)}", f"description = {q(space.description)}",
+              f"act = {q(space.act)}", f"channel_divisor = {space.channel_divisor}", "",
+              "[input]", f"resolution = [{space.resolution[0]}, {space.resolution[1]}]",
+              f"channels = {space.in_channels}", f"classes = {space.classes}", "",
+              "[stem]", f"cout = {space.stem.cout}", f"kernel = {space.stem.kernel}",
+              f"stride = {space.stem.stride}"]  # fmt: skip
+    for layer in space.layers:
+        lines += ["", "[[layers]]", f"cout = {layer.cout}", f"stride = {layer.stride}",
+                  f"act = {q(layer.act)}", f"widths = {floats(layer.widths)}",
+                  "ops = [" + ", ".join(q(op) for op in layer.ops) + "]"]  # fmt: skip
+    lines += ["", "[head]", f"channels = {space.head.channels}", f"dropout = {space.head.dropout}"]
+    return "\n".join(lines) + "\n"
+
+
 def builtin_spaces() -> list[str]:
     folder = resources.files("hurricane") / BUILTIN_DIR
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
