@@ -119,6 +119,43 @@ class LutPredictor:
         out = self.predict_indices(ops, widths)
         return float(out[0]) if single else out
 
+    def fastest(
+        self, layers: Sequence[int] | None = None, fixed: Arch | None = None
+    ) -> tuple[float, Arch]:
+        """The lowest LUT sum in the space and its architecture (layers outside ``layers``
+        taken from ``fixed``): dynamic programming over each layer's output width, since a
+        layer's cost depends on the width before it."""
+        space = self.space
+        base = fixed or space.default_arch()
+        free = set(range(len(space.layers)) if layers is None else layers)
+        best = np.array([self.stem])  # cost so far for each width choice of the last layer
+        choice: list[np.ndarray] = []  # per layer: (op, from-width) behind each width
+        for i, tab in enumerate(self.tables):
+            layer = space.layers[i]
+            ops = range(len(layer.ops)) if i in free else [self._op_index[i][base.ops[i]]]
+            widths = (range(len(layer.widths)) if i in free
+                      else [self._w_index[i][base.widths[i]]])  # fmt: skip
+            cost = np.full(len(layer.widths), np.inf)
+            back = np.zeros((len(layer.widths), 2), dtype=np.intp)
+            for b in widths:
+                for o in ops:
+                    total = best + np.nan_to_num(tab[o, :, b], nan=np.inf)
+                    a = int(np.argmin(total))
+                    if total[a] < cost[b]:
+                        cost[b], back[b] = total[a], (o, a)
+            best = cost
+            choice.append(back)
+        final = best + np.nan_to_num(self.head, nan=np.inf)
+        b = int(np.argmin(final))
+        ms = float(final[b])
+        ops_out, widths_out = [], []
+        for i in reversed(range(len(space.layers))):
+            o, a = choice[i][b]
+            ops_out.append(space.layers[i].ops[o])
+            widths_out.append(space.layers[i].widths[b])
+            b = a
+        return ms, Arch(tuple(reversed(ops_out)), tuple(reversed(widths_out)))
+
     def _missing_for(self, ops: np.ndarray, widths: np.ndarray, bad: np.ndarray) -> list[str]:
         keys: dict[str, None] = {}
         if np.isnan(self.stem):
@@ -207,3 +244,9 @@ class LatencyModel:
     def predict(self, archs: Sequence[Arch] | Arch) -> np.ndarray | float:
         summed = self.lut.predict(archs)
         return self.calibration(summed) if self.calibration else summed
+
+    def fastest(
+        self, layers: Sequence[int] | None = None, fixed: Arch | None = None
+    ) -> tuple[float, Arch]:
+        ms, arch = self.lut.fastest(layers, fixed)
+        return (float(self.calibration(ms)) if self.calibration else ms), arch
