@@ -109,7 +109,8 @@ def validate_latency(
         "predicted_entries": len(predicted_keys), "failed_models": len(failed), "seed": seed,
         "protocol": {"warmup": spec.measure.warmup, "rounds": spec.measure.rounds,
                      "runs": spec.measure.runs, "min_round_ms": spec.measure.min_round_ms,
-                     "statistic": "median of round medians", "batch": 1},
+                     "statistic": f"{spec.measure.statistic} of round medians",
+                     "batch": 1},
         "plot": str(plot), "seconds": round(time.perf_counter() - t0, 1),
         "models": [{"arch": str(a), "role": role, "summed_ms": float(s), "measured_ms": float(m),
                     "predicted_ms": float(cal(s))}

@@ -67,13 +67,29 @@ class CampaignReport:
 NOISE_FLOOR_MS = 0.002  # below this spread the clock and the agent's loop dominate anyway
 
 
-def round_cv(result: dict[str, Any]) -> float:
-    """Spread of the round medians relative to their mean: how far the reported statistic
-    (the median of round medians) would move if measured again. A spread under
-    ``NOISE_FLOOR_MS`` counts as steady, so microsecond ops are not re-measured forever."""
+def latency_of(result: dict[str, Any], statistic: str = "median") -> float:
+    """An item's latency from the agent's round medians: their median (DESIGN's convention)
+    or their minimum. Measured here (12 demo models, 4 sessions each, this 2-core VM):
+    other tenants slow whole 20-60 ms stretches by up to 60%, so the median of 5 rounds of
+    50 ms moved 4-13% between sessions while the minimum of 20-25 rounds of 10 ms moved 1%."""
     meds = result.get("round_medians_ms") or []
+    if statistic == "min" and meds:
+        return float(min(meds))
+    return float(result["median_ms"])
+
+
+def round_cv(result: dict[str, Any], statistic: str = "median") -> float:
+    """How far the reported statistic would move if measured again. For the median: the
+    spread of the round medians relative to their mean. For the minimum: how far the
+    lowest quarter of the rounds sits above it (a steady minimum is reached by many rounds).
+    A spread under ``NOISE_FLOOR_MS`` counts as steady, so microsecond ops are not
+    re-measured forever."""
+    meds = sorted(result.get("round_medians_ms") or [])
     if len(meds) < 2 or statistics.fmean(meds) <= 0:
         return 0.0
+    if statistic == "min":
+        spread = meds[len(meds) // 4] - meds[0]
+        return 0.0 if spread < NOISE_FLOOR_MS else spread / meds[0]
     spread = statistics.pstdev(meds)
     return 0.0 if spread < NOISE_FLOOR_MS else spread / statistics.fmean(meds)
 
@@ -178,7 +194,7 @@ class Campaign:
             inst,
             res["samples_ms"],
             status=status,
-            median_ms=res["median_ms"],
+            median_ms=latency_of(res, self.spec.measure.statistic),
             runtime=f"{res.get('runtime')} {res.get('runtime_version', '')}".strip(),
             precision=self.spec.runtime.precision,
             delegate=res.get("delegate"),
@@ -275,7 +291,7 @@ class Campaign:
                 bar.update(1)
                 continue
             report.timed_seconds += sum(res["samples_ms"]) / 1000
-            noisy = round_cv(res) > self.spec.measure.cv_threshold
+            noisy = round_cv(res, self.spec.measure.statistic) > self.spec.measure.cv_threshold
             if noisy and attempts <= self.spec.measure.max_remeasure:
                 retry.append((inst, attempts + 1))
                 report.remeasured += 1

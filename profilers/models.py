@@ -25,7 +25,7 @@ from hurricane.arch import Arch
 from hurricane.lut import LutDB
 from hurricane.space import SearchSpace
 from hurricane.subnet import build_subnet
-from profilers.campaign import _spec_json, round_cv
+from profilers.campaign import _spec_json, latency_of, round_cv
 from profilers.session import AgentCrashed, AgentSession
 
 USABLE = ("ok", "noisy")
@@ -133,13 +133,13 @@ def _measure(space, spec, archs, db, dev, h, cache, progress, batch, seed) -> No
                                                          "attempts": attempts[a]})  # fmt: skip
                     bar.update(1)
                     continue
-                cv = round_cv(res)
+                cv = round_cv(res, m.statistic)
                 noisy = cv > m.cv_threshold
                 if noisy and attempts[a] <= m.max_remeasure:
                     queue.append((a, attempts[a] + 1))
                     continue
                 db.put_model(dev, space.name, h, a, {
-                    "median_ms": res["median_ms"], "round_cv": cv,
+                    "median_ms": latency_of(res, m.statistic), "round_cv": cv,
                     "samples_ms": res["samples_ms"], "status": "noisy" if noisy else "ok",
                     "attempts": attempts[a], "delegate": res.get("delegate"),
                     "runtime": f"{res.get('runtime')} {res.get('runtime_version', '')}".strip(),

@@ -11,8 +11,9 @@ import pytest
 from devices.convert import ArtifactCache
 from devices.spec import load_device
 from devices.transport import TransportError
+from hurricane.errors import UserError
 from hurricane.space import load_space
-from profilers.campaign import profile, space_instances
+from profilers.campaign import latency_of, profile, round_cv, space_instances
 from profilers.session import AgentSession
 from tests.sshd import SSHServer
 
@@ -167,3 +168,17 @@ def test_whole_models_over_ssh_with_litert_and_openvino(tmp_path: Path, cache) -
             assert res["small"]["type"] == res["big"]["type"] == "result", res
             assert res["big"]["median_ms"] > res["small"]["median_ms"] > 0
             assert res["big"]["runtime"] == runtime
+
+
+def test_min_of_round_medians_statistic(tmp_path: Path) -> None:
+    res = {"median_ms": 1.2, "round_medians_ms": [1.0, 1.5, 1.02, 1.6, 1.01, 1.4, 1.3, 1.1]}
+    assert latency_of(res) == 1.2 and latency_of(res, "min") == 1.0
+    # Steady minimum: the lowest quarter of the rounds sits within 2% of it.
+    assert round_cv(res, "min") == pytest.approx(0.02)
+    assert round_cv(res) > 0.1  # the median view sees the disturbed rounds
+    body = 'name = "d"\nkind = "cpu"\n[runtime]\nname = "onnxruntime"\n[measure]\n'
+    (tmp_path / "ok.toml").write_text(body + 'statistic = "min"\n')
+    assert load_device(tmp_path / "ok.toml").measure.statistic == "min"
+    (tmp_path / "bad.toml").write_text(body + 'statistic = "mean"\n')
+    with pytest.raises(UserError, match="bad.toml.*statistic"):
+        load_device(tmp_path / "bad.toml")
