@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/latency_validation.py [--devices local-litert local-openvino]
         [--spaces demo default] [--n 100] [--calibration 20] [--db runs/latency.sqlite]
-        [--curve-spaces demo]
+        [--curve-spaces demo] [--curve-devices local-openvino]
 
 For each pair: profile the space's LUT (resumable; nothing is measured twice), then run the
 same validation as ``hurricane latency validate`` (N random architectures never used for the
@@ -66,6 +66,12 @@ def main() -> None:
     ap.add_argument("--devices", nargs="+", default=["local-litert", "local-openvino"])
     ap.add_argument("--spaces", nargs="+", default=["demo", "default"])
     ap.add_argument("--curve-spaces", nargs="*", default=["demo"])
+    ap.add_argument(
+        "--curve-devices",
+        nargs="*",
+        default=["local-openvino"],
+        help="devices for the whole-model learning curve (200 more models each)",
+    )
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--calibration", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
@@ -94,7 +100,7 @@ def main() -> None:
                 "protocol": r["protocol"], "seed": args.seed,
                 "plot": str(Path(r["plot"]).relative_to(Path(__file__).parent)),
             }  # fmt: skip
-            if space_name in args.curve_spaces:
+            if space_name in args.curve_spaces and device in args.curve_devices:
                 held = [m["arch"] for m in r["models"] if m["role"] == "held_out"]
                 entry["whole_model_predictor"] = whole_model_curve(space, spec, args.db, held,
                                                                    args.seed)  # fmt: skip

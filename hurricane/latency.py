@@ -156,6 +156,16 @@ class LutPredictor:
             b = a
         return ms, Arch(tuple(reversed(ops_out)), tuple(reversed(widths_out)))
 
+    def typical(self) -> Arch:
+        """Per layer the op of median latency (at the widest widths) and the middle width:
+        a neutral setting for layers a stage does not search, leaving budget both ways."""
+        ops, widths = [], []
+        for layer, tab in zip(self.space.layers, self.tables):
+            at_max = np.nan_to_num(tab[:, -1, -1], nan=np.inf)
+            ops.append(layer.ops[int(np.argsort(at_max)[(len(at_max) - 1) // 2])])
+            widths.append(sorted(layer.widths)[(len(layer.widths) - 1) // 2])
+        return Arch(tuple(ops), tuple(widths))
+
     def _missing_for(self, ops: np.ndarray, widths: np.ndarray, bad: np.ndarray) -> list[str]:
         keys: dict[str, None] = {}
         if np.isnan(self.stem):

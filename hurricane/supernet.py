@@ -63,6 +63,26 @@ class Supernet(nn.Module):
     ) -> Arch:
         return self.space.sample_arch(rng, layers, fixed)
 
+    def largest(self, layers: list[int] | None = None, fixed: Arch | None = None) -> Arch:
+        """The biggest path: on each sampled layer the op with the most multiply-adds at the
+        widest width (the teacher of in-place distillation); other layers from ``fixed``."""
+        from hurricane.op_predictor import cost, normalise, record_from_instance
+        from hurricane.space import OpInstance
+
+        space = self.space
+        base = fixed or space.default_arch()
+        ops, widths = list(base.ops), list(base.widths)
+        for i, layer in enumerate(space.layers):
+            if layers is not None and i not in layers:
+                continue
+            h, w = space.input_shape(i)
+            cin, cout = max(space.in_channel_choices(i)), max(layer.channels(space.channel_divisor))
+            insts = [OpInstance(op, cin, cout, h, w, layer.stride, space.layer_act(i, op))
+                     for op in layer.ops]  # fmt: skip
+            big = max(insts, key=lambda inst: cost(normalise(record_from_instance(inst)))[0])
+            ops[i], widths[i] = big.op, max(layer.widths)
+        return Arch(tuple(ops), tuple(widths))
+
     def extract(self, arch: Arch | str) -> Subnet:
         """A standalone network for ``arch`` carrying this supernet's (sliced) weights."""
         if isinstance(arch, str):

@@ -9,6 +9,7 @@ CPU); all processes sample the same path, so the step equals one large-batch ste
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -70,6 +71,8 @@ class TrainConfig:
     bn_batches: int = 10
     threads: int | None = None
     progress: bool = True
+    distill: bool = False  # in-place distillation: the largest path teaches the sampled one
+    init: str | None = None  # start from this supernet.pt (stage B continues stage A)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
@@ -232,6 +235,17 @@ class Trainer:
         self.total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
         torch.manual_seed(cfg.seed)
         self.net = net or Supernet(self.space)
+        if cfg.init and net is None:
+            try:
+                state = torch.load(cfg.init, map_location="cpu", weights_only=False)["model"]
+                self.net.load_state_dict(state)
+            except (OSError, KeyError, RuntimeError) as exc:
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                raise UserError(
+                    f"--init {cfg.init}: not a supernet of space "
+                    f"{self.space.name!r} ({type(exc).__name__}: {first})"
+                ) from None
+        self.teacher = self.net.largest(self.sample_layers, self.fixed) if cfg.distill else None
         self.model: torch.nn.Module = self.net
         if self.dist.active:
             self.model = torch.nn.parallel.DistributedDataParallel(
@@ -375,10 +389,17 @@ class Trainer:
                 for group in self.opt.param_groups:
                     group["lr"] = self.lr_at(step)
                 torch.manual_seed(_step_rng(cfg.seed, step, 5 + self.dist.rank))
-                logits = self.model(x, arch)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 self.opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if self.teacher is not None:
+                    soft = self._teach(x, y)
+                    logits = self.model(x, arch)
+                    F.kl_div(F.log_softmax(logits, 1), soft, reduction="batchmean").backward()
+                    with torch.no_grad():
+                        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                else:
+                    logits = self.model(x, arch)
+                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                    loss.backward()
                 self.opt.step()
                 self.step += 1
                 stats = self.epoch_stats
@@ -412,6 +433,15 @@ class Trainer:
         bar.close()
         session = time.perf_counter() - t_session
         return self._finish(images, session)
+
+    def _teach(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Train the largest path on the labels (its gradients accumulate with the
+        student's) and return its soft predictions for the sampled path to learn from."""
+        sync = self.model.no_sync() if self.dist.active else contextlib.nullcontext()
+        with sync:
+            t_logits = self.model(x, self.teacher)
+            F.cross_entropy(t_logits, y, label_smoothing=self.cfg.label_smoothing).backward()
+        return F.softmax(t_logits.detach(), 1)
 
     def _end_epoch(self, loss: float, acc: float) -> None:
         epoch = math.ceil(self.step / self.steps_per_epoch)

@@ -86,6 +86,12 @@ def _add_train_args(
     )
     p.add_argument("--fixed", default=None, help="architecture string for the unsampled layers")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument(
+        "--distill",
+        action="store_true",
+        help="in-place distillation: the largest path teaches the sampled one",
+    )
+    p.add_argument("--init", default=None, help="start from this supernet.pt")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument("--train-limit", type=int, default=None, help="use at most N training images")
     p.add_argument(
@@ -127,6 +133,8 @@ def _train_config(args: argparse.Namespace):
         eval_paths=args.eval_paths,
         threads=args.threads,
         progress=not args.no_progress,
+        distill=args.distill,
+        init=args.init,
     )
 
 

@@ -1,0 +1,132 @@
+"""HURRICANE's two-stage supernet training and search, and single-stage SPOS beside it.
+
+Stage A samples only the later layers (``split`` and after; the earlier ones fixed) and a
+constrained search fixes them; stage B continues from stage A's weights, samples the earlier
+layers with the later ones fixed, and searches again. Each stage trains a supernet over half
+the layers, which is where the saving in supernet steps comes from. Every part is resumable:
+training from its checkpoint, each search from its state file, and a finished part is read
+back instead of being run again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hurricane.arch import Arch
+from hurricane.data import DataSplits, load_data
+from hurricane.evaluate import accuracy, recalibrate_bn
+from hurricane.search import EvolutionSearch, Latency, SearchConfig
+from hurricane.space import SearchSpace, load_space
+from hurricane.supernet import Supernet
+from hurricane.train import TrainConfig, train
+
+
+class SupernetFitness:
+    """Validation accuracy of a path with inherited weights, after recomputing its
+    batch-norm statistics on ``bn_batches`` training batches (GoldenNAS's adaptive BN)."""
+
+    def __init__(self, net: Supernet, data: DataSplits, bn_batches: int = 10,
+                 batch_size: int = 256, seed: int = 0) -> None:  # fmt: skip
+        self.net, self.data = net, data
+        self.bn_batches, self.batch_size, self.seed = bn_batches, batch_size, seed
+
+    def __call__(self, arch: Arch) -> float:
+        sub = self.net.extract(arch)
+        recalibrate_bn(sub, self.data.train, self.bn_batches, self.batch_size, self.seed)
+        return accuracy(sub, self.data.val)
+
+
+def load_supernet(space: SearchSpace, path: str | Path) -> Supernet:
+    net = Supernet(space)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+    return net.eval()
+
+
+def data_for(cfg: TrainConfig, space: SearchSpace) -> DataSplits:
+    return load_data(cfg.data, space.resolution, space.in_channels, space.classes,
+                     cfg.val_fraction, train_limit=cfg.train_limit,
+                     eval_limit=cfg.eval_limit)  # fmt: skip
+
+
+def _stage(
+    cfg: TrainConfig,
+    space: SearchSpace,
+    data: DataSplits,
+    latency: Latency,
+    search: SearchConfig,
+    out: Path,
+    min_latency: Callable[[], tuple[float, Arch]] | None,
+) -> dict[str, Any]:
+    summary = train(cfg)
+    net = load_supernet(space, Path(cfg.out) / "supernet.pt")
+    fitness = SupernetFitness(net, data, cfg.bn_batches, seed=cfg.seed)
+    result = EvolutionSearch(space, latency, fitness, search, out, min_latency=min_latency).run()
+    result["supernet_steps"] = summary["steps"]
+    result["supernet_seconds"] = summary["train_seconds"]
+    return result
+
+
+def single_stage(
+    cfg: TrainConfig,
+    latency: Latency,
+    search: SearchConfig,
+    out: str | Path,
+    min_latency: Callable[[], tuple[float, Arch]] | None = None,
+) -> dict[str, Any]:
+    """SPOS: one supernet over every layer, one search."""
+    out = Path(out)
+    space = load_space(cfg.space)
+    data = data_for(cfg, space)
+    cfg = replace(cfg, out=str(out / "supernet"), sample_layers=None, fixed=None)
+    res = _stage(cfg, space, data, latency, replace(search, layers=None, fixed=None),
+                 out / "search", min_latency)  # fmt: skip
+    result = {"arch": res["best"], "fitness": res["fitness"], "latency_ms": res["latency_ms"],
+              "supernet_steps": res["supernet_steps"],
+              "supernet_seconds": res["supernet_seconds"], "search": res}  # fmt: skip
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def two_stage(
+    cfg: TrainConfig,
+    split: int,
+    latency: Latency,
+    search: SearchConfig,
+    out: str | Path,
+    steps_a: int,
+    steps_b: int,
+    fixed: Arch | None = None,
+    min_latency: Callable[[], tuple[float, Arch]] | None = None,
+) -> dict[str, Any]:
+    """Stage A over layers ``split..``, then stage B over ``..split``; returns the final
+    architecture with both stages' results and the total supernet cost."""
+    out = Path(out)
+    space = load_space(cfg.space)
+    n = len(space.layers)
+    if not 0 < split < n:
+        from hurricane.errors import UserError
+
+        raise UserError(f"split must be between 1 and {n - 1} for a {n}-layer space, got {split}")
+    data = data_for(cfg, space)
+    base = str(fixed or space.default_arch())
+    late, early = list(range(split, n)), list(range(split))
+    a_cfg = replace(cfg, out=str(out / "stage_a"), steps=steps_a, sample_layers=late, fixed=base)
+    a = _stage(a_cfg, space, data, latency, replace(search, layers=late, fixed=base),
+               out / "search_a", min_latency)  # fmt: skip
+    b_cfg = replace(cfg, out=str(out / "stage_b"), steps=steps_b, sample_layers=early,
+                    fixed=a["best"], init=str(out / "stage_a" / "supernet.pt"))  # fmt: skip
+    b = _stage(b_cfg, space, data, latency, replace(search, layers=early, fixed=a["best"]),
+               out / "search_b", min_latency)  # fmt: skip
+    result = {"arch": b["best"], "fitness": b["fitness"], "latency_ms": b["latency_ms"],
+              "split": split, "fixed": base,
+              "supernet_steps": a["supernet_steps"] + b["supernet_steps"],
+              "supernet_seconds": round(a["supernet_seconds"] + b["supernet_seconds"], 2),
+              "stage_a": a, "stage_b": b}  # fmt: skip
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    return result
