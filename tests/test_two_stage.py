@@ -1,0 +1,73 @@
+"""Two-stage schedule, single-stage SPOS and in-place distillation on real Fashion-MNIST
+(tiny space, a few steps: the schedule and the bookkeeping, not the accuracy)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from hurricane.latency import LutPredictor
+from hurricane.search import SearchConfig
+from hurricane.space import load_space
+from hurricane.supernet import Supernet
+from hurricane.train import TrainConfig, Trainer, train
+from hurricane.two_stage import single_stage, two_stage
+from tests.test_search import table_for
+
+TINY = str(Path(__file__).parent / "spaces" / "tiny.toml")
+
+
+def base_cfg(out: Path, **kw) -> TrainConfig:
+    return TrainConfig(space=TINY, out=str(out), batch_size=32, train_limit=512, eval_limit=256,
+                       eval_paths=0, bn_batches=2, progress=False, threads=1, **kw)  # fmt: skip
+
+
+def test_two_stage_schedule(tmp_path: Path) -> None:
+    space = load_space(TINY)
+    lut = LutPredictor(space, table_for(space))
+    lo, _ = lut.fastest()
+    search = SearchConfig(budget_ms=lo * 2.5, population=4, generations=2, parents=2,
+                          mutations=2, crossovers=2, seed=0)  # fmt: skip
+    kw = dict(split=1, latency=lut.predict, search=search, out=tmp_path / "two", steps_a=6,
+              steps_b=4, min_latency=lut.fastest)  # fmt: skip
+    res = two_stage(base_cfg(tmp_path / "x"), **kw)
+    final = space.parse_arch(res["arch"])
+    a_best = space.parse_arch(res["stage_a"]["best"])
+    base = space.default_arch()
+    # Stage A searched layers 1-2 with layer 0 fixed; stage B searched layer 0 only.
+    for line in (tmp_path / "two" / "search_a" / "history.jsonl").read_text().splitlines():
+        for cand in json.loads(line)["population"]:
+            a = space.parse_arch(cand["arch"])
+            assert (a.ops[0], a.widths[0]) == (base.ops[0], base.widths[0])
+    assert final.ops[1:] == a_best.ops[1:] and final.widths[1:] == a_best.widths[1:]
+    assert res["latency_ms"] <= search.budget_ms and lut.predict(final) <= search.budget_ms
+    assert res["supernet_steps"] == 10
+    a_sum = json.loads((tmp_path / "two" / "stage_a" / "summary.json").read_text())
+    b_sum = json.loads((tmp_path / "two" / "stage_b" / "summary.json").read_text())
+    assert a_sum["config"]["sample_layers"] == [1, 2] and b_sum["config"]["sample_layers"] == [0]
+    assert b_sum["config"]["init"].endswith("stage_a/supernet.pt")
+    # A second call finds everything done: same answer, no extra steps.
+    again = two_stage(base_cfg(tmp_path / "x"), **kw)
+    assert again["arch"] == res["arch"] and again["supernet_steps"] == 10
+    one = single_stage(base_cfg(tmp_path / "y", steps=5), lut.predict, search, tmp_path / "one")
+    assert one["supernet_steps"] == 5 and one["latency_ms"] <= search.budget_ms
+
+
+def test_in_place_distillation(tmp_path: Path) -> None:
+    space = load_space(TINY)
+    net = Supernet(space)
+    big = net.largest()
+    assert big.widths == (1.0, 1.0, 1.0) and big.ops == ("mb_k3_e3",) * 3
+    tr = Trainer(base_cfg(tmp_path / "d", steps=3, distill=True))
+    assert tr.teacher == big
+    summary = train(base_cfg(tmp_path / "d", steps=3, distill=True))
+    plain = train(base_cfg(tmp_path / "p", steps=3))
+    assert summary["steps"] == 3 and summary["state_sha256"] != plain["state_sha256"]
+    # The teacher's own blocks learn too (they get the label loss every step).
+    init = Supernet(space)
+    torch.manual_seed(0)
+    trained = torch.load(tmp_path / "d" / "supernet.pt", weights_only=False)["model"]
+    key = next(k for k in trained if k.startswith("choices.0.0.") and k.endswith("weight"))
+    assert not torch.equal(trained[key], init.state_dict()[key])
