@@ -94,6 +94,9 @@ class DeviceSpec:
     affinity: tuple[int, ...] = ()
     description: str = ""
     source: str = "<memory>"
+    # Operators this device should never be offered (fnmatch patterns, e.g. "*_se" for a VPU
+    # whose runtime does not fuse squeeze-excite); stage one drops them before ranking.
+    exclude_ops: tuple[str, ...] = ()
 
     @property
     def is_local(self) -> bool:
@@ -129,7 +132,7 @@ def load_device(name_or_path: str | Path) -> DeviceSpec:
 def parse_device(data: dict[str, Any], source: str = "<string>") -> DeviceSpec:
     top = Fields(data, source)
     top.only({"name", "kind", "description", "python", "workdir", "affinity", "transport",
-              "runtime", "measure"})  # fmt: skip
+              "runtime", "measure", "search"})  # fmt: skip
     name = top.str("name", Path(source).stem)
     kind = top.str("kind", choices=KINDS)
 
@@ -215,7 +218,14 @@ def parse_device(data: dict[str, Any], source: str = "<string>") -> DeviceSpec:
         affinity=tuple(top.int_list("affinity", [])),
         description=top.str("description", ""),
         source=source,
+        exclude_ops=tuple(_search_fields(top)),
     )
+
+
+def _search_fields(top: Fields) -> list[str]:
+    sf = top.sub("search")
+    sf.only({"exclude_ops"})
+    return sf.str_list("exclude_ops", [])
 
 
 def _check_kind(kind: str, rt: RuntimeSpec, rf: Fields) -> None:

@@ -23,6 +23,11 @@ from hurricane.space import OpInstance, SearchSpace
 USABLE = ("ok", "noisy")  # noisy entries are measurements too, only flagged
 
 
+def space_ref(space: SearchSpace) -> str:
+    """How to name ``space`` on a command line: its file, or a built-in's name."""
+    return space.source if Path(space.source).is_file() else space.name
+
+
 class MissingEntries(UserError):
     """Latency entries a prediction needs that the table does not have."""
 
@@ -38,7 +43,8 @@ class LutPredictor:
     def __init__(self, space: SearchSpace, table: dict[str, float], device: str = "") -> None:
         self.space, self.device = space, device
         self.hint = (
-            f"fill them with: hurricane profile --space {space.source} --device {device or 'SPEC'}"
+            f"fill them with: hurricane profile --space {space_ref(space)} "
+            f"--device {device or 'SPEC'}"
         )
         self._keys: list[np.ndarray] = []  # per layer: object array of keys, for messages
         self.tables: list[np.ndarray] = []
@@ -185,14 +191,14 @@ def read_table(space: SearchSpace, db_path: str | Path, device: str) -> dict[str
     """A device's usable LUT entries: key -> median ms."""
     if not Path(db_path).exists():
         raise UserError(f"{db_path}: no such LUT database; run hurricane profile --space "
-                        f"{space.source} --device {device} --db {db_path}")  # fmt: skip
+                        f"{space_ref(space)} --device {device} --db {db_path}")  # fmt: skip
     with LutDB(db_path) as db:
         try:
             dev = db.device_id(device)
         except KeyError:
             raise UserError(
                 f"{db_path}: no latency table for device {device!r}; run "
-                f"hurricane profile --space {space.source} --device {device}"
+                f"hurricane profile --space {space_ref(space)} --device {device} --db {db_path}"
             ) from None
         return {e.key: e.median_ms for e in db.entries(dev, USABLE)}
 

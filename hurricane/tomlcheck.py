@@ -107,6 +107,14 @@ class Fields:
             raise self.error(key, f"expected a list of non-negative integers, got {value!r}")
         return value
 
+    def str_list(self, key: str, default: Any = _MISSING) -> Any:
+        value = self._get(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.error(key, f"expected a list of non-empty strings, got {value!r}")
+        return value
+
     def sub(self, key: str, required: bool = False) -> Fields:
         if key not in self.table:
             if required:

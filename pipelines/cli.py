@@ -181,10 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(train, "runs/train")
     train.set_defaults(func=_train)
 
-    from pipelines import latency_cli, profile_cli
+    from pipelines import latency_cli, profile_cli, search_cli
 
     profile_cli.add_commands(sub)
     latency_cli.add_commands(sub)
+    search_cli.add_commands(sub)
 
     demo = sub.add_parser("demo", help="the embedded default job (short run on the demo space)")
     _add_train_args(demo, DEMO_OUT, epochs=2)

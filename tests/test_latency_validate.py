@@ -148,3 +148,34 @@ def test_adaptive_sampling_profiles_unmeasured_channel_counts(lut, tmp_path) -> 
     grid = {i.key for i in space.op_instances()}
     assert not new & grid
     assert all(isinstance(OpInstance.from_key(k).cin, int) for k in new)
+
+
+def test_shrink_and_search_cli(lut, tmp_path, capsys) -> None:
+    db, spec_path = copy_db(lut, tmp_path), lut[1]
+    spec = tmp_path / "ort.toml"  # same device name, plus a device rule
+    spec.write_text(spec_path.read_text() + '\n[search]\nexclude_ops = ["ds_*"]\n')
+    out = tmp_path / "reduced.toml"
+    assert main(["shrink", "--space", str(TINY), "--device", str(spec), "--db", str(db),
+                 "--k", "2", "--out", str(out)]) == 0  # fmt: skip
+    reduced = load_space(out)
+    assert all("ds_k3" not in layer.ops and len(layer.ops) == 3 for layer in reduced.layers)
+    assert "skip" in reduced.layers[0].ops
+    assert out.with_suffix(".scores.json").exists()
+    # A supernet to search, trained for a few steps on the reduced space.
+    run = tmp_path / "run"
+    assert main(["train", "--space", str(out), "--out", str(run), "--steps", "3",
+                 "--batch-size", "32", "--train-limit", "256", "--eval-paths", "0",
+                 "--no-progress", "--threads", "1"]) == 0  # fmt: skip
+    model = LatencyModel.from_db(reduced, db, "ort")
+    lo, _ = model.fastest()
+    base = ["search", "--space", str(out), "--device", str(spec), "--db", str(db),
+            "--supernet", str(run), "--population", "4", "--generations", "2", "--parents",
+            "2", "--mutations", "2", "--crossovers", "2", "--eval-limit", "200"]  # fmt: skip
+    capsys.readouterr()
+    assert main([*base, "--latency-ms", str(lo * 0.5), "--out", str(tmp_path / "s0")]) == 2
+    err = capsys.readouterr().err
+    assert f"the fastest in this space is {lo:.4g} ms" in err and len(err.splitlines()) == 1
+    assert main([*base, "--latency-ms", str(lo * 1.5), "--out", str(tmp_path / "s1")]) == 0
+    result = json.loads((tmp_path / "s1" / "result.json").read_text())
+    assert result["latency_ms"] <= lo * 1.5 and 0 <= result["fitness"] <= 1
+    assert "over budget never evaluated" in capsys.readouterr().out
