@@ -27,11 +27,12 @@ import numpy as np
 from devices.spec import load_device
 from hurricane.arch_predictor import ArchPredictor
 from hurricane.calibration import accuracy
+from hurricane.latency import USABLE
 from hurricane.space import load_space
 from hurricane.train import provenance
 from pipelines.latency_validate import sample_distinct, summary_lines, validate_latency
 from profilers.campaign import profile
-from profilers.models import USABLE, measure_archs
+from profilers.models import measure_archs
 
 RESULTS = Path(__file__).parent / "results"
 CURVE = (10, 20, 50, 100, 200)

@@ -214,14 +214,15 @@ class OpPredictor:
         self.linear, _ = nnls(lin / y[:, None], np.ones_like(y))
         base = self._base(lin)
         n = len(y)
-        self.booster = lightgbm.LGBMRegressor(
+        model = lightgbm.LGBMRegressor(
             n_estimators=self.n_estimators, learning_rate=self.learning_rate, num_leaves=31,
             min_child_samples=max(2, min(20, n // 20)), subsample=0.8, subsample_freq=1,
             colsample_bytree=0.9, min_split_gain=0.0, cat_smooth=1.0, min_data_per_group=2,
             reg_lambda=1.0, random_state=self.seed, deterministic=True, force_row_wise=True,
             n_jobs=1, verbose=-1,
         )  # fmt: skip
-        self.booster.fit(x, np.log(y / base), categorical_feature=list(_CATEGORICAL))
+        model.fit(x, np.log(y / base), categorical_feature=list(_CATEGORICAL))
+        self.booster = model.booster_
         self.n_train = n
         return self
 
@@ -250,7 +251,7 @@ class OpPredictor:
         state = {
             "format": "hurricane-op-predictor/1", "families": self.families, "acts": self.acts,
             "linear": self.linear.tolist(), "n_train": self.n_train, "seed": self.seed,
-            "booster": self.booster.booster_.model_to_string(),
+            "booster": self.booster.model_to_string(),
         }  # fmt: skip
         Path(path).write_text(json.dumps(state))
 
@@ -266,18 +267,8 @@ class OpPredictor:
         self = cls(seed=state["seed"])
         self.families, self.acts = state["families"], state["acts"]
         self.linear, self.n_train = np.asarray(state["linear"]), state["n_train"]
-        self.booster = _LoadedBooster(lightgbm.Booster(model_str=state["booster"]))
+        self.booster = lightgbm.Booster(model_str=state["booster"])
         return self
-
-
-class _LoadedBooster:
-    """A raw Booster with the one method ``OpPredictor`` calls."""
-
-    def __init__(self, booster: Any) -> None:
-        self.booster_ = booster
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.booster_.predict(x)
 
 
 def mape(predicted: np.ndarray, measured: np.ndarray) -> float:

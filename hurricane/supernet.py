@@ -14,8 +14,9 @@ from torch import nn
 
 from hurricane.arch import Arch
 from hurricane.dynamic import load_active_weights
+from hurricane.op_predictor import cost, normalise, record_from_instance
 from hurricane.ops import build_op
-from hurricane.space import SearchSpace
+from hurricane.space import OpInstance, SearchSpace
 from hurricane.subnet import Subnet, build_head, build_stem
 
 
@@ -66,9 +67,6 @@ class Supernet(nn.Module):
     def largest(self, layers: list[int] | None = None, fixed: Arch | None = None) -> Arch:
         """The biggest path: on each sampled layer the op with the most multiply-adds at the
         widest width (the teacher of in-place distillation); other layers from ``fixed``."""
-        from hurricane.op_predictor import cost, normalise, record_from_instance
-        from hurricane.space import OpInstance
-
         space = self.space
         base = fixed or space.default_arch()
         ops, widths = list(base.ops), list(base.widths)

@@ -20,6 +20,7 @@ import torch
 
 from hurricane.arch import Arch
 from hurricane.data import DataSplits, load_data
+from hurricane.errors import UserError
 from hurricane.evaluate import accuracy, recalibrate_bn
 from hurricane.search import EvolutionSearch, Latency, SearchConfig
 from hurricane.space import SearchSpace, load_space
@@ -110,8 +111,6 @@ def two_stage(
     space = load_space(cfg.space)
     n = len(space.layers)
     if not 0 < split < n:
-        from hurricane.errors import UserError
-
         raise UserError(f"split must be between 1 and {n - 1} for a {n}-layer space, got {split}")
     data = data_for(cfg, space)
     base = str(fixed or space.default_arch())

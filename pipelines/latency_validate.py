@@ -19,10 +19,10 @@ from devices.spec import DeviceSpec
 from hurricane.arch import Arch
 from hurricane.calibration import Calibration, accuracy
 from hurricane.errors import UserError
-from hurricane.latency import LutPredictor, fill_missing, read_table
+from hurricane.latency import USABLE, LutPredictor, fill_missing, read_table
 from hurricane.lut import LutDB
 from hurricane.space import SearchSpace
-from profilers.models import USABLE, measure_archs
+from profilers.models import measure_archs
 
 
 def sample_distinct(space: SearchSpace, n: int, seed: int) -> list[Arch]:

@@ -18,14 +18,14 @@ def _latency_model(space, db: str, device: str):
 
 
 def _shrink(args: argparse.Namespace) -> int:
+    from devices.spec import load_device
+    from hurricane.latency import fill_missing, read_table
     from hurricane.reduce import reduce_space, scores_json
     from hurricane.space import load_space, space_to_toml
 
     space = load_space(args.space)
-    spec, model = _latency_model(space, args.db, args.device)
-    table = {}
-    for tab, keys in zip(model.lut.tables, model.lut._keys):
-        table.update(zip(keys.ravel().tolist(), tab.ravel().tolist()))
+    spec = load_device(args.device)
+    table, _ = fill_missing(space, read_table(space, args.db, spec.name), spec.name)
     exclude = [*spec.exclude_ops, *(args.exclude or [])]
     name = f"{space.name}-{spec.name}-k{args.k}"
     reduced, scores = reduce_space(space, table, k=args.k, rule=args.rule, exclude=exclude,

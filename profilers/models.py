@@ -28,8 +28,6 @@ from hurricane.subnet import build_subnet
 from profilers.campaign import _spec_json, latency_of, round_cv
 from profilers.session import AgentCrashed, AgentSession
 
-USABLE = ("ok", "noisy")
-
 
 def arch_module(space: SearchSpace, arch: Arch) -> tuple[torch.nn.Module, torch.Tensor]:
     """The network of ``arch`` with weights seeded by its string (same arch, same artifact)."""

@@ -21,3 +21,25 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def ort_lut(tmp_path_factory):
+    """The tiny space profiled once on ONNX Runtime (a real agent, a real SQLite file):
+    (database, device spec file, artifact cache). Tests that change it work on a copy."""
+    from devices.convert import ArtifactCache
+    from devices.spec import load_device
+    from hurricane.space import load_space
+    from profilers.campaign import profile
+
+    tmp = tmp_path_factory.mktemp("ort_lut")
+    spec = tmp / "ort.toml"
+    spec.write_text(
+        'name = "ort"\nkind = "cpu"\n[runtime]\nname = "onnxruntime"\n'
+        "[measure]\nwarmup = 1\nrounds = 3\nruns = 3\nmin_round_ms = 0\n"
+    )
+    cache = ArtifactCache(tmp / "c")
+    db = tmp / "lut.sqlite"
+    tiny = Path(__file__).parent / "spaces" / "tiny.toml"
+    profile(load_space(tiny), load_device(spec), db, cache=cache, progress=False)
+    return db, spec, cache

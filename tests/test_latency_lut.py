@@ -8,28 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from devices.convert import ArtifactCache
-from devices.spec import load_device
 from hurricane.arch import Arch
 from hurricane.latency import LutPredictor, MissingEntries
 from hurricane.lut import LutDB
 from hurricane.space import load_space
-from profilers.campaign import profile
 
 TINY = Path(__file__).parent / "spaces" / "tiny.toml"
 
 
-@pytest.fixture(scope="module")
-def lut(tmp_path_factory) -> tuple[Path, str]:
-    tmp = tmp_path_factory.mktemp("lut")
-    spec = tmp / "ort.toml"
-    spec.write_text(
-        'name = "ort"\nkind = "cpu"\n[runtime]\nname = "onnxruntime"\n'
-        "[measure]\nwarmup = 1\nrounds = 3\nruns = 3\nmin_round_ms = 0\n"
-    )
-    db = tmp / "lut.sqlite"
-    profile(load_space(TINY), load_device(spec), db, cache=ArtifactCache(tmp / "c"), progress=False)
-    return db, "ort"
+@pytest.fixture
+def lut(ort_lut) -> tuple[Path, str]:
+    return ort_lut[0], "ort"
 
 
 def test_prediction_is_the_sum_of_entries(lut) -> None:

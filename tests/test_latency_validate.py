@@ -17,24 +17,14 @@ from hurricane.latency import LatencyModel, LutPredictor, MissingEntries, fill_m
 from hurricane.space import OpInstance, load_space, parse_space
 from pipelines.cli import main
 from profilers.adaptive import adaptive_sample, candidate_pool
-from profilers.campaign import profile
 from profilers.models import measure_archs
 
 TINY = Path(__file__).parent / "spaces" / "tiny.toml"
 
 
-@pytest.fixture(scope="module")
-def lut(tmp_path_factory) -> tuple[Path, Path, ArtifactCache]:
-    tmp = tmp_path_factory.mktemp("lut")
-    spec = tmp / "ort.toml"
-    spec.write_text(
-        'name = "ort"\nkind = "cpu"\n[runtime]\nname = "onnxruntime"\n'
-        "[measure]\nwarmup = 1\nrounds = 3\nruns = 3\nmin_round_ms = 0\n"
-    )
-    cache = ArtifactCache(tmp / "c")
-    db = tmp / "lut.sqlite"
-    profile(load_space(TINY), load_device(spec), db, cache=cache, progress=False)
-    return db, spec, cache
+@pytest.fixture
+def lut(ort_lut) -> tuple[Path, Path, ArtifactCache]:
+    return ort_lut
 
 
 def copy_db(lut, tmp_path: Path) -> Path:
