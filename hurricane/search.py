@@ -44,6 +44,7 @@ class SearchConfig:
     seed: int = 0
     layers: list[int] | None = None  # searched layers (None: all); the others come from fixed
     fixed: str | None = None
+    allowed: list[list[str]] | None = None  # per-layer ops left by progressive shrinking
     max_tries: int = 2000  # attempts at one within-budget candidate before giving up
 
     def identity(self) -> dict[str, Any]:
@@ -112,7 +113,7 @@ class EvolutionSearch:
         return out
 
     def _random(self, rng: random.Random) -> Callable[[], Arch]:
-        return lambda: self.space.sample_arch(rng, self.layers, self.fixed)
+        return lambda: self.space.sample_arch(rng, self.layers, self.fixed, self.cfg.allowed)
 
     def _mutate(self, rng: random.Random, parents: list[Arch]) -> Callable[[], Arch]:
         def propose() -> Arch:
@@ -121,7 +122,7 @@ class EvolutionSearch:
             for i in self.layers:
                 layer = self.space.layers[i]
                 if rng.random() < self.cfg.mutate_prob:
-                    ops[i] = rng.choice(layer.ops)
+                    ops[i] = rng.choice(self.cfg.allowed[i] if self.cfg.allowed else layer.ops)
                 if rng.random() < self.cfg.mutate_prob:
                     widths[i] = rng.choice(layer.widths)
             return Arch(tuple(ops), tuple(widths))

@@ -11,6 +11,7 @@ import hashlib
 import math
 import random
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -217,14 +218,17 @@ class SearchSpace:
         rng: random.Random,
         layers: list[int] | None = None,
         fixed: Arch | None = None,
+        allowed: Sequence[Sequence[str]] | None = None,
     ) -> Arch:
-        """Uniform op and width per sampled layer; the others come from ``fixed``."""
+        """Uniform op and width per sampled layer; the others come from ``fixed``.
+        ``allowed`` narrows each layer's candidates (progressive shrinking)."""
         base = fixed or self.default_arch()
         sampled = set(range(len(self.layers)) if layers is None else layers)
         ops, widths = list(base.ops), list(base.widths)
         for i, layer in enumerate(self.layers):
             if i in sampled:
-                ops[i] = layer.ops[rng.randrange(len(layer.ops))]
+                choices = allowed[i] if allowed is not None else layer.ops
+                ops[i] = choices[rng.randrange(len(choices))]
                 widths[i] = layer.widths[rng.randrange(len(layer.widths))]
         return Arch(tuple(ops), tuple(widths))
 

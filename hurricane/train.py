@@ -73,6 +73,12 @@ class TrainConfig:
     progress: bool = True
     distill: bool = False  # in-place distillation: the largest path teaches the sampled one
     init: str | None = None  # start from this supernet.pt (stage B continues stage A)
+    # GoldenNAS progressive shrinking (off when shrink_every is 0): needs a device's LUT.
+    shrink_every: int = 0
+    shrink_paths: int = 32
+    shrink_keep: int = 2
+    latency_db: str | None = None
+    latency_device: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
@@ -246,6 +252,9 @@ class Trainer:
                     f"{self.space.name!r} ({type(exc).__name__}: {first})"
                 ) from None
         self.teacher = self.net.largest(self.sample_layers, self.fixed) if cfg.distill else None
+        self.allowed: list[list[str]] = [list(layer.ops) for layer in self.space.layers]
+        self.shrink_history: list[dict[str, Any]] = []
+        self.latency = self._shrink_latency() if cfg.shrink_every else None
         self.model: torch.nn.Module = self.net
         if self.dist.active:
             self.model = torch.nn.parallel.DistributedDataParallel(
@@ -270,6 +279,29 @@ class Trainer:
         self.epoch_stats = [0.0, 0, 0]  # loss sum, correct, seen so far in this epoch
 
     # --- schedule and sampling ------------------------------------------------------------
+    def _shrink_latency(self):
+        from hurricane.latency import LatencyModel
+
+        cfg = self.cfg
+        if not (cfg.latency_db and cfg.latency_device):
+            raise UserError("progressive shrinking ranks ops by accuracy for their latency: "
+                            "give --latency-device (and --db) with --shrink-every")  # fmt: skip
+        return LatencyModel.from_db(self.space, cfg.latency_db, cfg.latency_device).predict
+
+    def shrink(self) -> None:
+        from hurricane.shrink import shrink_step
+
+        layers = self.sample_layers if self.sample_layers is not None else range(len(self.allowed))
+        self.allowed, report = shrink_step(
+            self.net, self.data, self.allowed, list(layers), self.fixed, self.latency,
+            self.cfg.shrink_paths, self.cfg.shrink_keep, _step_rng(self.cfg.seed, self.step, 6),
+            self.cfg.bn_batches)  # fmt: skip
+        report = {"step": self.step, **report}
+        self.shrink_history.append(report)
+        dropped = ", ".join(f"{op}@{i}" for i, op in report["dropped"].items()) or "nothing"
+        self.log(f"shrink at step {self.step}: dropped {dropped} "
+                 f"(mean path accuracy {report['mean_acc']:.4f})")  # fmt: skip
+
     def lr_at(self, step: int) -> float:
         if step < self.cfg.warmup_steps:
             return self.cfg.lr * (step + 1) / self.cfg.warmup_steps
@@ -278,7 +310,7 @@ class Trainer:
 
     def path_at(self, step: int) -> Arch:
         rng = random.Random(_step_rng(self.cfg.seed, step, 1))
-        return self.net.sample(rng, self.sample_layers, self.fixed)
+        return self.space.sample_arch(rng, self.sample_layers, self.fixed, self.allowed)
 
     def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, b = divmod(step, self.steps_per_epoch)
@@ -304,6 +336,8 @@ class Trainer:
             "seconds": self.seconds,
             "world_size": self.dist.world,
             "epoch_stats": self.epoch_stats,
+            "allowed": self.allowed,
+            "shrink_history": self.shrink_history,
         }
 
     def save_checkpoint(self) -> None:
@@ -336,6 +370,8 @@ class Trainer:
         self.resumed_from = ckpt["resumed_from"] + [self.step]
         self.seconds = ckpt["seconds"]
         self.epoch_stats = ckpt["epoch_stats"]
+        self.allowed = ckpt.get("allowed", self.allowed)
+        self.shrink_history = ckpt.get("shrink_history", [])
         return True
 
     # --- evaluation -----------------------------------------------------------------------
@@ -417,6 +453,12 @@ class Trainer:
                     t_last = now
                     self._end_epoch(stats[0] / max(1, stats[2]), stats[1] / max(1, stats[2]))
                     self.epoch_stats = [0.0, 0, 0]
+                if (
+                    cfg.shrink_every
+                    and self.step % cfg.shrink_every == 0
+                    and self.step < self.total_steps
+                ):
+                    self.shrink()
                 if self.step % cfg.ckpt_every == 0 or self.step == self.total_steps:
                     now = time.perf_counter()
                     self.seconds += now - t_last
@@ -493,6 +535,8 @@ class Trainer:
             "train_seconds": round(self.seconds, 2),
             "session_images_per_s": round(images / session_seconds, 1) if session_seconds else None,
             "history": self.history,
+            "allowed_ops": self.allowed,
+            "shrink_history": self.shrink_history,
             "state_sha256": digest,
             "provenance": provenance(),
         }

@@ -65,6 +65,8 @@ def _stage(
     min_latency: Callable[[], tuple[float, Arch]] | None,
 ) -> dict[str, Any]:
     summary = train(cfg)
+    if cfg.shrink_every:
+        search = replace(search, allowed=summary["allowed_ops"])
     net = load_supernet(space, Path(cfg.out) / "supernet.pt")
     fitness = SupernetFitness(net, data, cfg.bn_batches, seed=cfg.seed)
     result = EvolutionSearch(space, latency, fitness, search, out, min_latency=min_latency).run()

@@ -92,6 +92,19 @@ def _add_train_args(
         help="in-place distillation: the largest path teaches the sampled one",
     )
     p.add_argument("--init", default=None, help="start from this supernet.pt")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="device spec whose LUT ranks ops (--shrink-every, --two-stage)",
+    )
+    p.add_argument("--db", default="runs/latency.sqlite", help="LUT database (with --device)")
+    p.add_argument("--shrink-every", type=int, default=d.shrink_every,
+                   help="progressive shrinking: every N steps drop each layer's op that does "
+                        "worst for its latency (needs --device; default: off)")  # fmt: skip
+    p.add_argument("--shrink-paths", type=int, default=d.shrink_paths,
+                   help="paths evaluated per shrinking event")  # fmt: skip
+    p.add_argument("--shrink-keep", type=int, default=d.shrink_keep,
+                   help="never shrink a layer below this many ops")  # fmt: skip
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument("--train-limit", type=int, default=None, help="use at most N training images")
     p.add_argument(
@@ -135,12 +148,29 @@ def _train_config(args: argparse.Namespace):
         progress=not args.no_progress,
         distill=args.distill,
         init=args.init,
+        shrink_every=args.shrink_every,
+        shrink_paths=args.shrink_paths,
+        shrink_keep=args.shrink_keep,
+        latency_db=args.db if args.device else None,
+        latency_device=_device_name(args.device),
     )
+
+
+def _device_name(device: str | None) -> str | None:
+    if not device:
+        return None
+    from devices.spec import load_device
+
+    return load_device(device).name
 
 
 def _train(args: argparse.Namespace) -> int:
     from hurricane.train import train
 
+    if getattr(args, "two_stage", False):
+        from pipelines.search_cli import two_stage_command
+
+        return two_stage_command(args, _train_config(args))
     summary = train(_train_config(args), fresh=args.fresh)
     last = summary["history"][-1] if summary["history"] else {}
     if summary["world_size"] == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
@@ -179,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a weight-sharing supernet (SPOS); resumable")
     _add_train_args(train, "runs/train")
+    from pipelines.search_cli import add_two_stage_args
+
+    add_two_stage_args(train)
     train.set_defaults(func=_train)
 
     from pipelines import latency_cli, profile_cli, search_cli

@@ -1,11 +1,17 @@
-"""CLI commands for the hardware-aware search: ``shrink`` (stage one) and ``search``."""
+"""CLI commands for the hardware-aware search: ``shrink`` (stage one), ``search`` (stage two
+on a trained supernet) and ``train --two-stage`` (HURRICANE's two-stage training and search),
+each ending with the final model: the device's check of the best candidates, then training
+the chosen one from its inherited weights and scoring it on the test split."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+from hurricane.errors import UserError
+from hurricane.latency import space_ref
 from pipelines.profile_cli import DEFAULT_DB
 
 
@@ -14,7 +20,13 @@ def _latency_model(space, db: str, device: str):
     from hurricane.latency import LatencyModel
 
     spec = load_device(device)
-    return spec, LatencyModel.from_db(space, db, spec.name)
+    model = LatencyModel.from_db(space, db, spec.name)
+    if model.predicted_keys:  # filled, not measured: say which, and how to measure them
+        keys = model.predicted_keys
+        print(f"note: {len(keys)} LUT entries this space needs are not measured on {spec.name} "
+              f"({', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}); using the operator "
+              f"predictor's estimates; {model.lut.hint}", file=sys.stderr)  # fmt: skip
+    return spec, model
 
 
 def _shrink(args: argparse.Namespace) -> int:
@@ -45,34 +57,158 @@ def _shrink(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_config(args: argparse.Namespace):
+    from hurricane.search import SearchConfig
+
+    return SearchConfig(budget_ms=args.latency_ms, population=args.population,
+                        generations=args.generations, parents=args.parents,
+                        mutations=args.mutations, crossovers=args.crossovers,
+                        seed=args.seed)  # fmt: skip
+
+
+def _supernet_pt(path: str) -> Path:
+    p = Path(path)
+    return p / "supernet.pt" if p.is_dir() else p
+
+
 def _search(args: argparse.Namespace) -> int:
-    from hurricane.search import EvolutionSearch, SearchConfig, random_search
+    from dataclasses import replace
+
+    from hurricane.search import EvolutionSearch, random_search
     from hurricane.space import load_space
     from hurricane.train import TrainConfig
     from hurricane.two_stage import SupernetFitness, data_for, load_supernet
 
     space = load_space(args.space)
     spec, model = _latency_model(space, args.db, args.device)
-    cfg = SearchConfig(budget_ms=args.latency_ms, population=args.population,
-                       generations=args.generations, parents=args.parents,
-                       mutations=args.mutations, crossovers=args.crossovers,
-                       seed=args.seed)  # fmt: skip
-    net = load_supernet(space, Path(args.supernet) / "supernet.pt"
-                        if Path(args.supernet).is_dir() else args.supernet)  # fmt: skip
+    cfg = _search_config(args)
+    pt = _supernet_pt(args.supernet)
+    summary = pt.parent / "summary.json"
+    if summary.exists():  # a progressively shrunk supernet is searched over what it kept
+        kept = json.loads(summary.read_text()).get("allowed_ops")
+        if kept and any(len(k) < len(layer.ops) for k, layer in zip(kept, space.layers)):
+            cfg = replace(cfg, allowed=kept)
+    net = load_supernet(space, pt)
     tcfg = TrainConfig(space=args.space, data=args.data, eval_limit=args.eval_limit)
     fitness = SupernetFitness(net, data_for(tcfg, space), tcfg.bn_batches, seed=args.seed)
     out = Path(args.out)
     if args.random:
-        res = random_search(space, model.predict, fitness, cfg, out=out)
+        res = random_search(space, model.predict, fitness, cfg, out=out / "search")
     else:
-        res = EvolutionSearch(space, model.predict, fitness, cfg, out,
+        res = EvolutionSearch(space, model.predict, fitness, cfg, out / "search",
                               min_latency=model.fastest).run()  # fmt: skip
-    (out / "result.json").write_text(json.dumps({**res, "device": spec.name}, indent=1))
     print(f"best: {res['best']}\n  validation accuracy {res['fitness']:.4f}, predicted "
           f"{res['latency_ms']:.3f} ms on {spec.name} (budget {args.latency_ms} ms); "
           f"{res['evaluated']} evaluated, {res['rejected']} over budget never evaluated; "
-          f"history in {out}")  # fmt: skip
+          f"history in {out / 'search'}")  # fmt: skip
+    final = _finalize(args, space, spec, res["top"], pt, out)
+    (out / "result.json").write_text(json.dumps({**res, "device": spec.name, "final": final},
+                                                indent=1))  # fmt: skip
     return 0
+
+
+def _finalize(args, space, spec, ranked, supernet_pt: Path, out: Path) -> dict | None:
+    """Device check of the best candidates, then the final training; None when skipped."""
+    from hurricane.final import train_final
+    from profilers.models import choose_measured
+
+    if args.no_measure:
+        chosen = {**ranked[0], "predicted_ms": ranked[0]["latency_ms"], "measured_ms": None,
+                  "accepted": None}  # fmt: skip
+    else:
+        chosen = choose_measured(space, spec, ranked, args.latency_ms, args.db,
+                                 n=args.verify_top)  # fmt: skip
+        for c in chosen["candidates"]:
+            ms = "failed" if c["measured_ms"] is None else f"{c['measured_ms']:.3f} ms"
+            print(f"  on {spec.name}: {c['arch']} predicted {c['predicted_ms']:.3f} ms, "
+                  f"measured {ms}")  # fmt: skip
+        if not chosen["accepted"]:
+            print(f"WARNING: none of the top {args.verify_top} measured within "
+                  f"{args.latency_ms} ms on {spec.name}; keeping the fastest, not accepted",
+                  file=sys.stderr)  # fmt: skip
+    final = {k: v for k, v in chosen.items() if k != "candidates"}
+    final["budget_ms"] = args.latency_ms
+    if args.final_steps > 0:
+        trained = train_final(space_ref(space), chosen["arch"], out / "final", args.final_steps,
+                              data=args.data, init=supernet_pt, seed=args.seed)  # fmt: skip
+        final.update(trained)
+        print(f"final model: {chosen['arch']} fine-tuned {trained['steps']} steps: test "
+              f"accuracy {trained['test_acc']:.4f} on {trained['test_images']} images; "
+              f"{trained['model']}")  # fmt: skip
+    m = final.get("measured_ms")
+    print(f"latency on {spec.name}: predicted {final['predicted_ms']:.3f} ms, measured "
+          f"{'not measured' if m is None else f'{m:.3f} ms'}, budget {args.latency_ms} ms"
+          f"{'' if final['accepted'] in (True, None) else ' — NOT ACCEPTED'}")  # fmt: skip
+    (out / "final.json").parent.mkdir(parents=True, exist_ok=True)
+    (out / "final.json").write_text(json.dumps(final, indent=1))
+    return final
+
+
+def two_stage_command(args: argparse.Namespace, cfg) -> int:
+    """``hurricane train --two-stage``: stage A, its search, stage B, its search, final."""
+    import math
+
+    from hurricane.space import load_space
+    from hurricane.two_stage import data_for, two_stage
+
+    if not args.device or args.latency_ms is None:
+        raise UserError("--two-stage searches between its stages: give --device and --latency-ms")
+    space = load_space(args.space)
+    spec, model = _latency_model(space, args.db, args.device)
+    split = args.split if args.split is not None else len(space.layers) // 2
+    if args.steps is not None:
+        steps_a = args.steps
+    else:
+        per_epoch = len(data_for(cfg, space).train) // cfg.batch_size
+        steps_a = max(1, math.ceil(args.epochs * per_epoch))
+    steps_b = args.steps_b if args.steps_b is not None else steps_a
+    out = Path(args.out)
+    res = two_stage(cfg, split, model.predict, _search_config(args), out, steps_a, steps_b,
+                    min_latency=model.fastest)  # fmt: skip
+    print(f"two-stage (split at layer {split}): {res['supernet_steps']} supernet steps in "
+          f"{res['supernet_seconds']:.1f}s; best {res['arch']} validation accuracy "
+          f"{res['fitness']:.4f}, predicted {res['latency_ms']:.3f} ms")  # fmt: skip
+    res["final"] = _finalize(args, space, spec, res["stage_b"]["top"],
+                             out / "stage_b" / "supernet.pt", out)  # fmt: skip
+    (out / "result.json").write_text(json.dumps(res, indent=1))
+    return 0
+
+
+def _add_search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--population", type=int, default=20)
+    p.add_argument("--generations", type=int, default=10)
+    p.add_argument("--parents", type=int, default=5)
+    p.add_argument("--mutations", type=int, default=10)
+    p.add_argument("--crossovers", type=int, default=10)
+    p.add_argument("--verify-top", type=int, default=5,
+                   help="measure the best N candidates on the device; keep the best within "
+                        "budget (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--no-measure",
+        action="store_true",
+        help="trust the prediction: do not measure candidates on the device",
+    )
+    p.add_argument("--final-steps", type=int, default=400,
+                   help="fine-tune the chosen model this many steps from its inherited "
+                        "weights, then score it on the test split; 0 skips it")  # fmt: skip
+
+
+def add_two_stage_args(p: argparse.ArgumentParser) -> None:
+    """``hurricane train --two-stage`` options (the train options come from cli.py)."""
+    g = p.add_argument_group("two-stage (HURRICANE)")
+    g.add_argument("--two-stage", action="store_true",
+                   help="stage A samples layers from --split on, a search fixes them, stage B "
+                        "samples the earlier ones; then the search and final model")  # fmt: skip
+    g.add_argument("--split", type=int, default=None, help="first layer of stage A "
+                   "(default: half the layers)")  # fmt: skip
+    g.add_argument(
+        "--steps-b",
+        type=int,
+        default=None,
+        help="stage B steps (default: as many as stage A, from --steps/--epochs)",
+    )
+    g.add_argument("--latency-ms", type=float, default=None, help="latency budget (ms)")
+    _add_search_args(g)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -95,11 +231,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     se.add_argument("--data", default="fashion-mnist")
     se.add_argument("--db", default=DEFAULT_DB)
     se.add_argument("--out", default="runs/search")
-    se.add_argument("--population", type=int, default=20)
-    se.add_argument("--generations", type=int, default=10)
-    se.add_argument("--parents", type=int, default=5)
-    se.add_argument("--mutations", type=int, default=10)
-    se.add_argument("--crossovers", type=int, default=10)
+    _add_search_args(se)
     se.add_argument("--eval-limit", type=int, default=2000, help="validation images per fitness")
     se.add_argument("--seed", type=int, default=0)
     se.add_argument("--random", action="store_true", help="random search baseline instead")

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from devices.convert import Artifact, ArtifactCache, ConversionError
 from devices.spec import DeviceSpec
 from hurricane.arch import Arch
+from hurricane.latency import USABLE
 from hurricane.lut import LutDB
 from hurricane.space import SearchSpace
 from hurricane.subnet import build_subnet
@@ -144,3 +145,37 @@ def _measure(space, spec, archs, db, dev, h, cache, progress, batch, seed) -> No
                 })  # fmt: skip
                 bar.update(1)
     bar.close()
+
+
+def choose_measured(
+    space: SearchSpace,
+    spec: DeviceSpec,
+    ranked: Sequence[dict[str, Any]],
+    budget_ms: float,
+    db: str | Path,
+    n: int = 5,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The fittest of the first ``n`` ranked candidates (dicts with ``arch``, ``fitness``,
+    ``latency_ms``) whose latency measured on the device is within ``budget_ms``.
+
+    The prediction decides what the search may evaluate; the device decides what is handed
+    over. When none of them fits, the fastest measured one is returned, marked not accepted.
+    """
+    top = list(ranked)[:n]
+    rows = measure_archs(space, spec, [space.parse_arch(c["arch"]) for c in top], db,
+                         progress=progress)  # fmt: skip
+    measured = []
+    for c in top:
+        row = rows.get(c["arch"], {})
+        ms = row.get("median_ms") if row.get("status") in USABLE else None
+        measured.append({**c, "predicted_ms": c["latency_ms"], "measured_ms": ms,
+                         "accepted": ms is not None and ms <= budget_ms})  # fmt: skip
+    for c in measured:
+        if c["accepted"]:
+            return {**c, "candidates": measured}
+    timed = [c for c in measured if c["measured_ms"] is not None]
+    if not timed:
+        raise RuntimeError(f"none of {len(top)} candidates could be measured on {spec.name}")
+    fastest = min(timed, key=lambda c: c["measured_ms"])
+    return {**fastest, "candidates": measured}

@@ -160,7 +160,8 @@ def test_shrink_and_search_cli(lut, tmp_path, capsys) -> None:
     lo, _ = model.fastest()
     base = ["search", "--space", str(out), "--device", str(spec), "--db", str(db),
             "--supernet", str(run), "--population", "4", "--generations", "2", "--parents",
-            "2", "--mutations", "2", "--crossovers", "2", "--eval-limit", "200"]  # fmt: skip
+            "2", "--mutations", "2", "--crossovers", "2", "--eval-limit", "200",
+            "--verify-top", "2", "--final-steps", "2"]  # fmt: skip
     capsys.readouterr()
     assert main([*base, "--latency-ms", str(lo * 0.5), "--out", str(tmp_path / "s0")]) == 2
     err = capsys.readouterr().err
@@ -168,4 +169,36 @@ def test_shrink_and_search_cli(lut, tmp_path, capsys) -> None:
     assert main([*base, "--latency-ms", str(lo * 1.5), "--out", str(tmp_path / "s1")]) == 0
     result = json.loads((tmp_path / "s1" / "result.json").read_text())
     assert result["latency_ms"] <= lo * 1.5 and 0 <= result["fitness"] <= 1
-    assert "over budget never evaluated" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "over budget never evaluated" in printed and "final model:" in printed
+    final = json.loads((tmp_path / "s1" / "final.json").read_text())
+    assert final["arch"] == result["final"]["arch"] and final["measured_ms"] > 0
+    assert final["predicted_ms"] <= lo * 1.5 and final["steps"] == 2
+
+
+def test_search_names_unmeasured_entries_and_the_profile_command(lut, tmp_path, capsys) -> None:
+    db, spec = copy_db(lut, tmp_path), lut[1]
+    run = tmp_path / "run"
+    assert main(["train", "--space", str(TINY), "--out", str(run), "--steps", "1",
+                 "--batch-size", "32", "--train-limit", "64", "--eval-paths", "0",
+                 "--no-progress", "--threads", "1"]) == 0  # fmt: skip
+    conn = sqlite3.connect(db)
+    gone = sorted(k for (k,) in conn.execute("SELECT key FROM entries WHERE key LIKE 'ds_k3:%'"))
+    conn.execute("DELETE FROM entries WHERE key LIKE 'ds_k3:%'")
+    conn.commit()
+    args = ["search", "--space", str(TINY), "--device", str(spec), "--db", str(db),
+            "--supernet", str(run), "--latency-ms", "1000", "--population", "2",
+            "--generations", "1", "--eval-limit", "64", "--no-measure", "--final-steps", "0",
+            "--out", str(tmp_path / "s")]  # fmt: skip
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"{len(gone)} LUT entries this space needs are not measured on ort" in err
+    assert sum(k in err for k in gone) == 3 and f"hurricane profile --space {TINY} --device" in err
+    # Too few measured entries to estimate the rest: one line naming them and the command.
+    conn.execute("DELETE FROM entries WHERE key NOT IN (SELECT key FROM entries LIMIT 5)")
+    conn.commit()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "latency entries missing" in err
+    assert f"hurricane profile --space {TINY}" in err
