@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from devices.convert import Artifact
 from devices.spec import DeviceSpec
 from devices.transport import LocalTransport, SSHTransport, Transport, TransportError
+from hurricane.errors import UserError
 
 AGENT_NAME = "hurricane_agent.py"
 
@@ -45,6 +49,11 @@ class AgentCrashed(TransportError):
         self.partial: list[dict[str, Any]] = []  # results that arrived before the crash
 
 
+class InferenceFailed(UserError):
+    """The agent could not run a model on the given inputs (a wrong input shape, a model the
+    runtime refuses); the message carries the agent's one-line reason."""
+
+
 class AgentSession:
     """Opens the transport, uploads the agent once, and keeps it running across batches.
 
@@ -58,6 +67,7 @@ class AgentSession:
         self.fingerprint: dict[str, Any] = {}
         self._uploaded: set[str] = set()
         self.timeout = spec.transport.command_timeout_s
+        self.last_infer: dict[str, Any] = {}  # the latest infer reply, less its output data
 
     def __enter__(self) -> AgentSession:
         self.open()
@@ -148,3 +158,54 @@ class AgentSession:
                 yield line
             elif kind == "done":
                 return
+
+    def infer(self, item_id: str, art: Artifact, batch: np.ndarray) -> np.ndarray:
+        """Run an artifact on `batch` (N samples, float32) on the device with the device's own
+        runtime, loaded as `measure` loads it; return its outputs stacked along axis 0.
+
+        This is how a handoff checks that an exported model computes what PyTorch computes,
+        where it will run: a converter, a quantizer or a delegate can change the numbers, and
+        only the device's runtime shows it. Raises InferenceFailed with the agent's reason, or
+        AgentCrashed if the agent dies on the way."""
+        data = np.ascontiguousarray(batch, dtype="<f4")
+        payload = {
+            "cmd": "infer",
+            "id": item_id,
+            "runtime": self.spec.runtime.name,
+            "options": self.spec.runtime.agent_options(),
+            "path": self.upload(art),
+            "input": {
+                "shape": list(data.shape),
+                "dtype": "float32",
+                "data": base64.b64encode(data.tobytes()).decode("ascii"),
+            },
+        }
+        self.proc.send(json.dumps(payload))
+        while True:
+            line = self._read()
+            if line is None:
+                code = self.proc.close()
+                raise AgentCrashed(
+                    f"{self.spec.name}: the profiling agent ended while running {item_id} "
+                    f"(exit code {code}); stderr: {self.proc.stderr_text()[-300:]!r}",
+                    [item_id],
+                )
+            kind = line.get("type")
+            if kind == "error" and line.get("id") in (item_id, None):
+                raise InferenceFailed(
+                    f"{self.spec.name}: running {item_id} on the device failed: {line['error']}"
+                )
+            if kind == "outputs" and line.get("id") == item_id:
+                break
+        out = line.get("output") or {}
+        try:
+            raw = base64.b64decode(out["data"], validate=True)
+            result = np.frombuffer(raw, dtype="<f4").reshape(out["shape"]).astype(np.float32)
+        except (KeyError, TypeError, ValueError) as exc:  # binascii.Error is a ValueError
+            raise TransportError(
+                f"{self.spec.name}: the profiling agent sent a malformed output for {item_id} "
+                f"({type(exc).__name__}: {exc}); check the agent matches this host's version"
+            ) from None
+        self.last_infer = {k: v for k, v in line.items() if k != "output"}
+        self.last_infer["output_shape"] = list(result.shape)
+        return result

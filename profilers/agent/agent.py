@@ -10,7 +10,19 @@ numpy comes with each of them. The host talks to it over stdin/stdout in JSON li
    "warmup", "rounds", "runs"}
                       -> one {"type": "result", ...} or {"type": "error", "id", ...} per item,
                          then {"type": "done", "n_ok", "n_err"[, "order"]}
+  {"cmd": "infer", "id", "runtime", "options", "path",
+   "input": {"shape": [N, ...], "dtype": "float32", "data": base64}}
+                      -> {"type": "outputs", "id", "output": {"shape", "dtype": "float32",
+                          "data": base64}, "runtime", "runtime_version", "delegate", "seconds",
+                          "runs", "load_ms", "inputs", ...} or {"type": "error", "id", "error"}
   {"cmd": "quit"}     -> {"type": "bye"}, exit 0 (EOF on stdin also exits 0)
+
+"infer" runs a model on given inputs, to check on the device that it computes what the host's
+PyTorch does: the model is loaded exactly as "measure" loads it (same delegate, threads and
+OpenVINO config), the N samples run a model batch at a time (one at a time for a batch-1 model)
+and the outputs are stacked along axis 0. Data are raw little-endian float32 bytes in base64,
+both ways; the int8/uint8 inputs and outputs of a full-int8 model are quantized and dequantized
+on the device with the tensors' (scale, zero point). "seconds" is the time of the runs.
 
 Anything else gets {"type": "error", "error"}. Only protocol lines reach stdout: file
 descriptor 1 is pointed at stderr at start-up, so a runtime that prints cannot break the stream.
@@ -19,6 +31,7 @@ descriptor 1 is pointed at stderr at start-up, so a runtime that prints cannot b
 from __future__ import annotations
 
 import argparse
+import base64
 import functools
 import gc
 import glob
@@ -32,7 +45,7 @@ import statistics
 import sys
 import time
 
-AGENT_VERSION = 1
+AGENT_VERSION = 2  # 2: infer
 RUNTIMES = ("litert", "openvino", "onnxruntime")
 COMMON_OPTIONS = ("threads", "seed", "debug_order")
 RUNTIME_OPTIONS = {
@@ -331,17 +344,48 @@ def _override(shapes: list | None, index: int, count: int) -> list | None:
     return shapes[index]
 
 
-class Loaded:
-    """One model ready to time: `invoke` runs it once on inputs already in place."""
+def to_model(np: object, name: str, arr: object, dtype: object, quant: tuple | None) -> object:
+    """Host floats -> what the model's input tensor holds: a cast for a float input, (scale,
+    zero point) quantization for the int8/uint8 input of a full-int8 model."""
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        return np.ascontiguousarray(arr, dtype=dt)
+    scale, zero = quant or (0.0, 0)
+    if dt.kind in "iu" and scale:
+        info = np.iinfo(dt)
+        v = np.asarray(arr, dtype=np.float32) / np.float32(scale)
+        q = np.trunc(v + np.copysign(np.float32(0.5), v)) + zero  # LiteRT rounds half away
+        return np.clip(q, info.min, info.max).astype(dt)
+    raise AgentError(
+        f"input '{name}' is {dt} without quantization parameters; infer feeds float32 samples "
+        "only to float or quantized inputs"
+    )
 
-    def __init__(self, invoke: object, info: dict, keep: tuple = ()) -> None:
+
+def from_model(np: object, arr: object, quant: tuple | None) -> object:
+    """An output tensor -> float32 for the host, dequantized when it is quantized."""
+    arr = np.asarray(arr)
+    scale, zero = quant or (0.0, 0)
+    if arr.dtype.kind in "iu" and scale:
+        return (arr.astype(np.float32) - np.float32(zero)) * np.float32(scale)
+    return arr.astype(np.float32)
+
+
+class Loaded:
+    """One model ready to time: `invoke` runs it once on inputs already in place; `run` sets
+    given inputs (host floats, one array per model input), runs it and returns its outputs
+    as float32 arrays."""
+
+    def __init__(self, invoke: object, info: dict, keep: tuple = (), run: object = None) -> None:
         self.invoke = invoke
+        self.run = run
         self.info = info
         self.keep = keep  # objects that must outlive `invoke` (a delegate after its interpreter)
 
     def close(self) -> None:
         """Release in `keep` order (an interpreter before its delegate)."""
         self.invoke = None
+        self.run = None
         keep = list(self.keep)
         self.keep = ()
         while keep:
@@ -448,7 +492,29 @@ def load_litert(path: str, opts: dict, shapes: list | None, seed: int) -> Loaded
     )
     if warnings:
         info["warning"] = "; ".join(warnings)
-    return Loaded(interpreter.invoke, info, keep=(interpreter, delegate))
+    in_details = [(d, _litert_quant(d)) for d in interpreter.get_input_details()]
+    out_details = [(d, _litert_quant(d)) for d in interpreter.get_output_details()]
+
+    def run(arrays: list) -> list:
+        for (d, quant), arr in zip(in_details, arrays):
+            interpreter.set_tensor(d["index"], to_model(np, d["name"], arr, d["dtype"], quant))
+        interpreter.invoke()
+        return [from_model(np, interpreter.get_tensor(d["index"]), q) for d, q in out_details]
+
+    return Loaded(interpreter.invoke, info, keep=(interpreter, delegate), run=run)
+
+
+def _litert_quant(detail: dict) -> tuple | None:
+    """(scale, zero point) of a per-tensor quantized input or output, else None."""
+    params = detail.get("quantization_parameters") or {}
+    scales = params.get("scales")
+    if scales is not None and len(scales) > 1:
+        raise AgentError(
+            f"tensor '{detail['name']}' is quantized per channel; infer handles per-tensor "
+            "quantized (or float) model inputs and outputs only"
+        )
+    scale, zero = detail.get("quantization", (0.0, 0))
+    return (float(scale), int(zero)) if scale else None
 
 
 def load_onnxruntime(path: str, opts: dict, shapes: list | None, seed: int) -> Loaded:
@@ -502,7 +568,13 @@ def load_onnxruntime(path: str, opts: dict, shapes: list | None, seed: int) -> L
     }
     if warnings:
         info["warning"] = "; ".join(warnings)
-    return Loaded(functools.partial(session.run, names, feeds), info, keep=(session,))
+    in_types = [(inp.name, ORT_DTYPES[inp.type]) for inp in model_inputs]
+
+    def run(arrays: list) -> list:
+        given = {n: to_model(np, n, a, t, None) for (n, t), a in zip(in_types, arrays)}
+        return [from_model(np, out, None) for out in session.run(names, given)]
+
+    return Loaded(functools.partial(session.run, names, feeds), info, keep=(session,), run=run)
 
 
 def _ov_str(value: object) -> object:
@@ -591,7 +663,16 @@ def load_openvino(path: str, opts: dict, shapes: list | None, seed: int) -> Load
     }
     if warnings:
         info["warning"] = "; ".join(warnings)
-    return Loaded(invoke, info, keep=(request, compiled))
+    n_outputs = len(compiled.outputs)
+
+    def run(arrays: list) -> list:
+        for i, arr in enumerate(arrays):
+            tensor = request.get_input_tensor(i)
+            tensor.data[...] = to_model(np, inputs[i]["name"], arr, tensor.data.dtype, None)
+        request.infer()
+        return [from_model(np, request.get_output_tensor(i).data, None) for i in range(n_outputs)]
+
+    return Loaded(invoke, info, keep=(request, compiled), run=run)
 
 
 LOADERS = {"litert": load_litert, "openvino": load_openvino, "onnxruntime": load_onnxruntime}
@@ -609,6 +690,21 @@ def _int_field(cmd: dict, key: str, default: int, minimum: int) -> int:
 
 def parse_measure(cmd: dict) -> dict:
     """Check the whole request before loading anything, so a typo fails fast and clearly."""
+    params = parse_runtime(cmd)
+    params.update(
+        warmup=_int_field(cmd, "warmup", 10, 0),
+        rounds=_int_field(cmd, "rounds", 5, 1),
+        runs=_int_field(cmd, "runs", 10, 1),
+        # Short ops get more runs per round, until the round has this much timed time: the
+        # statistic steadies and the device spends its time measuring, not waiting.
+        min_round_ms=_int_field(cmd, "min_round_ms", 0, 0),
+        max_runs=_int_field(cmd, "max_runs", 10000, 1),
+    )
+    return params
+
+
+def parse_runtime(cmd: dict) -> dict:
+    """The runtime and its options, as measure and infer both take them."""
     runtime = cmd.get("runtime")
     if runtime not in RUNTIMES:
         raise AgentError(
@@ -616,7 +712,7 @@ def parse_measure(cmd: dict) -> dict:
         )
     opts = cmd.get("options") or {}
     if not isinstance(opts, dict):
-        raise AgentError("measure: 'options' must be an object")
+        raise AgentError("{}: 'options' must be an object".format(cmd.get("cmd")))
     known = COMMON_OPTIONS + RUNTIME_OPTIONS[runtime]
     for key in opts:
         if key not in known:
@@ -652,18 +748,7 @@ def parse_measure(cmd: dict) -> dict:
         raise AgentError("option 'config' must be an object")
     if opts.get("providers") is not None and not isinstance(opts["providers"], list):
         raise AgentError("option 'providers' must be a list")
-    return {
-        "runtime": runtime,
-        "options": opts,
-        "seed": seed,
-        "warmup": _int_field(cmd, "warmup", 10, 0),
-        "rounds": _int_field(cmd, "rounds", 5, 1),
-        "runs": _int_field(cmd, "runs", 10, 1),
-        # Short ops get more runs per round, until the round has this much timed time: the
-        # statistic steadies and the device spends its time measuring, not waiting.
-        "min_round_ms": _int_field(cmd, "min_round_ms", 0, 0),
-        "max_runs": _int_field(cmd, "max_runs", 10000, 1),
-    }
+    return {"runtime": runtime, "options": opts, "seed": seed}
 
 
 def _check_item(item: object, seen: set) -> tuple:
@@ -839,6 +924,131 @@ def handle_measure(cmd: dict, chan: Channel) -> None:
     chan.send(done)
 
 
+# --------------------------------------------------------------------------- infer
+
+
+def _is_shape(shape: object) -> bool:
+    return isinstance(shape, list) and all(
+        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape
+    )
+
+
+def parse_input(np: object, spec: object) -> object:
+    """The request's samples as a float32 array, or AgentError naming what is malformed."""
+    if not isinstance(spec, dict):
+        raise AgentError('infer needs \'input\': {"shape", "dtype": "float32", "data": base64}')
+    shape = spec.get("shape")
+    if not _is_shape(shape) or not shape:
+        raise AgentError(f"infer: input 'shape' must be a list of positive integers, got {shape!r}")
+    if spec.get("dtype", "float32") != "float32":
+        raise AgentError(
+            "infer: input 'dtype' must be 'float32' (quantized models take floats too), "
+            "got {!r}".format(spec.get("dtype"))
+        )
+    data = spec.get("data")
+    if not isinstance(data, str):
+        raise AgentError("infer: input 'data' must be a base64 string")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except ValueError:  # binascii.Error is one
+        raise AgentError("infer: input 'data' is not valid base64") from None
+    count = 1
+    for d in shape:
+        count *= d
+    if len(raw) != 4 * count:
+        raise AgentError(
+            f"infer: input 'data' holds {len(raw)} bytes but shape {shape} in float32 needs "
+            f"{4 * count}"
+        )
+    return np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
+
+
+def _chunks(shape: list, model_shape: list) -> int:
+    """How many model runs an input of `shape` takes: its batch over the model's."""
+    batch = model_shape[0] if model_shape else 0
+    if (
+        batch > 0
+        and len(shape) == len(model_shape)
+        and list(shape[1:]) == list(model_shape[1:])
+        and shape[0] % batch == 0
+    ):
+        return shape[0] // batch
+    want = "[N, {}]".format(", ".join(str(d) for d in model_shape[1:]))
+    if batch > 1:
+        want += f" with N a multiple of {batch}"
+    raise AgentError(
+        f"input shape {list(shape)} does not fit the model's input {list(model_shape)}; "
+        f"send {want} float32 samples"
+    )
+
+
+def _encode(np: object, arr: object) -> dict:
+    arr = np.ascontiguousarray(arr, dtype="<f4")
+    return {
+        "shape": [int(d) for d in arr.shape],
+        "dtype": "float32",
+        "data": base64.b64encode(arr.tobytes()).decode("ascii"),
+    }
+
+
+def handle_infer(cmd: dict, chan: Channel) -> None:
+    """Run one model on the host's samples with the same loader measure uses; one outputs or
+    error line."""
+    item_id = cmd.get("id")
+    if not isinstance(item_id, str) or not item_id:
+        chan.error(None, "infer needs a string 'id'")
+        return
+    model = None
+    try:
+        params = parse_runtime(cmd)
+        path = cmd.get("path")
+        if not isinstance(path, str) or not path:
+            raise AgentError("infer needs a 'path': the model file on the device")
+        runtime_module(params["runtime"])
+        import numpy as np
+
+        batch = parse_input(np, cmd.get("input"))
+        if not os.path.isfile(path):
+            raise AgentError(f"model file {path} not found on the device")
+        _maybe_crash(item_id)
+        t0 = time.perf_counter()
+        model = LOADERS[params["runtime"]](path, params["options"], None, params["seed"])
+        model.info["load_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+        inputs = model.info["inputs"]
+        if len(inputs) != 1:
+            raise AgentError(
+                f"infer takes models with one input; {os.path.basename(path)} has {len(inputs)}"
+            )
+        n = _chunks(list(batch.shape), inputs[0]["shape"])
+        step = inputs[0]["shape"][0]
+        outs = []
+        t0 = time.perf_counter()
+        for i in range(n):
+            got = model.run([batch[i * step : (i + 1) * step]])
+            if len(got) != 1:
+                raise AgentError(
+                    f"infer takes models with one output; {os.path.basename(path)} has {len(got)}"
+                )
+            outs.append(got[0])
+        seconds = time.perf_counter() - t0
+        if all(o.ndim >= 1 and o.shape[0] == step for o in outs):
+            output = np.concatenate(outs, axis=0)
+        else:  # an output without the batch axis: one per run
+            output = np.stack(outs, axis=0)
+    except Exception as exc:
+        chan.error(item_id, one_line(exc))
+        return
+    finally:
+        if model is not None:
+            model.close()
+    msg = {"type": "outputs", "id": item_id, "output": _encode(np, output)}
+    msg["runtime"] = params["runtime"]
+    msg.update(model.info)
+    msg["seconds"] = round(seconds, 6)
+    msg["runs"] = n
+    chan.send(msg)
+
+
 # --------------------------------------------------------------------------- main loop
 
 
@@ -872,11 +1082,15 @@ def serve(chan: Channel) -> int:
                 )
             elif name == "measure":
                 handle_measure(cmd, chan)
+            elif name == "infer":
+                handle_infer(cmd, chan)
             elif name == "quit":
                 chan.send({"type": "bye"})
                 return 0
             else:
-                chan.error(None, f"unknown command {name!r}; expected hello, measure or quit")
+                chan.error(
+                    None, f"unknown command {name!r}; expected hello, measure, infer or quit"
+                )
         except Exception as exc:  # a bug in the agent: report it, keep serving
             log(f"internal error: {exc!r}")
             chan.error(None, f"agent internal error: {one_line(exc)}")
