@@ -56,14 +56,19 @@ def default_cache_dir() -> Path:
     return Path(root) / "artifacts"
 
 
-def content_key(module: nn.Module, example: torch.Tensor, runtime: str, precision: str) -> str:
-    """Hash of the module's structure and weights, the input shape and the target."""
+def content_key(module: nn.Module, example: torch.Tensor, runtime: str, precision: str,
+                calibration: torch.Tensor | None = None) -> str:
+    """Hash of the module's structure and weights, the input shape, the target and the
+    calibration data (an int8 model depends on it)."""
     h = hashlib.sha256()
     h.update(json.dumps([runtime, precision, list(example.shape), str(example.dtype),
                          CONVERTER_VERSION, repr(module)]).encode())  # fmt: skip
     for name, tensor in sorted(module.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    if calibration is not None:
+        h.update(b"calibration")
+        h.update(calibration.detach().contiguous().cpu().numpy().tobytes())
     return h.hexdigest()[:32]
 
 
@@ -257,7 +262,7 @@ class ArtifactCache:
         if runtime not in FORMATS:
             raise ConversionError(f"unknown runtime {runtime!r} (known: {', '.join(FORMATS)})")
         module = module.eval()
-        key = content_key(module, example, runtime, precision)
+        key = content_key(module, example, runtime, precision, calibration)
         path = self.path_for(key, runtime)
         art = Artifact(runtime, precision, key, path)
         if all(f.exists() for f in art.files):
