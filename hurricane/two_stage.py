@@ -96,6 +96,14 @@ def single_stage(
     return result
 
 
+def stage_a_config(cfg: TrainConfig, space: SearchSpace, split: int, steps: int,
+                   out: str | Path, fixed: Arch | None = None) -> TrainConfig:  # fmt: skip
+    """Stage A's training: layers ``split..`` sampled, the earlier ones fixed."""
+    late = list(range(split, len(space.layers)))
+    return replace(cfg, out=str(out), steps=steps, sample_layers=late,
+                   fixed=str(fixed or space.default_arch()))  # fmt: skip
+
+
 def two_stage(
     cfg: TrainConfig,
     split: int,
@@ -106,22 +114,24 @@ def two_stage(
     steps_b: int,
     fixed: Arch | None = None,
     min_latency: Callable[[], tuple[float, Arch]] | None = None,
+    stage_a_out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Stage A over layers ``split..``, then stage B over ``..split``; returns the final
-    architecture with both stages' results and the total supernet cost."""
+    architecture with both stages' results and the total supernet cost. ``stage_a_out``
+    shares one stage-A supernet between searches (one per latency budget)."""
     out = Path(out)
     space = load_space(cfg.space)
     n = len(space.layers)
     if not 0 < split < n:
         raise UserError(f"split must be between 1 and {n - 1} for a {n}-layer space, got {split}")
     data = data_for(cfg, space)
-    base = str(fixed or space.default_arch())
-    late, early = list(range(split, n)), list(range(split))
-    a_cfg = replace(cfg, out=str(out / "stage_a"), steps=steps_a, sample_layers=late, fixed=base)
+    stage_a = Path(stage_a_out) if stage_a_out else out / "stage_a"
+    a_cfg = stage_a_config(cfg, space, split, steps_a, stage_a, fixed)
+    base, late, early = a_cfg.fixed, a_cfg.sample_layers, list(range(split))
     a = _stage(a_cfg, space, data, latency, replace(search, layers=late, fixed=base),
                out / "search_a", min_latency)  # fmt: skip
     b_cfg = replace(cfg, out=str(out / "stage_b"), steps=steps_b, sample_layers=early,
-                    fixed=a["best"], init=str(out / "stage_a" / "supernet.pt"))  # fmt: skip
+                    fixed=a["best"], init=str(stage_a / "supernet.pt"))  # fmt: skip
     b = _stage(b_cfg, space, data, latency, replace(search, layers=early, fixed=a["best"]),
                out / "search_b", min_latency)  # fmt: skip
     result = {"arch": b["best"], "fitness": b["fitness"], "latency_ms": b["latency_ms"],

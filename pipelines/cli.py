@@ -9,8 +9,6 @@ from collections.abc import Sequence
 
 from hurricane.errors import UserError
 
-DEMO_OUT = "runs/demo"
-
 
 def _space_show(args: argparse.Namespace) -> int:
     from hurricane.space import load_space
@@ -183,9 +181,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """The embedded default: a short supernet training run on the demo space."""
-    print("Hurricane demo: SPOS supernet training on the demo space with Fashion-MNIST")
-    return _train(args)
+    """The embedded default: the demo pipeline, end to end, on this machine."""
+    from dataclasses import replace
+
+    from pipelines.config import load_pipeline
+    from pipelines.run_cli import execute
+
+    p = load_pipeline("demo")
+    p = replace(p, out=args.out or p.out, db=args.db or p.db)
+    print(f"Hurricane demo: {p.description}; profile, stage one, two-stage search, final "
+          f"model, handoff and report in {p.out} (Ctrl-C and run again to resume)")
+    return execute(p, progress=not args.no_progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,14 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_two_stage_args(train)
     train.set_defaults(func=_train)
 
-    from pipelines import latency_cli, profile_cli, search_cli
+    from pipelines import latency_cli, profile_cli, run_cli, search_cli
 
     profile_cli.add_commands(sub)
     latency_cli.add_commands(sub)
     search_cli.add_commands(sub)
+    run_cli.add_commands(sub)
 
-    demo = sub.add_parser("demo", help="the embedded default job (short run on the demo space)")
-    _add_train_args(demo, DEMO_OUT, epochs=2)
+    demo = sub.add_parser("demo", help="the embedded default: the demo pipeline end to end "
+                          "(pipelines/examples/demo.toml)")
+    demo.add_argument("--out", default=None, help="run folder (default: runs/demo)")
+    demo.add_argument("--db", default=None, help="LUT database (default: runs/hurricane.sqlite)")
+    demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=_demo)
     return parser
 

@@ -108,39 +108,16 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _finalize(args, space, spec, ranked, supernet_pt: Path, out: Path) -> dict | None:
-    """Device check of the best candidates, then the final training; None when skipped."""
-    from hurricane.final import train_final
-    from profilers.models import choose_measured
+    """Device check of the best candidates, then the final training (``jobs.final_model``)."""
+    from pipelines.jobs import final_model
 
-    if args.no_measure:
-        chosen = {**ranked[0], "predicted_ms": ranked[0]["latency_ms"], "measured_ms": None,
-                  "accepted": None}  # fmt: skip
-    else:
-        chosen = choose_measured(space, spec, ranked, args.latency_ms, args.db,
-                                 n=args.verify_top)  # fmt: skip
-        for c in chosen["candidates"]:
-            ms = "failed" if c["measured_ms"] is None else f"{c['measured_ms']:.3f} ms"
-            print(f"  on {spec.name}: {c['arch']} predicted {c['predicted_ms']:.3f} ms, "
-                  f"measured {ms}")  # fmt: skip
-        if not chosen["accepted"]:
-            print(f"WARNING: none of the top {args.verify_top} measured within "
-                  f"{args.latency_ms} ms on {spec.name}; keeping the fastest, not accepted",
-                  file=sys.stderr)  # fmt: skip
-    final = {k: v for k, v in chosen.items() if k != "candidates"}
-    final["budget_ms"] = args.latency_ms
-    if args.final_steps > 0:
-        trained = train_final(space_ref(space), chosen["arch"], out / "final", args.final_steps,
-                              data=args.data, init=supernet_pt, seed=args.seed)  # fmt: skip
-        final.update(trained)
-        print(f"final model: {chosen['arch']} fine-tuned {trained['steps']} steps: test "
-              f"accuracy {trained['test_acc']:.4f} on {trained['test_images']} images; "
-              f"{trained['model']}")  # fmt: skip
+    final = final_model(space_ref(space), spec, ranked, args.latency_ms, args.db, supernet_pt,
+                        out, args.verify_top, args.final_steps, args.data, args.seed,
+                        measure=not args.no_measure)  # fmt: skip
     m = final.get("measured_ms")
     print(f"latency on {spec.name}: predicted {final['predicted_ms']:.3f} ms, measured "
           f"{'not measured' if m is None else f'{m:.3f} ms'}, budget {args.latency_ms} ms"
           f"{'' if final['accepted'] in (True, None) else ' — NOT ACCEPTED'}")  # fmt: skip
-    (out / "final.json").parent.mkdir(parents=True, exist_ok=True)
-    (out / "final.json").write_text(json.dumps(final, indent=1))
     return final
 
 

@@ -180,7 +180,7 @@ def test_space_list(capsys) -> None:
         (["--space", "no-such-space"], ["no-such-space", "built-in"]),
     ],
 )
-@pytest.mark.parametrize("command", ["train", "demo"])
+@pytest.mark.parametrize("command", ["train"])
 def test_train_user_errors(tmp_path: Path, capsys, command: str, args, words) -> None:
     args = [a.format(tmp=tmp_path) for a in args]
     out = tmp_path / "run"

@@ -1,0 +1,186 @@
+"""Pipeline files: one TOML file declares a whole run — devices, space, data, budgets and
+training lengths — for ``hurricane run``. Checked at load; a bad field stops with one line
+naming the file, the field and what was expected. Examples in ``pipelines/examples/``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from devices.spec import builtin_devices, load_device
+from hurricane.space import builtin_spaces, load_space
+from hurricane.tomlcheck import ConfigError, Fields, read_toml
+from pipelines.profile_cli import DEFAULT_DB
+
+_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A latency budget: ``ms`` milliseconds, or the ``percentile`` of random architectures'
+    predicted latency on the device (a budget that suits any machine, for examples)."""
+
+    ms: float | None = None
+    percentile: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.ms:g}ms" if self.ms is not None else f"p{self.percentile:g}"
+
+    @classmethod
+    def parse(cls, value: Any, f: Fields, key: str) -> Budget:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return cls(ms=float(value))
+        if isinstance(value, str) and (m := _PERCENT.match(value.strip())):
+            p = float(m.group(1))
+            if 0 < p <= 100:
+                return cls(percentile=p)
+        raise f.error(key, f"each budget is milliseconds (a positive number) or a percentile "
+                      f"of the space's latencies on the device (\"40%\"), got {value!r}")
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    k: int = 4  # stage one: ops kept per layer (0: no reduction)
+    rule: str = "pareto"
+    exclude_ops: tuple[str, ...] = ()
+    two_stage: bool = True
+    split: int | None = None  # first layer of stage A (default: half the layers)
+    steps: int = 400  # supernet steps (stage A with two_stage)
+    steps_b: int | None = None  # stage B steps (default: steps)
+    batch_size: int = 128
+    lr: float = 0.1
+    distill: bool = False
+    train_limit: int | None = None
+    eval_limit: int = 2000
+    population: int = 20
+    generations: int = 10
+    parents: int = 5
+    mutations: int = 10
+    crossovers: int = 10
+    verify_top: int = 5
+    final_steps: int = 400
+    measure_candidates: bool = True
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    space: str  # built-in name or resolved path
+    devices: tuple[str, ...]  # built-in names or resolved paths
+    budgets: tuple[Budget, ...]
+    data: str = "fashion-mnist"
+    db: str = DEFAULT_DB
+    out: str = ""
+    seed: int = 0
+    description: str = ""
+    profile_remeasure_noisy: bool = False
+    generate: GenerateSettings = field(default_factory=GenerateSettings)
+    handoff_samples: int = 32
+    handoff: bool = True
+    report: bool = True
+    source: str = "<memory>"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def builtin_pipelines() -> list[str]:
+    folder = resources.files("pipelines") / "examples"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def _ref(value: str, base: Path, known: list[str], f: Fields, key: str, check) -> str:
+    """A built-in name stays a name; a file path is taken relative to the pipeline file."""
+    if value in known and not (base / value).exists():
+        return value
+    path = (base / Path(value).expanduser()).resolve()
+    if not path.exists():
+        raise f.error(key, f"{value!r} is neither a file (looked at {path}) nor a built-in "
+                      f"({', '.join(known)})")  # fmt: skip
+    check(path)
+    return str(path)
+
+
+def load_pipeline(name_or_path: str | Path) -> Pipeline:
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if not path.exists() and path.suffix != ".toml" and text in builtin_pipelines():
+        resource = resources.files("pipelines") / "examples" / f"{text}.toml"
+        with resources.as_file(resource) as real:
+            return parse_pipeline(read_toml(real, "pipeline file"), str(real))
+    if not path.exists() and path.suffix != ".toml":
+        raise ConfigError(f"{text}: no such pipeline file and no example of that name "
+                          f"(examples: {', '.join(builtin_pipelines())})")  # fmt: skip
+    return parse_pipeline(read_toml(path, "pipeline file"), str(path))
+
+
+def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
+    top = Fields(data, source)
+    top.only({"name", "description", "space", "data", "devices", "budgets", "db", "out", "seed",
+              "profile", "generate", "handoff", "report"})  # fmt: skip
+    base = Path(source).parent if source != "<string>" else Path.cwd()
+    name = top.str("name", Path(source).stem)
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise top.error("name", f"use letters, digits, '.', '_' or '-' (it names folders), "
+                        f"got {name!r}")  # fmt: skip
+    space = _ref(top.str("space"), base, builtin_spaces(), top, "space", load_space)
+    devices = top.str_list("devices")
+    if not devices:
+        raise top.error("devices", "list at least one device spec (e.g. [\"local-litert\"])")
+    devs = tuple(_ref(d, base, builtin_devices(), top, "devices", load_device) for d in devices)
+    names = [load_device(d).name for d in devs]
+    if len(set(names)) != len(names):
+        raise top.error("devices", f"two specs share a device name ({names}); names key the LUT")
+    raw_budgets = top._get("budgets", None)
+    if not isinstance(raw_budgets, list) or not raw_budgets:
+        raise top.error("budgets", "expected a list of latency budgets: milliseconds (0.08) "
+                        "or percentiles (\"40%\")")  # fmt: skip
+    budgets = tuple(Budget.parse(b, top, "budgets") for b in raw_budgets)
+    if len({b.label for b in budgets}) != len(budgets):
+        raise top.error("budgets", "a budget is listed twice")
+
+    pf = top.sub("profile")
+    pf.only({"remeasure_noisy"})
+    gf = top.sub("generate")
+    d = GenerateSettings()
+    gf.only(set(asdict(d)))
+    rules = ("pareto", "flops_per_ms", "params_per_ms", "fastest")
+    gen = GenerateSettings(
+        k=gf.int("k", d.k, lo=0), rule=gf.str("rule", d.rule, choices=rules),
+        exclude_ops=tuple(gf.str_list("exclude_ops", [])),
+        two_stage=gf.bool("two_stage", d.two_stage), split=gf.int("split", None, lo=1),
+        steps=gf.int("steps", d.steps, lo=1), steps_b=gf.int("steps_b", None, lo=1),
+        batch_size=gf.int("batch_size", d.batch_size, lo=1), lr=gf.float("lr", d.lr, lo=0.0),
+        distill=gf.bool("distill", d.distill), train_limit=gf.int("train_limit", None, lo=1),
+        eval_limit=gf.int("eval_limit", d.eval_limit, lo=1),
+        population=gf.int("population", d.population, lo=2),
+        generations=gf.int("generations", d.generations, lo=1),
+        parents=gf.int("parents", d.parents, lo=1),
+        mutations=gf.int("mutations", d.mutations, lo=0),
+        crossovers=gf.int("crossovers", d.crossovers, lo=0),
+        verify_top=gf.int("verify_top", d.verify_top, lo=1),
+        final_steps=gf.int("final_steps", d.final_steps, lo=0),
+        measure_candidates=gf.bool("measure_candidates", d.measure_candidates),
+    )  # fmt: skip
+    n_layers = len(load_space(space).layers)
+    if gen.split is not None and not gen.split < n_layers:
+        raise gf.error("split", f"must be between 1 and {n_layers - 1} for this {n_layers}-layer "
+                       f"space, got {gen.split}")  # fmt: skip
+    hf = top.sub("handoff")
+    hf.only({"enabled", "samples"})
+    rf = top.sub("report")
+    rf.only({"enabled"})
+    return Pipeline(
+        name=name, space=space, devices=devs, budgets=budgets,
+        data=top.str("data", "fashion-mnist"), db=top.str("db", DEFAULT_DB),
+        out=top.str("out", f"runs/{name}"), seed=top.int("seed", 0, lo=0),
+        description=top.str("description", ""),
+        profile_remeasure_noisy=pf.bool("remeasure_noisy", False), generate=gen,
+        handoff=hf.bool("enabled", True), handoff_samples=hf.int("samples", 32, lo=1),
+        report=rf.bool("enabled", True), source=source,
+    )  # fmt: skip

@@ -1,0 +1,321 @@
+"""The jobs users run — profile, generate, handoff — as resumable steps of one pipeline.
+
+``run_pipeline`` runs, per device: ``profile`` (the LUT), ``shrink`` (stage one), ``supernet``
+(stage A of the two-stage training, or the SPOS supernet), and per budget ``search`` (stage
+A's search, stage B, its search), ``final`` (device check of the best candidates, fine-tune,
+test accuracy) and ``handoff`` (bundle); then one ``report``. Each step's inputs are the
+settings it reads plus the digests of the steps it uses (``pipelines.steps``), so a re-run
+does only what a change touches. ``hurricane generate`` is the same chain without handoff.
+
+Run folder (``Pipeline.out``): ``DEVICE/shrink/space.toml``, ``DEVICE/supernet/``,
+``DEVICE/BUDGET/`` (searches, stage B, ``final.json``, ``final/model.pt``), ``bundles/
+DEVICE-BUDGET/``, ``report/index.html``, ``steps/*.json`` and ``pipeline.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from devices.spec import DeviceSpec, load_device
+from hurricane.arch import Arch
+from hurricane.final import train_final
+from hurricane.latency import LatencyModel, fill_missing, read_table
+from hurricane.lut import LutDB
+from hurricane.reduce import reduce_space, scores_json
+from hurricane.search import EvolutionSearch, SearchConfig
+from hurricane.space import SearchSpace, load_space, space_to_toml
+from hurricane.train import TrainConfig, provenance, train
+from hurricane.two_stage import data_for, stage_a_config, two_stage
+from pipelines.config import Budget, Pipeline
+from pipelines.steps import Steps, digest, file_sha256
+from profilers.campaign import _spec_json, profile, space_instances
+from profilers.models import choose_measured
+
+Echo = Callable[[str], None]
+
+
+def lut_digest(space: SearchSpace, spec: DeviceSpec, db: str | Path) -> dict[str, Any]:
+    """What the space's LUT on this device holds now: a digest and counts by status."""
+    keys = {i.key for i in space_instances(space)}
+    with LutDB(db) as lut:
+        entries = [e for e in lut.entries(lut.device_id(spec.name)) if e.key in keys]
+    rows = sorted((e.key, e.status, e.median_ms) for e in entries)
+    counts: dict[str, int] = {}
+    for _, status, _ in rows:
+        counts[status] = counts.get(status, 0) + 1
+    return {"digest": digest(rows), "entries": len(rows), "needed": len(keys), "status": counts}
+
+
+def profile_device(space: SearchSpace, spec: DeviceSpec, db: str | Path,
+                   remeasure_noisy: bool = False, progress: bool = True) -> dict[str, Any]:
+    report = profile(space, spec, db, progress=progress, remeasure_noisy=remeasure_noisy)
+    return {**lut_digest(space, spec, db), "report": report.to_json()}
+
+
+def shrink_for_device(space: SearchSpace, spec: DeviceSpec, db: str | Path, k: int, rule: str,
+                      exclude: list[str], out: Path, made_by: str = "") -> dict[str, Any]:
+    """Stage one: the space reduced for ``spec`` from its LUT, written to ``out`` (TOML)."""
+    table, predicted = fill_missing(space, read_table(space, db, spec.name), spec.name)
+    exclude = [*spec.exclude_ops, *exclude]
+    name = f"{space.name}-{spec.name}-k{k}"
+    reduced, scores = reduce_space(space, table, k=k, rule=rule, exclude=exclude, name=name)
+    header = (f"Stage one for device {spec.name}: top {k} per layer by rule {rule!r}"
+              f"{'; excluded ' + ', '.join(exclude) if exclude else ''}.\n{made_by}")  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(space_to_toml(reduced, header))
+    out.with_suffix(".scores.json").write_text(json.dumps(scores_json(scores), indent=1))
+    return {"space": str(out), "digest": file_sha256(out), "kept": [list(lay.ops)
+            for lay in reduced.layers], "predicted_entries": len(predicted),
+            "log10_size": [round(space.log10_size(), 2), round(reduced.log10_size(), 2)]}
+
+
+def resolve_budget(budget: Budget, model: LatencyModel, space: SearchSpace, seed: int) -> float:
+    """Milliseconds for a budget; a percentile is of 1000 seeded random architectures."""
+    if budget.ms is not None:
+        return budget.ms
+    rng = random.Random(seed)
+    archs = [space.sample_arch(rng) for _ in range(1000)]
+    return round(float(np.percentile(model.predict(archs), budget.percentile)), 6)
+
+
+def final_model(space_ref: str, spec: DeviceSpec, ranked: list[dict[str, Any]],
+                budget_ms: float, db: str | Path, supernet_pt: Path, out: Path,
+                verify_top: int, final_steps: int, data: str, seed: int,
+                measure: bool = True, echo: Echo = print,
+                progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """The device's check of the best candidates, then the chosen one fine-tuned from its
+    inherited weights and scored on the test split; written to ``out/final.json``."""
+    space = load_space(space_ref)
+    if measure:
+        chosen = choose_measured(space, spec, ranked, budget_ms, db, n=verify_top,
+                                 progress=progress)
+        for c in chosen["candidates"]:
+            ms = "failed" if c["measured_ms"] is None else f"{c['measured_ms']:.4f} ms"
+            echo(f"  on {spec.name}: {c['arch']} predicted {c['predicted_ms']:.4f} ms, "
+                 f"measured {ms}")  # fmt: skip
+        if not chosen["accepted"]:
+            print(f"WARNING: none of the top {verify_top} measured within {budget_ms:g} ms on "
+                  f"{spec.name}; keeping the fastest, marked not accepted",
+                  file=sys.stderr)  # fmt: skip
+    else:
+        c = ranked[0]
+        chosen = {**c, "predicted_ms": c["latency_ms"], "measured_ms": None, "accepted": None,
+                  "candidates": []}  # fmt: skip
+    final = {**chosen, "budget_ms": budget_ms, "device": spec.name, "space": space_ref}
+    if final_steps > 0:
+        trained = train_final(space_ref, chosen["arch"], out / "final", final_steps, data=data,
+                              init=supernet_pt, seed=seed, progress=progress)  # fmt: skip
+        final.update(trained)
+        echo(f"final model: {chosen['arch']} fine-tuned {trained['steps']} steps: test "
+             f"accuracy {trained['test_acc']:.4f} on {trained['test_images']} images; "
+             f"{trained['model']}")  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "final.json").write_text(json.dumps(final, indent=1))
+    return final
+
+
+def stage_a_base(model: LatencyModel, split: int, budget_ms: float) -> Arch:
+    """The architecture of the layers stage A does not search: per layer the op of median
+    latency (``LutPredictor.typical``) when the tightest budget still leaves room for the
+    searched layers, else the fastest, so that stage A's search is never infeasible."""
+    late = list(range(split, len(model.lut.space.layers)))
+    typical = model.lut.typical()
+    if model.fastest(late, typical)[0] <= 0.9 * budget_ms:
+        return typical
+    return model.fastest()[1]
+
+
+def _train_config(p: Pipeline, space_file: str, out: Path, progress: bool) -> TrainConfig:
+    g = p.generate
+    return TrainConfig(space=space_file, data=p.data, out=str(out), steps=g.steps,
+                       batch_size=g.batch_size, lr=g.lr, seed=p.seed, distill=g.distill,
+                       train_limit=g.train_limit, eval_limit=g.eval_limit,
+                       progress=progress)  # fmt: skip
+
+
+def _search_config(p: Pipeline, budget_ms: float) -> SearchConfig:
+    g = p.generate
+    return SearchConfig(budget_ms=budget_ms, population=g.population, generations=g.generations,
+                        parents=g.parents, mutations=g.mutations, crossovers=g.crossovers,
+                        seed=p.seed)  # fmt: skip
+
+
+class PipelineRun:
+    """One pipeline's steps over its devices and budgets."""
+
+    def __init__(self, p: Pipeline, echo: Echo = print, progress: bool = True) -> None:
+        self.p, self.echo, self.progress = p, echo, progress
+        self.root = Path(p.out)
+        self.steps = Steps(self.root, echo)
+        self.space = load_space(p.space)
+        self.results: dict[str, dict[str, Any]] = {}
+
+    def device_steps(self, device_ref: str, handoff: bool) -> dict[str, Any]:
+        p, g = self.p, self.p.generate
+        spec = load_device(device_ref)
+        dev = spec.name
+        base = self.root / dev
+        spec_digest = digest(_spec_json(spec))
+        prof = self.steps.run(
+            f"profile-{dev}",
+            {"space": self.space.structure_hash(), "ops": [list(lay.ops) for lay in
+             self.space.layers], "device": spec_digest, "db": str(Path(p.db).resolve()),
+             "remeasure_noisy": p.profile_remeasure_noisy},
+            lambda: profile_device(self.space, spec, p.db, p.profile_remeasure_noisy,
+                                   self.progress))  # fmt: skip
+        if g.k > 0:
+            shr = self.steps.run(
+                f"shrink-{dev}",
+                {"lut": prof["digest"], "k": g.k, "rule": g.rule, "exclude": list(g.exclude_ops),
+                 "device_exclude": list(spec.exclude_ops)},
+                lambda: shrink_for_device(self.space, spec, p.db, g.k, g.rule,
+                                          list(g.exclude_ops), base / "shrink" / "space.toml",
+                                          f"Made by pipeline {p.name} ({p.source})"))  # fmt: skip
+            space_file = shr["space"]
+        else:
+            shr = {"digest": digest(self.space.summary()), "kept": None}
+            space_file = p.space
+        space = load_space(space_file)
+        split = g.split or len(space.layers) // 2
+        cfg = _train_config(p, space_file, base / "supernet", self.progress)
+        model = LatencyModel.from_db(space, p.db, dev)
+        budgets = {b.label: resolve_budget(b, model, space, p.seed) for b in p.budgets}
+        fixed = stage_a_base(model, split, min(budgets.values())) if g.two_stage else None
+
+        def train_supernet() -> dict[str, Any]:
+            if g.two_stage:
+                summary = train(stage_a_config(cfg, space, split, g.steps, base / "supernet",
+                                               fixed))
+            else:
+                summary = train(replace(cfg, sample_layers=None, fixed=None))
+            return {"digest": summary["state_sha256"], "steps": summary["steps"],
+                    "seconds": summary["train_seconds"], "fixed": str(fixed) if fixed else None,
+                    "supernet": str(base / "supernet" / "supernet.pt")}
+
+        train_inputs = {"space": shr["digest"], "train": cfg.identity(), "two_stage": g.two_stage,
+                        "split": split if g.two_stage else None,
+                        "fixed": str(fixed) if fixed else None}
+        sup = self.steps.run(f"supernet-{dev}", train_inputs, train_supernet,
+                             workdir=base / "supernet")
+        out: dict[str, Any] = {"device": dev, "spec": spec, "profile": prof, "shrink": shr,
+                               "supernet": sup, "space_file": space_file, "budgets": {}}
+        for budget in p.budgets:
+            out["budgets"][budget.label] = self.budget_steps(
+                spec, space, space_file, model, budget, budgets[budget.label], cfg, split,
+                fixed, prof, sup, handoff)
+        return out
+
+    def budget_steps(self, spec, space, space_file, model, budget, budget_ms, cfg, split, fixed,
+                     prof, sup, handoff) -> dict[str, Any]:  # fmt: skip
+        p, g = self.p, self.p.generate
+        dev, label = spec.name, budget.label
+        work = self.root / dev / label
+        scfg = _search_config(p, budget_ms)
+        steps_b = g.steps_b or g.steps
+
+        def search() -> dict[str, Any]:
+            if g.two_stage:
+                res = two_stage(cfg, split, model.predict, scfg, work, g.steps, steps_b,
+                                fixed=fixed, min_latency=model.fastest,
+                                stage_a_out=self.root / dev / "supernet")  # fmt: skip
+                top, pt = res["stage_b"]["top"], work / "stage_b" / "supernet.pt"
+            else:
+                res = EvolutionSearch(space, model.predict, _fitness(cfg, space, sup), scfg,
+                                      work / "search", min_latency=model.fastest).run()  # fmt: skip
+                res = {"arch": res["best"], "fitness": res["fitness"],
+                       "latency_ms": res["latency_ms"], "supernet_steps": sup["steps"],
+                       "supernet_seconds": sup["seconds"], "search": res}  # fmt: skip
+                top, pt = res["search"]["top"], Path(sup["supernet"])
+            self.echo(f"  best for {label} on {dev}: {res['arch']} validation accuracy "
+                      f"{res['fitness']:.4f}, predicted {res['latency_ms']:.4f} ms "
+                      f"(budget {budget_ms:g} ms); supernet cost {res['supernet_steps']} "
+                      f"steps, {res['supernet_seconds']:.0f}s")  # fmt: skip
+            return {"digest": digest([res["arch"], top]), "arch": res["arch"],
+                    "fitness": res["fitness"], "latency_ms": res["latency_ms"], "top": top,
+                    "supernet_pt": str(pt), "budget_ms": budget_ms,
+                    "supernet_steps": res["supernet_steps"],
+                    "supernet_seconds": res["supernet_seconds"]}  # fmt: skip
+
+        srch = self.steps.run(
+            f"search-{dev}-{label}",
+            {"supernet": sup["digest"], "lut": prof["digest"], "budget_ms": budget_ms,
+             "search": scfg.identity(), "steps_b": steps_b if g.two_stage else None,
+             "train": {k: v for k, v in cfg.identity().items() if k != "out"}},
+            search, workdir=work)  # fmt: skip
+        fin = self.steps.run(
+            f"final-{dev}-{label}",
+            {"search": srch["digest"], "verify_top": g.verify_top, "final_steps": g.final_steps,
+             "measure": g.measure_candidates, "data": p.data, "seed": p.seed},
+            lambda: _final_outputs(final_model(
+                space_file, spec, srch["top"], budget_ms, p.db, Path(srch["supernet_pt"]),
+                work, g.verify_top, g.final_steps, p.data, p.seed, g.measure_candidates,
+                self.echo, self.progress)),
+            workdir=work / "final")  # fmt: skip
+        res = {"budget": label, "budget_ms": budget_ms, "search": srch, "final": fin}
+        if handoff and p.handoff and fin.get("model"):
+            res["handoff"] = self.steps.run(
+                f"handoff-{dev}-{label}",
+                {"final": fin["digest"], "device": digest(_spec_json(spec)),
+                 "samples": p.handoff_samples, "seed": p.seed},
+                lambda: self._handoff(spec, space_file, fin, budget_ms, label))  # fmt: skip
+        return res
+
+    def _handoff(self, spec, space_file, fin, budget_ms, label) -> dict[str, Any]:
+        from pipelines.handoff import make_bundle
+
+        out = self.root / "bundles" / f"{spec.name}-{label}"
+        acc = {"test_acc": fin.get("test_acc"), "test_images": fin.get("test_images"),
+               "val_acc": fin.get("fitness"), "fine_tune_steps": fin.get("steps")}  # fmt: skip
+        m = make_bundle(space_file, fin["model"], spec, out, budget_ms, fin.get("predicted_ms"),
+                        acc, self.p.data, self.p.handoff_samples, self.p.seed,
+                        extra={"pipeline": {"name": self.p.name, "source": self.p.source},
+                               "provenance": provenance()})  # fmt: skip
+        ms = m["latency"]["measured_ms"]
+        if m["accepted"]:
+            self.echo(f"  bundle {out}: accepted, {ms:.4f} ms on {spec.name} (budget "
+                      f"{budget_ms:g} ms), outputs match PyTorch")  # fmt: skip
+        else:
+            print(f"WARNING: bundle {out} is NOT ACCEPTED: {'; '.join(m['reasons'])}",
+                  file=sys.stderr)  # fmt: skip
+        return {"digest": file_sha256(out / "manifest.json"), "bundle": str(out),
+                "accepted": m["accepted"], "measured_ms": ms, "reasons": m["reasons"]}
+
+    def run(self, handoff: bool = True) -> dict[str, Any]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "pipeline.json").write_text(json.dumps(
+            {"pipeline": self.p.to_json(), "provenance": provenance()}, indent=1))  # fmt: skip
+        for d in self.p.devices:
+            r = self.device_steps(d, handoff)
+            self.results[r["device"]] = r
+        if self.p.report:
+            from pipelines.run_report import build_report
+
+            inputs = {d: {b: (r["final"]["digest"], r.get("handoff", {}).get("digest"))
+                          for b, r in res["budgets"].items()}
+                      for d, res in self.results.items()}  # fmt: skip
+            rep = self.steps.run("report", {"results": inputs},
+                                 lambda: build_report(self))  # fmt: skip
+            self.report_path = rep["index"]
+        return self.results
+
+
+def _final_outputs(final: dict[str, Any]) -> dict[str, Any]:
+    model = final.get("model")
+    final["digest"] = file_sha256(model) if model else digest(final)
+    return final
+
+
+def _fitness(cfg: TrainConfig, space: SearchSpace, sup: dict[str, Any]):
+    from hurricane.two_stage import SupernetFitness, load_supernet
+
+    net = load_supernet(space, sup["supernet"])
+    return SupernetFitness(net, data_for(cfg, space), cfg.bn_batches, seed=cfg.seed)
+

@@ -1,0 +1,86 @@
+"""Gathers what a pipeline run made (LUTs, reduced spaces, search histories, measured
+candidates, chosen models, bundles) into the plain data ``pipelines.report`` draws."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from hurricane.arch import Arch
+from hurricane.latency import read_table
+from hurricane.space import OpInstance, SearchSpace
+from hurricane.train import provenance
+from pipelines.steps import digest
+
+
+def lut_grid(space: SearchSpace, table: dict[str, float]) -> dict[str, Any]:
+    """Each candidate's latency at each layer, every layer at its widest width."""
+    ops = list(dict.fromkeys(op for layer in space.layers for op in layer.ops))
+    widest = Arch(tuple(layer.ops[0] for layer in space.layers),
+                  tuple(max(layer.widths) for layer in space.layers))  # fmt: skip
+    channels = space.arch_channels(widest)
+    grid: list[list[float | None]] = [[None] * len(space.layers) for _ in ops]
+    for i, (layer, (cin, cout)) in enumerate(zip(space.layers, channels)):
+        h, w = space.input_shape(i)
+        for op in layer.ops:
+            inst = OpInstance(op, cin, cout, h, w, layer.stride, space.layer_act(i, op))
+            grid[ops.index(op)][i] = table.get(inst.key)
+    return {"ops": ops, "layers": list(range(len(space.layers))), "ms": grid}
+
+
+def _history(folder: Path, stage: str) -> list[dict[str, Any]]:
+    path = folder / "history.jsonl"
+    if not path.exists():
+        return []
+    return [{"stage": stage, **json.loads(line)} for line in path.read_text().splitlines()]
+
+
+def device_data(run: Any, res: dict[str, Any]) -> dict[str, Any]:
+    spec, dev = res["spec"], res["device"]
+    table = read_table(run.space, run.p.db, dev)
+    history, scatter, models = [], [], []
+    for label, b in res["budgets"].items():
+        work = run.root / dev / label
+        history += _history(work / "search_a", f"{label} A") + _history(work / "search_b",
+                                                                       f"{label} B")  # fmt: skip
+        history += _history(work / "search", label)
+        fin, hand = b["final"], b.get("handoff") or {}
+        for c in fin.get("candidates", []):
+            if c.get("measured_ms") is not None:
+                scatter.append({"arch": c["arch"], "predicted_ms": c["predicted_ms"],
+                                "measured_ms": c["measured_ms"]})  # fmt: skip
+        arch = Arch.parse(fin["arch"])
+        bundle = hand.get("bundle")
+        models.append({
+            "budget_ms": b["budget_ms"], "arch": fin["arch"], "ops": list(arch.ops),
+            "widths": list(arch.widths), "predicted_ms": fin.get("predicted_ms"),
+            "measured_ms": hand.get("measured_ms", fin.get("measured_ms")),
+            "test_acc": fin.get("test_acc"), "val_acc": fin.get("fitness"),
+            "accepted": hand.get("accepted", fin.get("accepted")),
+            "bundle": str(Path(bundle).relative_to(run.root)) if bundle else None,
+        })  # fmt: skip
+    rt = spec.runtime
+    return {"name": dev, "kind": spec.kind, "runtime": f"{rt.name} {rt.precision}",
+            "lut": lut_grid(run.space, table), "reduced_ops": res["shrink"].get("kept"),
+            "history": history, "scatter": scatter, "models": models}  # fmt: skip
+
+
+def build_report(run: Any) -> dict[str, Any]:
+    """Write ``RUN/report/index.html``; returns its path and a digest of what it shows."""
+    from pipelines.report import write_report
+
+    space = run.space
+    data = {
+        "title": f"Hurricane run {run.p.name}", "pipeline": run.p.name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "provenance": provenance(),
+        "space": {"name": space.name, "layers": [
+            {"index": i, "cout": lay.cout, "stride": lay.stride,
+             "input_hw": list(space.input_shape(i))} for i, lay in enumerate(space.layers)]},
+        "devices": [device_data(run, res) for res in run.results.values()],
+    }  # fmt: skip
+    out = run.root / "report"
+    index = write_report(out, data)
+    (out / "report.json").write_text(json.dumps(data, indent=1, default=str))
+    return {"index": str(index), "digest": digest(data["devices"])}

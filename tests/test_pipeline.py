@@ -1,0 +1,225 @@
+"""Pipelines end to end: a tiny pipeline through a real sshd device (ONNX Runtime over SSH),
+real training on Fashion-MNIST, a real SQLite LUT, real bundles; re-runs, changed inputs and
+a killed run resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hurricane.tomlcheck import ConfigError
+from pipelines.config import builtin_pipelines, load_pipeline, parse_pipeline
+from pipelines.handoff import MANIFEST, check_files, verify_bundle
+from pipelines.jobs import PipelineRun
+from pipelines.steps import Steps
+from tests.sshd import SSHServer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "spaces" / "tiny.toml"
+
+PIPELINE = """
+name = "tiny"
+space = "{space}"
+devices = ["board.toml"]
+budgets = ["{budget}"]
+db = "{db}"
+out = "{out}"
+[generate]
+k = 2
+split = 2
+steps = {steps}
+batch_size = 32
+train_limit = 1024
+eval_limit = 200
+population = 4
+generations = 2
+parents = 2
+mutations = 2
+crossovers = 2
+verify_top = 2
+final_steps = {final_steps}
+[handoff]
+samples = 8
+"""
+
+
+def board_spec(folder: Path, server: SSHServer) -> Path:
+    path = folder / "board.toml"
+    path.write_text(
+        f'name = "board"\nkind = "mobile-cpu"\npython = "{sys.executable}"\n'
+        f'[transport]\ntype = "ssh"\nhost = "{server.host}"\nport = {server.port}\n'
+        f'user = "{server.user}"\nkey_file = "{server.client_key}"\n'
+        f'known_hosts = "{server.known_hosts}"\n'
+        '[runtime]\nname = "onnxruntime"\n'
+        "[measure]\nwarmup = 1\nrounds = 3\nruns = 3\nmin_round_ms = 0\ncv_threshold = 10.0\n"
+    )
+    return path
+
+
+def write_pipeline(folder: Path, budget: str = "95%", steps: int = 20,
+                   final_steps: int = 10) -> Path:  # fmt: skip
+    path = folder / "tiny.toml"
+    path.write_text(PIPELINE.format(space=TINY, db=folder / "lut.sqlite", out=folder / "run",
+                                    budget=budget, steps=steps, final_steps=final_steps))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sshd():
+    with SSHServer() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HURRICANE_CACHE", str(tmp_path / "cache"))
+
+
+def test_tiny_pipeline_over_ssh_bundles_and_reruns_nothing(tmp_path, sshd, single_thread) -> None:
+    board_spec(tmp_path, sshd)
+    p = load_pipeline(write_pipeline(tmp_path))
+    first = PipelineRun(p, progress=False)
+    results = first.run()
+    dev = "board"
+    assert set(first.steps.log.ran) == {"profile-board", "shrink-board", "supernet-board",
+                                        "search-board-p95", "final-board-p95",
+                                        "handoff-board-p95", "report"}  # fmt: skip
+    bundle = Path(results[dev]["budgets"]["p95"]["handoff"]["bundle"])
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    # What a deployer needs is there, and every file is what the manifest says it is.
+    assert {"model.onnx", "model.pt", "arch.txt", "space.toml"} <= set(manifest["files"])
+    assert check_files(bundle) == []
+    assert manifest["device"]["name"] == dev and manifest["device"]["fingerprint"]["cores"] >= 1
+    assert manifest["runtime"]["name"] == "onnxruntime" and manifest["runtime"]["version"]
+    assert manifest["converters"]["torch"]
+    lat = manifest["latency"]
+    budget_ms = results[dev]["budgets"]["p95"]["budget_ms"]
+    assert lat["budget_ms"] == budget_ms and lat["measured_ms"] > 0
+    assert lat["protocol"]["rounds"] == 3 and lat["protocol"]["statistic"].startswith("median")
+    assert manifest["accepted"] == (lat["measured_ms"] <= budget_ms) and manifest["accepted"]
+    assert manifest["verification"]["device"]["passed"]
+    assert manifest["verification"]["device"]["max_abs_error"] < 1e-3
+    assert 0 < manifest["accuracy"]["test_acc"] <= 1 and manifest["accuracy"]["data"]["test"]
+    assert manifest["architecture"] == (bundle / "arch.txt").read_text().strip()
+    report = Path(first.report_path)
+    assert report.is_file() and manifest["architecture"] in report.read_text()
+    verified = verify_bundle(bundle, str(tmp_path / "board.toml"))
+    assert verified["problems"] == [] and verified["outputs"]["passed"]
+
+    # Same inputs: nothing runs, nothing is rewritten.
+    mtimes = {f.name: f.stat().st_mtime_ns for f in bundle.iterdir()}
+    again = PipelineRun(load_pipeline(tmp_path / "tiny.toml"), progress=False)
+    again.run()
+    assert again.steps.log.ran == [] and len(again.steps.log.skipped) == 7
+    assert {f.name: f.stat().st_mtime_ns for f in bundle.iterdir()} == mtimes
+
+    # A changed input re-runs only what depends on it.
+    p3 = load_pipeline(write_pipeline(tmp_path, final_steps=12))
+    third = PipelineRun(p3, progress=False)
+    third.run()
+    assert set(third.steps.log.ran) == {"final-board-p95", "handoff-board-p95", "report"}
+
+    # A tampered bundle fails its check.
+    (bundle / "arch.txt").write_text("skip-skip-skip\n")
+    assert check_files(bundle) == ["arch.txt: sha256 differs from the manifest (changed or "
+                                   "corrupt)"]  # fmt: skip
+
+
+def test_killed_run_resumes_and_finishes(tmp_path, sshd) -> None:
+    board_spec(tmp_path, sshd)
+    path = write_pipeline(tmp_path, steps=300)
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(path), "--no-progress"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "[supernet-board] running" in line:
+            break
+    # Kill it while it trains: no clean-up of any kind runs.
+    ckpt = tmp_path / "run" / "board" / "supernet" / "checkpoint.pt"
+    for line in proc.stdout:
+        seen.append(line)
+        if ckpt.exists():
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    steps = tmp_path / "run" / "steps"
+    assert (steps / "profile-board.json").exists() and not (steps / "supernet-board.json").exists()
+    assert (steps / "supernet-board.started").exists(), "".join(seen)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "[profile-board] done earlier, skipped" in done.stdout
+    assert "[supernet-board] running (resuming)" in done.stdout
+    assert "resuming" in done.stdout and "bundle:" in done.stdout and "report:" in done.stdout
+    summary = json.loads((tmp_path / "run" / "board" / "supernet" / "summary.json").read_text())
+    assert summary["resumed_from"] and summary["steps"] == 300
+
+
+def test_steps_skip_rerun_and_clear_stale_work(tmp_path) -> None:
+    calls = []
+
+    def make(tag):
+        def fn():
+            calls.append(tag)
+            return {"digest": tag}
+        return fn
+
+    s = Steps(tmp_path, echo=lambda _: None)
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "partial").write_text("x")
+    assert s.run("a", {"x": 1}, make("a1"), workdir=work) == {"digest": "a1"}
+    assert (work / "partial").exists()  # a first run keeps what it may resume from
+    assert s.run("a", {"x": 1}, make("a2"), workdir=work) == {"digest": "a1"}
+    assert calls == ["a1"]
+    s.run("a", {"x": 2}, make("a3"), workdir=work)
+    assert calls == ["a1", "a3"] and not work.exists()  # changed inputs: stale work cleared
+    # An interrupted step (marker, no record) resumes with its work kept...
+    (tmp_path / "steps" / "b.started").write_text(__import__("pipelines.steps").steps.digest(
+        {"y": 1}) + "\n")  # fmt: skip
+    work.mkdir()
+    s.run("b", {"y": 1}, make("b1"), workdir=work)
+    assert work.exists()
+    # ...unless its inputs changed meanwhile.
+    (tmp_path / "steps" / "c.started").write_text("something-else\n")
+    s.run("c", {"z": 1}, make("c1"), workdir=work)
+    assert not work.exists() and not (tmp_path / "steps" / "c.started").exists()
+
+
+def test_example_pipelines_load() -> None:
+    names = builtin_pipelines()
+    assert {"demo", "mobile-cpu", "dsp", "vpu"} <= set(names)
+    for name in names:
+        p = load_pipeline(name)
+        assert p.devices and p.budgets
+    assert load_pipeline("demo").devices == ("local-litert",)
+
+
+@pytest.mark.parametrize("body, words", [
+    ('space = "demo"\ndevices = ["local-litert"]\nbudgets = [-1]', "budgets"),
+    ('space = "demo"\ndevices = ["local-litert"]\nbudgets = ["fast"]', "percentile"),
+    ('space = "demo"\ndevices = []\nbudgets = [1.0]', "devices"),
+    ('space = "demo"\ndevices = ["nowhere.toml"]\nbudgets = [1.0]', "nowhere.toml"),
+    ('space = "nospace"\ndevices = ["local-litert"]\nbudgets = [1.0]', "space"),
+    ('space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0]\nbudget = 2', "unknown field"),
+    ('space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0]\n[generate]\nsplit = 9',
+     "generate.split"),
+    ('space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0]\n[generate]\nsteps = "x"',
+     "generate.steps"),
+    ('space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0, 1]', "twice"),
+])  # fmt: skip
+def test_bad_pipeline_files_say_what_and_where(tmp_path, body, words) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(body + "\n")
+    with pytest.raises(ConfigError) as err:
+        parse_pipeline(__import__("tomllib").loads(body), str(path))
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg and words in msg
