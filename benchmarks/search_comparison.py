@@ -4,8 +4,9 @@
         [--final-steps 800] [--budget-ms X | --budget-percentile 40] [--seed 0]
 
 Methods (each ends the same way: the best 5 candidates by supernet accuracy are measured on
-the device, the fittest within budget is fine-tuned ``--final-steps`` from its inherited
-weights and scored on the whole test split):
+the device, the fittest within budget is trained ``--final-steps`` — from scratch like
+mbv2_scaled by default, or from its inherited weights with ``--final-from inherited`` — and
+scored on the whole test split):
 
 - ``hurricane``: stage one (the space reduced for this device, top 4 per layer by the Pareto
   rule) and two-stage training, ``--stage-fraction`` of the SPOS steps per stage.
@@ -50,9 +51,14 @@ MBV2_OP = "mb_k3_e6"
 MBV2_WIDTHS = (0.25, 0.35, 0.5, 0.6, 0.75, 0.9, 1.0)
 
 
-def _final(space_ref, space, spec, ranked, budget, db, supernet_pt, out, steps, seed) -> dict:
+FINAL_FROM = {"scratch": False, "inherited": True}
+
+
+def _final(space_ref, space, spec, ranked, budget, db, supernet_pt, out, steps, seed,
+           inherit: bool) -> dict:  # fmt: skip
     chosen = choose_measured(space, spec, ranked, budget, db, n=5, progress=False)
-    trained = train_final(space_ref, chosen["arch"], out, steps, init=supernet_pt, seed=seed,
+    trained = train_final(space_ref, chosen["arch"], out, steps,
+                          init=supernet_pt if inherit else None, seed=seed,
                           progress=False)  # fmt: skip
     return {"arch": chosen["arch"], "val_acc": chosen["fitness"],
             "predicted_ms": round(chosen["predicted_ms"], 5),
@@ -108,6 +114,9 @@ def main() -> None:
                     help="each HURRICANE stage trains this fraction of --steps")  # fmt: skip
     ap.add_argument("--split", type=int, default=3)
     ap.add_argument("--final-steps", type=int, default=800)
+    ap.add_argument("--final-from", choices=sorted(FINAL_FROM), default="scratch",
+                    help="train each method's chosen architecture from scratch (as "
+                         "mbv2_scaled is) or fine-tune it from its inherited supernet weights")
     ap.add_argument("--population", type=int, default=20)
     ap.add_argument("--generations", type=int, default=10)
     ap.add_argument("--k", type=int, default=4)
@@ -133,6 +142,7 @@ def main() -> None:
                           generations=args.generations, seed=args.seed)  # fmt: skip
     base = TrainConfig(space=args.space, seed=args.seed, progress=False, eval_paths=2)
     stage_steps = round(args.steps * args.stage_fraction)
+    inherit = FINAL_FROM[args.final_from]
     methods: dict[str, dict] = {}
     res_path = RESULTS / "search_comparison.json"
 
@@ -155,7 +165,7 @@ def main() -> None:
         if "spos_full" in args.methods:
             methods["spos_full"] = {**cost, "search_seconds": spos["search"]["seconds"], **_final(
                 args.space, space, spec, spos["search"]["top"], budget, args.db, spos_pt,
-                spos_dir / "final", args.final_steps, args.seed)}  # fmt: skip
+                spos_dir / "final", args.final_steps, args.seed, inherit)}  # fmt: skip
             report("spos_full", methods, t0)
             save()
         if "random" in args.methods:
@@ -165,7 +175,7 @@ def main() -> None:
             rnd = random_search(space, model.predict, fit, search, out=out / "random" / "search")
             methods["random"] = {**cost, "search_seconds": rnd["seconds"], **_final(
                 args.space, space, spec, rnd["top"], budget, args.db, spos_pt,
-                out / "random" / "final", args.final_steps, args.seed)}  # fmt: skip
+                out / "random" / "final", args.final_steps, args.seed, inherit)}  # fmt: skip
             report("random", methods, t0)
             save()
 
@@ -191,7 +201,7 @@ def main() -> None:
                          "reduced_space": [list(lay.ops) for lay in reduced.layers],
                          **_final(str(path), load_space(path), spec, res["stage_b"]["top"],
                                   budget, args.db, d / "stage_b" / "supernet.pt", d / "final",
-                                  args.final_steps, args.seed)}  # fmt: skip
+                                  args.final_steps, args.seed, inherit)}  # fmt: skip
         report(name, methods, t0)
         save()
 
