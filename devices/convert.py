@@ -29,6 +29,7 @@ from hurricane.errors import UserError
 
 FORMATS = {"onnxruntime": ".onnx", "openvino": ".xml", "litert": ".tflite"}
 CONVERTER_VERSION = 2  # bump when a converter's output changes for the same input
+INT8_CALIBRATION = "min-max"  # how int8 activation ranges are taken (see _calibrate_min_max)
 
 
 class ConversionError(UserError):
@@ -63,6 +64,8 @@ def content_key(module: nn.Module, example: torch.Tensor, runtime: str, precisio
     h = hashlib.sha256()
     h.update(json.dumps([runtime, precision, list(example.shape), str(example.dtype),
                          CONVERTER_VERSION, repr(module)]).encode())  # fmt: skip
+    if precision == "int8":
+        h.update(INT8_CALIBRATION.encode())
     for name, tensor in sorted(module.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().contiguous().cpu().numpy().tobytes())
@@ -197,9 +200,25 @@ def _quantize_int8(path: Path, example: torch.Tensor, calibration: torch.Tensor 
     data = [{"args_0": s.unsqueeze(0).numpy()} for s in samples]
     signature = next(iter(qt.get_signature_names() if hasattr(qt, "get_signature_names")
                           else ["serving_default"]))  # fmt: skip
-    calib = qt.calibrate({signature: data})
-    result = qt.quantize(calib)
+    result = qt.quantize(_calibrate_min_max(qt, {signature: data}))
     path.write_bytes(result.quantized_model)
+
+
+def _calibrate_min_max(qt, data: dict) -> dict:
+    """Activation ranges as the min and max over every calibration sample, as TFLite's own
+    converter takes them. ai-edge-quantizer's default is a moving average that weighs the
+    first sample 0.95: logits of later samples fell outside the range and were clipped (a
+    relative output error of 0.74 against PyTorch, measured on a Fashion-MNIST model)."""
+    try:
+        from ai_edge_quantizer import calibrator
+        from ai_edge_quantizer.utils import qsv_utils
+
+        calib = calibrator.Calibrator(qt._float_model_buffer,
+                                      qsv_update_func=qsv_utils.min_max_update)  # fmt: skip
+        calib.calibrate(data, qt._recipe_manager)
+        return calib.get_model_qsvs()
+    except (ImportError, AttributeError, TypeError):  # another release: its own default
+        return qt.calibrate(data)
 
 
 class _Chunk(nn.Module):

@@ -64,6 +64,7 @@ class GenerateSettings:
     crossovers: int = 10
     verify_top: int = 5
     final_steps: int = 400
+    final_from: str = "inherited"  # or "scratch": retrain the chosen architecture
     measure_candidates: bool = True
 
 
@@ -165,6 +166,7 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
         crossovers=gf.int("crossovers", d.crossovers, lo=0),
         verify_top=gf.int("verify_top", d.verify_top, lo=1),
         final_steps=gf.int("final_steps", d.final_steps, lo=0),
+        final_from=gf.str("final_from", d.final_from, choices=("inherited", "scratch")),
         measure_candidates=gf.bool("measure_candidates", d.measure_candidates),
     )  # fmt: skip
     n_layers = len(load_space(space).layers)

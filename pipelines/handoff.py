@@ -37,9 +37,10 @@ from profilers.session import AgentSession
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 # Output agreement with PyTorch, relative to the largest |logit| of the sample batch. fp32
-# exporters reorder float arithmetic (~1e-6 here); FP16 rounds every tensor (~1e-3); full
-# int8 quantizes weights and activations, so it is held to the top-1 class instead.
-TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.25}
+# exporters reorder float arithmetic (~1e-6 here); FP16 rounds every tensor (~3e-3 here);
+# full int8 quantizes weights and activations (~2e-2 here, with min-max calibration on 64
+# training images), so it is also held to the top-1 class.
+TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.1}
 MIN_TOP1_AGREEMENT = {"fp32": 1.0, "fp16": 0.98, "int8": 0.9}
 CONVERTERS = ("torch", "litert-torch", "ai-edge-quantizer", "ai-edge-litert", "openvino",
               "nncf", "onnx", "onnxruntime")  # fmt: skip
@@ -87,16 +88,24 @@ def export(net: torch.nn.Module, example: torch.Tensor, spec: DeviceSpec, out: P
 
 def compare_outputs(reference: np.ndarray, got: np.ndarray, precision: str) -> dict[str, Any]:
     """Agreement of a runtime's outputs with PyTorch's on the same batch, and whether it is
-    within this precision's stated tolerance."""
-    scale = float(np.abs(reference).max()) or 1.0
-    err = float(np.abs(reference - got).max()) if got.shape == reference.shape else float("inf")
-    top1 = float((reference.argmax(1) == got.argmax(1)).mean()) if got.shape == reference.shape \
-        else 0.0  # fmt: skip
+    within this precision's stated tolerance. A sample's class agrees when the runtime's top
+    class is PyTorch's, or within the tolerance of it in PyTorch's own logits (a near-tie that
+    rounding may flip either way)."""
     tol = TOLERANCE.get(precision, TOLERANCE["fp32"])
     need = MIN_TOP1_AGREEMENT.get(precision, 1.0)
+    scale = float(np.abs(reference).max()) or 1.0
+    if got.shape != reference.shape:
+        return {"max_abs_error": float("inf"), "output_scale": scale, "relative_error":
+                float("inf"), "tolerance_relative": tol, "top1_agreement": 0.0,
+                "min_top1_agreement": need, "passed": False,
+                "shape": [list(got.shape), list(reference.shape)]}  # fmt: skip
+    err = float(np.abs(reference - got).max())
+    picked = reference[np.arange(len(got)), got.argmax(1)]
+    agree = float((picked >= reference.max(1) - tol * scale).mean())
     return {"max_abs_error": err, "output_scale": scale, "relative_error": err / scale,
-            "tolerance_relative": tol, "top1_agreement": top1, "min_top1_agreement": need,
-            "passed": bool(err / scale <= tol and top1 >= need)}  # fmt: skip
+            "tolerance_relative": tol, "top1_agreement": agree, "min_top1_agreement": need,
+            "top1_exact": float((reference.argmax(1) == got.argmax(1)).mean()),
+            "passed": bool(err / scale <= tol and agree >= need)}  # fmt: skip
 
 
 def _onnx_outputs(path: Path, batch: np.ndarray) -> np.ndarray:

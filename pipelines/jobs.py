@@ -89,10 +89,11 @@ def resolve_budget(budget: Budget, model: LatencyModel, space: SearchSpace, seed
 def final_model(space_ref: str, spec: DeviceSpec, ranked: list[dict[str, Any]],
                 budget_ms: float, db: str | Path, supernet_pt: Path, out: Path,
                 verify_top: int, final_steps: int, data: str, seed: int,
-                measure: bool = True, echo: Echo = print,
-                progress: bool = True) -> dict[str, Any]:  # fmt: skip
+                measure: bool = True, echo: Echo = print, progress: bool = True,
+                inherit: bool = True) -> dict[str, Any]:  # fmt: skip
     """The device's check of the best candidates, then the chosen one fine-tuned from its
-    inherited weights and scored on the test split; written to ``out/final.json``."""
+    inherited weights (or, not ``inherit``, trained from scratch) and scored on the test
+    split; written to ``out/final.json``."""
     space = load_space(space_ref)
     if measure:
         chosen = choose_measured(space, spec, ranked, budget_ms, db, n=verify_top,
@@ -112,9 +113,11 @@ def final_model(space_ref: str, spec: DeviceSpec, ranked: list[dict[str, Any]],
     final = {**chosen, "budget_ms": budget_ms, "device": spec.name, "space": space_ref}
     if final_steps > 0:
         trained = train_final(space_ref, chosen["arch"], out / "final", final_steps, data=data,
-                              init=supernet_pt, seed=seed, progress=progress)  # fmt: skip
+                              init=supernet_pt if inherit else None, seed=seed,
+                              progress=progress)  # fmt: skip
         final.update(trained)
-        echo(f"final model: {chosen['arch']} fine-tuned {trained['steps']} steps: test "
+        how = "fine-tuned" if inherit else "trained from scratch"
+        echo(f"final model: {chosen['arch']} {how} {trained['steps']} steps: test "
              f"accuracy {trained['test_acc']:.4f} on {trained['test_images']} images; "
              f"{trained['model']}")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
@@ -253,11 +256,12 @@ class PipelineRun:
         fin = self.steps.run(
             f"final-{dev}-{label}",
             {"search": srch["digest"], "verify_top": g.verify_top, "final_steps": g.final_steps,
-             "measure": g.measure_candidates, "data": p.data, "seed": p.seed},
+             "final_from": g.final_from, "measure": g.measure_candidates, "data": p.data,
+             "seed": p.seed},
             lambda: _final_outputs(final_model(
                 space_file, spec, srch["top"], budget_ms, p.db, Path(srch["supernet_pt"]),
                 work, g.verify_top, g.final_steps, p.data, p.seed, g.measure_candidates,
-                self.echo, self.progress)),
+                self.echo, self.progress, g.final_from == "inherited")),
             workdir=work / "final")  # fmt: skip
         res = {"budget": label, "budget_ms": budget_ms, "search": srch, "final": fin}
         if handoff and p.handoff and fin.get("model"):

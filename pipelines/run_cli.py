@@ -69,7 +69,7 @@ def _generate(args: argparse.Namespace) -> int:
                   steps=args.steps, steps_b=args.steps_b, distill=args.distill,
                   population=args.population, generations=args.generations,
                   verify_top=args.verify_top, final_steps=args.final_steps,
-                  train_limit=args.train_limit)  # fmt: skip
+                  final_from=args.final_from, train_limit=args.train_limit)  # fmt: skip
     from pipelines.config import parse_pipeline
 
     p = parse_pipeline({"name": Path(args.out).name or "generate", "space": args.space,
@@ -167,6 +167,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--generations", type=int, default=10)
     g.add_argument("--verify-top", type=int, default=5)
     g.add_argument("--final-steps", type=int, default=400)
+    g.add_argument("--final-from", choices=("inherited", "scratch"), default="inherited",
+                   help="fine-tune the chosen model from its supernet weights, or retrain it")
     g.add_argument("--train-limit", type=int, default=None)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-progress", action="store_true")

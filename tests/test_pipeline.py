@@ -223,3 +223,76 @@ def test_bad_pipeline_files_say_what_and_where(tmp_path, body, words) -> None:
         parse_pipeline(__import__("tomllib").loads(body), str(path))
     msg = str(err.value)
     assert "\n" not in msg and str(path) in msg and words in msg
+
+
+def _trained_final(tmp_path: Path) -> Path:
+    from hurricane.final import train_final
+
+    res = train_final(str(TINY), "mb_k3_e3-ds_k3@0.5-shuffle_k3", tmp_path / "final", 30,
+                      seed=0, batch_size=64, progress=False)  # fmt: skip
+    return Path(res["model"])
+
+
+@pytest.mark.parametrize("runtime, precision, files", [
+    ("litert", "fp32", {"model.tflite"}),
+    ("litert", "int8", {"model.tflite"}),
+    ("openvino", "fp16", {"model.xml", "model.bin"}),
+])  # fmt: skip
+def test_bundle_in_each_device_format(tmp_path, runtime, precision, files, single_thread) -> None:
+    """Mobile CPU (LiteRT fp32), DSP (full int8; here on the CPU, the delegate being absent
+    and fallback allowed) and VPU (OpenVINO FP16 on device CPU) through the same handoff."""
+    from devices.spec import parse_device
+    from pipelines.handoff import make_bundle
+
+    body = {"name": f"{runtime}-{precision}", "kind": "cpu",
+            "runtime": {"name": runtime, "precision": precision},
+            "measure": {"warmup": 1, "rounds": 3, "runs": 3, "min_round_ms": 0}}  # fmt: skip
+    if precision == "int8":
+        body["kind"] = "dsp"
+        body["runtime"]["delegate"] = {"library": "/nonexistent/libQnnTFLiteDelegate.so",
+                                       "allow_cpu_fallback": True}  # fmt: skip
+    spec = parse_device(body, f"{runtime}.toml")
+    model = _trained_final(tmp_path)
+    m = make_bundle(str(TINY), model, spec, tmp_path / "bundle", 1000.0, 0.05,
+                    {"test_acc": 0.5}, samples=16)  # fmt: skip
+    assert files | {"model.onnx", "model.pt", "arch.txt", "space.toml"} == set(m["files"])
+    assert check_files(tmp_path / "bundle") == []
+    check = m["verification"]["device"]
+    assert check["passed"] and m["accepted"], check
+    assert check["tolerance_relative"] == {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.1}[precision]
+    if precision == "fp32":
+        assert check["relative_error"] < 1e-4
+    if precision == "int8":  # really quantized: far from fp32 exactness, still the same classes
+        assert check["relative_error"] > 1e-4 and check["top1_agreement"] >= 0.9
+    assert m["verification"]["onnx"]["relative_error"] < 1e-4
+    # Over budget on the device: kept, but loudly not accepted.
+    tight = make_bundle(str(TINY), model, spec, tmp_path / "tight", 1e-6, 0.05, samples=4)
+    assert not tight["accepted"] and "over the 1e-06 ms budget" in tight["reasons"][0]
+    manifest = json.loads((tmp_path / "tight" / MANIFEST).read_text())
+    assert manifest["accepted"] is False
+
+
+def test_generate_handoff_and_verify_commands(tmp_path, capsys, single_thread) -> None:
+    from pipelines.cli import main
+
+    spec = tmp_path / "ort.toml"
+    spec.write_text('name = "ort"\nkind = "cpu"\n[runtime]\nname = "onnxruntime"\n'
+                    "[measure]\nwarmup = 1\nrounds = 3\nruns = 3\nmin_round_ms = 0\n")  # fmt: skip
+    out = tmp_path / "gen"
+    args = ["generate", "--space", str(TINY), "--device", str(spec), "--budget", "95%",
+            "--db", str(tmp_path / "lut.sqlite"), "--out", str(out), "--k", "2", "--steps", "10",
+            "--population", "4", "--generations", "1", "--verify-top", "1", "--final-steps",
+            "5", "--train-limit", "512", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "ort @ " in printed and "report:" in printed and "bundle:" not in printed
+    assert main(["handoff", str(out / "ort" / "p95"), "--device", str(spec), "--samples",
+                 "4", "--out", str(tmp_path / "b")]) == 0  # fmt: skip
+    assert "accepted" in capsys.readouterr().out
+    assert main(["handoff", "verify", str(tmp_path / "b"), "--device", str(spec)]) == 0
+    assert "checksums match" in capsys.readouterr().out
+    (tmp_path / "b" / "model.onnx").write_bytes(b"broken")
+    assert main(["handoff", "verify", str(tmp_path / "b")]) == 1
+    assert "model.onnx: sha256 differs" in capsys.readouterr().out
+    assert main(["handoff", "verify", str(tmp_path / "nowhere")]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
