@@ -173,7 +173,8 @@ class PipelineRun:
              self.space.layers], "device": spec_digest, "db": str(Path(p.db).resolve()),
              "remeasure_noisy": p.profile_remeasure_noisy},
             lambda: profile_device(self.space, spec, p.db, p.profile_remeasure_noisy,
-                                   self.progress))  # fmt: skip
+                                   self.progress),
+            intact=lambda o: _lut_unchanged(self.space, spec, p.db, o))  # fmt: skip
         if g.k > 0:
             shr = self.steps.run(
                 f"shrink-{dev}",
@@ -181,7 +182,8 @@ class PipelineRun:
                  "device_exclude": list(spec.exclude_ops)},
                 lambda: shrink_for_device(self.space, spec, p.db, g.k, g.rule,
                                           list(g.exclude_ops), base / "shrink" / "space.toml",
-                                          f"Made by pipeline {p.name} ({p.source})"))  # fmt: skip
+                                          f"Made by pipeline {p.name} ({p.source})"),
+                intact=lambda o: _same_file(o["space"], o["digest"]))  # fmt: skip
             space_file = shr["space"]
         else:
             shr = {"digest": digest(self.space.summary()), "kept": None}
@@ -207,7 +209,8 @@ class PipelineRun:
                         "split": split if g.two_stage else None,
                         "fixed": str(fixed) if fixed else None}
         sup = self.steps.run(f"supernet-{dev}", train_inputs, train_supernet,
-                             workdir=base / "supernet")
+                             workdir=base / "supernet",
+                             intact=lambda o: Path(o["supernet"]).is_file())
         out: dict[str, Any] = {"device": dev, "spec": spec, "profile": prof, "shrink": shr,
                                "supernet": sup, "space_file": space_file, "budgets": {}}
         for budget in p.budgets:
@@ -252,7 +255,7 @@ class PipelineRun:
             {"supernet": sup["digest"], "lut": prof["digest"], "budget_ms": budget_ms,
              "search": scfg.identity(), "steps_b": steps_b if g.two_stage else None,
              "train": {k: v for k, v in cfg.identity().items() if k != "out"}},
-            search, workdir=work)  # fmt: skip
+            search, workdir=work, intact=lambda o: Path(o["supernet_pt"]).is_file())  # fmt: skip
         fin = self.steps.run(
             f"final-{dev}-{label}",
             {"search": srch["digest"], "verify_top": g.verify_top, "final_steps": g.final_steps,
@@ -262,14 +265,16 @@ class PipelineRun:
                 space_file, spec, srch["top"], budget_ms, p.db, Path(srch["supernet_pt"]),
                 work, g.verify_top, g.final_steps, p.data, p.seed, g.measure_candidates,
                 self.echo, self.progress, g.final_from == "inherited")),
-            workdir=work / "final")  # fmt: skip
+            workdir=work / "final",
+            intact=lambda o: not o.get("model") or _same_file(o["model"], o["digest"]))  # fmt: skip
         res = {"budget": label, "budget_ms": budget_ms, "search": srch, "final": fin}
         if handoff and p.handoff and fin.get("model"):
             res["handoff"] = self.steps.run(
                 f"handoff-{dev}-{label}",
                 {"final": fin["digest"], "device": digest(_spec_json(spec)),
                  "samples": p.handoff_samples, "seed": p.seed},
-                lambda: self._handoff(spec, space_file, fin, budget_ms, label))  # fmt: skip
+                lambda: self._handoff(spec, space_file, fin, budget_ms, label),
+                intact=_bundle_intact)  # fmt: skip
         return res
 
     def _handoff(self, spec, space_file, fin, budget_ms, label) -> dict[str, Any]:
@@ -305,10 +310,31 @@ class PipelineRun:
             inputs = {d: {b: (r["final"]["digest"], r.get("handoff", {}).get("digest"))
                           for b, r in res["budgets"].items()}
                       for d, res in self.results.items()}  # fmt: skip
-            rep = self.steps.run("report", {"results": inputs},
-                                 lambda: build_report(self))  # fmt: skip
+            rep = self.steps.run("report", {"results": inputs}, lambda: build_report(self),
+                                 intact=lambda o: Path(o["index"]).is_file())  # fmt: skip
             self.report_path = rep["index"]
         return self.results
+
+
+def _lut_unchanged(space: SearchSpace, spec: DeviceSpec, db: str, outputs: dict) -> bool:
+    try:
+        return lut_digest(space, spec, db)["digest"] == outputs["digest"]
+    except KeyError:  # the device is not in this database (a new or replaced file)
+        return False
+
+
+def _same_file(path: str, sha256: str) -> bool:
+    return Path(path).is_file() and file_sha256(path) == sha256
+
+
+def _bundle_intact(outputs: dict[str, Any]) -> bool:
+    from pipelines.handoff import BundleError, check_files
+
+    try:
+        return check_files(outputs["bundle"]) == [] and _same_file(
+            Path(outputs["bundle"]) / "manifest.json", outputs["digest"])
+    except BundleError:
+        return False
 
 
 def _final_outputs(final: dict[str, Any]) -> dict[str, Any]:

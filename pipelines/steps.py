@@ -79,15 +79,19 @@ class Steps:
         inputs: dict[str, Any],
         fn: Callable[[], dict[str, Any]],
         workdir: Path | None = None,
+        intact: Callable[[dict[str, Any]], bool] | None = None,
     ) -> dict[str, Any]:
-        """Outputs of step ``name``: the stored ones when its inputs are unchanged, else
-        ``fn()``'s (a dict that should hold a ``digest`` of what it made)."""
+        """Outputs of step ``name``: the stored ones when its inputs are unchanged (and
+        ``intact(outputs)`` holds: what it made is still there), else ``fn()``'s (a dict that
+        should hold a ``digest`` of what it made)."""
         key = digest(inputs)
         done = self.record(name)
         if done and done["inputs_digest"] == key:
-            self.log.actions[name] = "skipped"
-            self.echo(f"[{name}] done earlier, skipped")
-            return done["outputs"]
+            if intact is None or intact(done["outputs"]):
+                self.log.actions[name] = "skipped"
+                self.echo(f"[{name}] done earlier, skipped")
+                return done["outputs"]
+            self.echo(f"[{name}] its outputs were changed or removed since it ran")
         started = self.dir / f"{name}.started"
         stale = done is not None or (started.exists() and started.read_text().strip() != key)
         if stale and workdir is not None and workdir.exists():

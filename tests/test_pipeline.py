@@ -125,10 +125,15 @@ def test_tiny_pipeline_over_ssh_bundles_and_reruns_nothing(tmp_path, sshd, singl
     third.run()
     assert set(third.steps.log.ran) == {"final-board-p95", "handoff-board-p95", "report"}
 
-    # A tampered bundle fails its check.
+    # A tampered bundle fails its check, and the next run makes it again (and nothing else).
     (bundle / "arch.txt").write_text("skip-skip-skip\n")
     assert check_files(bundle) == ["arch.txt: sha256 differs from the manifest (changed or "
                                    "corrupt)"]  # fmt: skip
+    fourth = PipelineRun(p3, progress=False)
+    fourth.run()
+    assert "handoff-board-p95" in fourth.steps.log.ran
+    assert set(fourth.steps.log.ran) <= {"handoff-board-p95", "report"}
+    assert check_files(bundle) == []
 
 
 def test_killed_run_resumes_and_finishes(tmp_path, sshd) -> None:
