@@ -280,17 +280,27 @@ def test_bundle_in_each_device_format(tmp_path, runtime, precision, files, singl
 def test_generate_handoff_and_verify_commands(tmp_path, capsys, single_thread) -> None:
     from pipelines.cli import main
 
-    spec = tmp_path / "ort.toml"
-    spec.write_text('name = "ort"\nkind = "cpu"\n[runtime]\nname = "onnxruntime"\n'
-                    "[measure]\nwarmup = 1\nrounds = 3\nruns = 3\nmin_round_ms = 0\n")  # fmt: skip
+    specs = []
+    for name in ("ort", "ort2"):  # two devices, two budgets: one stage A per device
+        spec = tmp_path / f"{name}.toml"
+        spec.write_text(f'name = "{name}"\nkind = "cpu"\n[runtime]\nname = "onnxruntime"\n'
+                        "[measure]\nwarmup = 1\nrounds = 3\nruns = 3\nmin_round_ms = 0\n")
+        specs += ["--device", str(spec)]
     out = tmp_path / "gen"
-    args = ["generate", "--space", str(TINY), "--device", str(spec), "--budget", "95%",
+    args = ["generate", "--space", str(TINY), *specs, "--budget", "95%", "--budget", "99%",
             "--db", str(tmp_path / "lut.sqlite"), "--out", str(out), "--k", "2", "--steps", "10",
             "--population", "4", "--generations", "1", "--verify-top", "1", "--final-steps",
             "5", "--train-limit", "512", "--no-progress"]  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "ort @ " in printed and "report:" in printed and "bundle:" not in printed
+    assert "pipeline gen: 15 steps run, 0 skipped" in printed  # 2 x (3 + 2 x 2) + report
+    for dev in ("ort", "ort2"):
+        for b in ("p95", "p99"):
+            final = json.loads((out / dev / b / "final.json").read_text())
+            assert final["device"] == dev and final["measured_ms"] > 0
+            assert f"{dev} @ {final['budget_ms']:g} ms ({b})" in printed
+    assert "report:" in printed and "bundle:" not in printed
+    spec = tmp_path / "ort.toml"
     assert main(["handoff", str(out / "ort" / "p95"), "--device", str(spec), "--samples",
                  "4", "--out", str(tmp_path / "b")]) == 0  # fmt: skip
     assert "accepted" in capsys.readouterr().out
