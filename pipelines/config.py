@@ -81,6 +81,8 @@ class Pipeline:
     description: str = ""
     profile_remeasure_noisy: bool = False
     generate: GenerateSettings = field(default_factory=GenerateSettings)
+    validate_models: int = 0  # whole models measured to calibrate and check the LUT
+    calibration_models: int = 10
     handoff_samples: int = 32
     handoff: bool = True
     report: bool = True
@@ -123,7 +125,7 @@ def load_pipeline(name_or_path: str | Path) -> Pipeline:
 def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
     top = Fields(data, source)
     top.only({"name", "description", "space", "data", "devices", "budgets", "db", "out", "seed",
-              "profile", "generate", "handoff", "report"})  # fmt: skip
+              "profile", "latency", "generate", "handoff", "report"})  # fmt: skip
     base = Path(source).parent if source != "<string>" else Path.cwd()
     name = top.str("name", Path(source).stem)
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
@@ -147,6 +149,8 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
 
     pf = top.sub("profile")
     pf.only({"remeasure_noisy"})
+    lf = top.sub("latency")
+    lf.only({"validate", "calibration"})
     gf = top.sub("generate")
     d = GenerateSettings()
     gf.only(set(asdict(d)))
@@ -183,6 +187,8 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
         out=top.str("out", f"runs/{name}"), seed=top.int("seed", 0, lo=0),
         description=top.str("description", ""),
         profile_remeasure_noisy=pf.bool("remeasure_noisy", False), generate=gen,
+        validate_models=lf.int("validate", 0, lo=0),
+        calibration_models=lf.int("calibration", 10, lo=2),
         handoff=hf.bool("enabled", True), handoff_samples=hf.int("samples", 32, lo=1),
         report=rf.bool("enabled", True), source=source,
     )  # fmt: skip

@@ -175,6 +175,13 @@ class PipelineRun:
             lambda: profile_device(self.space, spec, p.db, p.profile_remeasure_noisy,
                                    self.progress),
             intact=lambda o: _lut_unchanged(self.space, spec, p.db, o))  # fmt: skip
+        if p.validate_models:
+            val = self.steps.run(
+                f"validate-{dev}",
+                {"lut": prof["digest"], "n": p.validate_models, "calibration":
+                 p.calibration_models, "seed": p.seed},
+                lambda: self._validate(spec), workdir=base / "latency")  # fmt: skip
+            prof = {**prof, "digest": digest([prof["digest"], val["digest"]])}
         if g.k > 0:
             shr = self.steps.run(
                 f"shrink-{dev}",
@@ -276,6 +283,20 @@ class PipelineRun:
                 lambda: self._handoff(spec, space_file, fin, budget_ms, label),
                 intact=_bundle_intact)  # fmt: skip
         return res
+
+    def _validate(self, spec: DeviceSpec) -> dict[str, Any]:
+        """Whole random models timed on the device: the calibration the search then uses,
+        and the figures of how far the latency model can be trusted."""
+        from pipelines.latency_validate import summary_lines, validate_latency
+
+        p = self.p
+        res = validate_latency(self.space, spec, p.db, p.validate_models, p.calibration_models,
+                               p.seed, self.root / spec.name / "latency",
+                               progress=self.progress)  # fmt: skip
+        for line in summary_lines(res):
+            self.echo(f"  {line}")
+        keys = ("within_5pct", "within_10pct", "mape", "rmse_ms", "spearman", "calibration")
+        return {"digest": digest(res["calibration"]), **{k: res[k] for k in keys}}
 
     def _handoff(self, spec, space_file, fin, budget_ms, label) -> dict[str, Any]:
         from pipelines.handoff import make_bundle

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from hurricane.arch import Arch
-from hurricane.latency import read_table
+from hurricane.errors import UserError
+from hurricane.latency import USABLE, LatencyModel, read_table
+from hurricane.lut import LutDB
 from hurricane.space import OpInstance, SearchSpace
 from hurricane.train import provenance
 from pipelines.steps import digest
@@ -37,20 +39,36 @@ def _history(folder: Path, stage: str) -> list[dict[str, Any]]:
     return [{"stage": stage, **json.loads(line)} for line in path.read_text().splitlines()]
 
 
+def measured_models(space: SearchSpace, db: str, device: str) -> list[dict[str, Any]]:
+    """Every whole model of this space's structure timed on the device (candidates checked
+    before a final choice, ``latency validate`` runs) against the latency model."""
+    with LutDB(db) as lut:
+        rows = lut.models(lut.device_id(device), space.structure_hash())
+    archs, measured = [], []
+    for arch, row in rows.items():
+        if row["status"] in USABLE:
+            try:
+                archs.append(space.parse_arch(arch))
+            except UserError:  # timed for another space of the same shapes
+                continue
+            measured.append(row["median_ms"])
+    if not archs:
+        return []
+    predicted = LatencyModel.from_db(space, db, device).predict(archs)
+    return [{"arch": str(a), "predicted_ms": float(p), "measured_ms": float(m)}
+            for a, p, m in zip(archs, predicted, measured)]
+
+
 def device_data(run: Any, res: dict[str, Any]) -> dict[str, Any]:
     spec, dev = res["spec"], res["device"]
     table = read_table(run.space, run.p.db, dev)
-    history, scatter, models = [], [], []
+    history, models = [], []
     for label, b in res["budgets"].items():
         work = run.root / dev / label
         history += _history(work / "search_a", f"{label} A") + _history(work / "search_b",
                                                                        f"{label} B")  # fmt: skip
         history += _history(work / "search", label)
         fin, hand = b["final"], b.get("handoff") or {}
-        for c in fin.get("candidates", []):
-            if c.get("measured_ms") is not None:
-                scatter.append({"arch": c["arch"], "predicted_ms": c["predicted_ms"],
-                                "measured_ms": c["measured_ms"]})  # fmt: skip
         arch = Arch.parse(fin["arch"])
         bundle = hand.get("bundle")
         models.append({
@@ -61,6 +79,7 @@ def device_data(run: Any, res: dict[str, Any]) -> dict[str, Any]:
             "accepted": hand.get("accepted", fin.get("accepted")),
             "bundle": str(Path(bundle).relative_to(run.root)) if bundle else None,
         })  # fmt: skip
+    scatter = measured_models(run.space, run.p.db, dev)
     rt = spec.runtime
     return {"name": dev, "kind": spec.kind, "runtime": f"{rt.name} {rt.precision}",
             "lut": lut_grid(run.space, table), "reduced_ops": res["shrink"].get("kept"),

@@ -146,18 +146,21 @@ class AgentSession:
         while True:
             line = self._read()
             if line is None:
-                code = self.proc.close()
-                raise AgentCrashed(
-                    f"{self.spec.name}: the profiling agent ended during a batch (exit code "
-                    f"{code}); stderr: {self.proc.stderr_text()[-300:]!r}",
-                    pending,
-                )
+                raise self._crashed("during a batch", pending)
             kind = line.get("type")
             if kind in ("result", "error") and line.get("id") in pending:
                 pending.remove(line["id"])
                 yield line
             elif kind == "done":
                 return
+
+    def _crashed(self, when: str, pending: list[str]) -> AgentCrashed:
+        code = self.proc.close()
+        return AgentCrashed(
+            f"{self.spec.name}: the profiling agent ended {when} (exit code {code}); stderr: "
+            f"{self.proc.stderr_text()[-300:]!r}",
+            pending,
+        )
 
     def infer(self, item_id: str, art: Artifact, batch: np.ndarray) -> np.ndarray:
         """Run an artifact on `batch` (N samples, float32) on the device with the device's own
@@ -184,12 +187,7 @@ class AgentSession:
         while True:
             line = self._read()
             if line is None:
-                code = self.proc.close()
-                raise AgentCrashed(
-                    f"{self.spec.name}: the profiling agent ended while running {item_id} "
-                    f"(exit code {code}); stderr: {self.proc.stderr_text()[-300:]!r}",
-                    [item_id],
-                )
+                raise self._crashed(f"while running {item_id}", [item_id])
             kind = line.get("type")
             if kind == "error" and line.get("id") in (item_id, None):
                 raise InferenceFailed(

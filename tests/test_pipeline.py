@@ -30,6 +30,9 @@ devices = ["board.toml"]
 budgets = ["{budget}"]
 db = "{db}"
 out = "{out}"
+[latency]
+validate = 4
+calibration = 2
 [generate]
 k = 2
 split = 2
@@ -87,9 +90,10 @@ def test_tiny_pipeline_over_ssh_bundles_and_reruns_nothing(tmp_path, sshd, singl
     first = PipelineRun(p, progress=False)
     results = first.run()
     dev = "board"
-    assert set(first.steps.log.ran) == {"profile-board", "shrink-board", "supernet-board",
-                                        "search-board-p95", "final-board-p95",
-                                        "handoff-board-p95", "report"}  # fmt: skip
+    assert set(first.steps.log.ran) == {"profile-board", "validate-board", "shrink-board",
+                                        "supernet-board", "search-board-p95",
+                                        "final-board-p95", "handoff-board-p95",
+                                        "report"}  # fmt: skip
     bundle = Path(results[dev]["budgets"]["p95"]["handoff"]["bundle"])
     manifest = json.loads((bundle / MANIFEST).read_text())
     # What a deployer needs is there, and every file is what the manifest says it is.
@@ -109,6 +113,8 @@ def test_tiny_pipeline_over_ssh_bundles_and_reruns_nothing(tmp_path, sshd, singl
     assert manifest["architecture"] == (bundle / "arch.txt").read_text().strip()
     report = Path(first.report_path)
     assert report.is_file() and manifest["architecture"] in report.read_text()
+    shown = json.loads((report.parent / "report.json").read_text())["devices"][0]
+    assert len(shown["scatter"]) >= 4  # validation models and the checked candidates
     verified = verify_bundle(bundle, str(tmp_path / "board.toml"))
     assert verified["problems"] == [] and verified["outputs"]["passed"]
 
@@ -116,7 +122,7 @@ def test_tiny_pipeline_over_ssh_bundles_and_reruns_nothing(tmp_path, sshd, singl
     mtimes = {f.name: f.stat().st_mtime_ns for f in bundle.iterdir()}
     again = PipelineRun(load_pipeline(tmp_path / "tiny.toml"), progress=False)
     again.run()
-    assert again.steps.log.ran == [] and len(again.steps.log.skipped) == 7
+    assert again.steps.log.ran == [] and len(again.steps.log.skipped) == 8
     assert {f.name: f.stat().st_mtime_ns for f in bundle.iterdir()} == mtimes
 
     # A changed input re-runs only what depends on it.
