@@ -43,6 +43,7 @@ from hurricane.search import SearchConfig, random_search
 from hurricane.space import load_space, space_to_toml
 from hurricane.train import TrainConfig, provenance
 from hurricane.two_stage import SupernetFitness, data_for, load_supernet, single_stage, two_stage
+from pipelines.jobs import stage_a_base
 from profilers.campaign import profile
 from profilers.models import choose_measured, measure_archs
 
@@ -192,8 +193,9 @@ def main() -> None:
         path.write_text(space_to_toml(reduced, f"stage one for {spec.name}, k={args.k}"))
         r_model = LatencyModel.from_db(load_space(path), args.db, spec.name)
         cfg = replace(base, space=str(path), distill=name.endswith("distill"))
+        fixed = stage_a_base(r_model, args.split, budget)  # as hurricane run does
         res = two_stage(cfg, args.split, r_model.predict, search, d, stage_steps, stage_steps,
-                        min_latency=r_model.fastest)  # fmt: skip
+                        fixed=fixed, min_latency=r_model.fastest)  # fmt: skip
         methods[name] = {"supernet_steps": res["supernet_steps"],
                          "supernet_seconds": res["supernet_seconds"],
                          "search_seconds": round(res["stage_a"]["seconds"]

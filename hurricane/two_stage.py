@@ -62,14 +62,17 @@ def _stage(
     latency: Latency,
     search: SearchConfig,
     out: Path,
-    min_latency: Callable[[], tuple[float, Arch]] | None,
+    min_latency: Callable[..., tuple[float, Arch]] | None,
 ) -> dict[str, Any]:
     summary = train(cfg)
     if cfg.shrink_every:
         search = replace(search, allowed=summary["allowed_ops"])
     net = load_supernet(space, Path(cfg.out) / "supernet.pt")
     fitness = SupernetFitness(net, data, cfg.bn_batches, seed=cfg.seed)
-    result = EvolutionSearch(space, latency, fitness, search, out, min_latency=min_latency).run()
+    fixed = space.parse_arch(search.fixed) if search.fixed else None
+    # A budget too low for this stage is too low given its fixed layers, not the whole space.
+    stage_min = (lambda: min_latency(search.layers, fixed)) if min_latency else None
+    result = EvolutionSearch(space, latency, fitness, search, out, min_latency=stage_min).run()
     result["supernet_steps"] = summary["steps"]
     result["supernet_seconds"] = summary["train_seconds"]
     return result
@@ -113,7 +116,7 @@ def two_stage(
     steps_a: int,
     steps_b: int,
     fixed: Arch | None = None,
-    min_latency: Callable[[], tuple[float, Arch]] | None = None,
+    min_latency: Callable[..., tuple[float, Arch]] | None = None,
     stage_a_out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Stage A over layers ``split..``, then stage B over ``..split``; returns the final

@@ -71,3 +71,29 @@ def test_in_place_distillation(tmp_path: Path) -> None:
     trained = torch.load(tmp_path / "d" / "supernet.pt", weights_only=False)["model"]
     key = next(k for k in trained if k.startswith("choices.0.0.") and k.endswith("weight"))
     assert not torch.equal(trained[key], init.state_dict()[key])
+
+
+def test_stage_budget_too_low_names_the_stage_minimum(tmp_path: Path) -> None:
+    """Feasible for the space but not with stage A's fixed layers: the error gives what the
+    stage can reach, and the pipelines' choice of fixed layers keeps the stage feasible."""
+    import pytest
+
+    from hurricane.latency import LatencyModel
+    from hurricane.search import BudgetTooLow
+    from pipelines.jobs import stage_a_base
+
+    space = load_space(TINY)
+    lut = LutPredictor(space, table_for(space))
+    lo, _ = lut.fastest()
+    stage_lo, _ = lut.fastest([2], space.default_arch())
+    assert f"{stage_lo:.4g}" != f"{lo:.4g}"
+    budget = (lo + stage_lo) / 2
+    search = SearchConfig(budget_ms=budget, population=4, generations=1, parents=2,
+                          mutations=2, crossovers=2, seed=0)  # fmt: skip
+    kw = dict(split=2, latency=lut.predict, search=search, steps_a=2, steps_b=2,
+              min_latency=lut.fastest)  # fmt: skip
+    with pytest.raises(BudgetTooLow, match=f"fastest in this space is {stage_lo:.4g} ms"):
+        two_stage(base_cfg(tmp_path / "x"), out=tmp_path / "two", **kw)
+    fixed = stage_a_base(LatencyModel(lut), 2, budget)
+    res = two_stage(base_cfg(tmp_path / "y"), out=tmp_path / "ok", fixed=fixed, **kw)
+    assert res["latency_ms"] <= budget
