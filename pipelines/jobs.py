@@ -61,12 +61,15 @@ def profile_device(space: SearchSpace, spec: DeviceSpec, db: str | Path,
 
 
 def shrink_for_device(space: SearchSpace, spec: DeviceSpec, db: str | Path, k: int, rule: str,
-                      exclude: list[str], out: Path, made_by: str = "") -> dict[str, Any]:
-    """Stage one: the space reduced for ``spec`` from its LUT, written to ``out`` (TOML)."""
+                      exclude: list[str], out: Path | None = None,
+                      made_by: str = "") -> dict[str, Any]:  # fmt: skip
+    """Stage one: the space reduced for ``spec`` from its LUT, written to ``out`` (TOML;
+    default ``runs/spaces/SPACE-DEVICE-kK.toml``) with its scores beside it."""
     table, predicted = fill_missing(space, read_table(space, db, spec.name), spec.name)
     exclude = [*spec.exclude_ops, *exclude]
     name = f"{space.name}-{spec.name}-k{k}"
     reduced, scores = reduce_space(space, table, k=k, rule=rule, exclude=exclude, name=name)
+    out = Path(out or f"runs/spaces/{name}.toml")
     header = (f"Stage one for device {spec.name}: top {k} per layer by rule {rule!r}"
               f"{'; excluded ' + ', '.join(exclude) if exclude else ''}.\n{made_by}")  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from hurricane.errors import UserError
-from pipelines.config import Budget, GenerateSettings, Pipeline, load_pipeline
+from pipelines.config import Pipeline, load_pipeline
 from pipelines.profile_cli import DEFAULT_DB
 
 
@@ -60,23 +60,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from hurricane.tomlcheck import Fields
-
-    f = Fields({}, "command line")
-    budgets = tuple(Budget.parse(_number(b), f, "--budget") for b in args.budget)
-    d = GenerateSettings()
-    gen = replace(d, k=args.k, two_stage=not args.single_stage, split=args.split,
-                  steps=args.steps, steps_b=args.steps_b, distill=args.distill,
-                  population=args.population, generations=args.generations,
-                  verify_top=args.verify_top, final_steps=args.final_steps,
-                  final_from=args.final_from, train_limit=args.train_limit)  # fmt: skip
     from pipelines.config import parse_pipeline
 
+    gen = {"k": args.k, "two_stage": not args.single_stage, "steps": args.steps,
+           "distill": args.distill, "population": args.population,
+           "generations": args.generations, "verify_top": args.verify_top,
+           "final_steps": args.final_steps, "final_from": args.final_from}  # fmt: skip
+    optional = {"split": args.split, "steps_b": args.steps_b, "train_limit": args.train_limit}
+    gen.update({k: v for k, v in optional.items() if v is not None})
     p = parse_pipeline({"name": Path(args.out).name or "generate", "space": args.space,
-                        "devices": args.device, "budgets": [1.0], "data": args.data,
-                        "db": args.db, "out": args.out, "seed": args.seed},
+                        "devices": args.device, "budgets": [_number(b) for b in args.budget],
+                        "data": args.data, "db": args.db, "out": args.out, "seed": args.seed,
+                        "generate": gen, "handoff": {"enabled": False}},
                        "command line")  # fmt: skip
-    p = replace(p, budgets=budgets, generate=gen, handoff=False)
     return execute(p, progress=not args.no_progress)
 
 

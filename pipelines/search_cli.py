@@ -31,29 +31,20 @@ def _latency_model(space, db: str, device: str):
 
 def _shrink(args: argparse.Namespace) -> int:
     from devices.spec import load_device
-    from hurricane.latency import fill_missing, read_table
-    from hurricane.reduce import reduce_space, scores_json
-    from hurricane.space import load_space, space_to_toml
+    from hurricane.space import load_space
+    from pipelines.jobs import shrink_for_device
 
     space = load_space(args.space)
-    spec = load_device(args.device)
-    table, _ = fill_missing(space, read_table(space, args.db, spec.name), spec.name)
-    exclude = [*spec.exclude_ops, *(args.exclude or [])]
-    name = f"{space.name}-{spec.name}-k{args.k}"
-    reduced, scores = reduce_space(space, table, k=args.k, rule=args.rule, exclude=exclude,
-                                   name=name)  # fmt: skip
-    out = Path(args.out or f"runs/spaces/{name}.toml")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    header = (f"Stage one for device {spec.name}: top {args.k} per layer by rule {args.rule!r}"
-              f"{'; excluded ' + ', '.join(exclude) if exclude else ''}.\n"
-              f"Made by: hurricane shrink --space {args.space} --device {args.device} "
-              f"--k {args.k} --rule {args.rule} from {args.db}")  # fmt: skip
-    out.write_text(space_to_toml(reduced, header))
-    out.with_suffix(".scores.json").write_text(json.dumps(scores_json(scores), indent=1))
-    for i, layer in enumerate(reduced.layers):
-        print(f"layer {i:>2}: {', '.join(layer.ops)}")
-    print(f"reduced space: {out} (log10 size {space.log10_size():.1f} -> "
-          f"{reduced.log10_size():.1f}); scores: {out.with_suffix('.scores.json')}")  # fmt: skip
+    made_by = (f"Made by: hurricane shrink --space {args.space} --device {args.device} "
+               f"--k {args.k} --rule {args.rule} from {args.db}")  # fmt: skip
+    res = shrink_for_device(space, load_device(args.device), args.db, args.k, args.rule,
+                            args.exclude or [], args.out, made_by)  # fmt: skip
+    for i, ops in enumerate(res["kept"]):
+        print(f"layer {i:>2}: {', '.join(ops)}")
+    out = Path(res["space"])
+    before, after = res["log10_size"]
+    print(f"reduced space: {out} (log10 size {before:.1f} -> {after:.1f}); scores: "
+          f"{out.with_suffix('.scores.json')}")  # fmt: skip
     return 0
 
 
