@@ -27,7 +27,7 @@ PIPELINE = """
 name = "tiny"
 space = "{space}"
 devices = ["board.toml"]
-budgets = ["{budget}"]
+budgets = [{budget}]
 db = "{db}"
 out = "{out}"
 [latency]
@@ -65,7 +65,9 @@ def board_spec(folder: Path, server: SSHServer) -> Path:
     return path
 
 
-def write_pipeline(folder: Path, budget: str = "95%", steps: int = 20,
+# Milliseconds far above what the tiny space takes, so acceptance does not hang on how busy
+# the machine is; a budget a model misses is tested with make_bundle below.
+def write_pipeline(folder: Path, budget: str = "5.0", steps: int = 20,
                    final_steps: int = 10) -> Path:  # fmt: skip
     path = folder / "tiny.toml"
     path.write_text(PIPELINE.format(space=TINY, db=folder / "lut.sqlite", out=folder / "run",
@@ -91,10 +93,10 @@ def test_tiny_pipeline_over_ssh_bundles_and_reruns_nothing(tmp_path, sshd, singl
     results = first.run()
     dev = "board"
     assert set(first.steps.log.ran) == {"profile-board", "validate-board", "shrink-board",
-                                        "supernet-board", "search-board-p95",
-                                        "final-board-p95", "handoff-board-p95",
+                                        "supernet-board", "search-board-5ms",
+                                        "final-board-5ms", "handoff-board-5ms",
                                         "report"}  # fmt: skip
-    bundle = Path(results[dev]["budgets"]["p95"]["handoff"]["bundle"])
+    bundle = Path(results[dev]["budgets"]["5ms"]["handoff"]["bundle"])
     manifest = json.loads((bundle / MANIFEST).read_text())
     # What a deployer needs is there, and every file is what the manifest says it is.
     assert {"model.onnx", "model.pt", "arch.txt", "space.toml"} <= set(manifest["files"])
@@ -103,7 +105,7 @@ def test_tiny_pipeline_over_ssh_bundles_and_reruns_nothing(tmp_path, sshd, singl
     assert manifest["runtime"]["name"] == "onnxruntime" and manifest["runtime"]["version"]
     assert manifest["converters"]["torch"]
     lat = manifest["latency"]
-    budget_ms = results[dev]["budgets"]["p95"]["budget_ms"]
+    budget_ms = results[dev]["budgets"]["5ms"]["budget_ms"]
     assert lat["budget_ms"] == budget_ms and lat["measured_ms"] > 0
     assert lat["protocol"]["rounds"] == 3 and lat["protocol"]["statistic"].startswith("median")
     assert manifest["accepted"] == (lat["measured_ms"] <= budget_ms) and manifest["accepted"]
@@ -129,7 +131,7 @@ def test_tiny_pipeline_over_ssh_bundles_and_reruns_nothing(tmp_path, sshd, singl
     p3 = load_pipeline(write_pipeline(tmp_path, final_steps=12))
     third = PipelineRun(p3, progress=False)
     third.run()
-    assert set(third.steps.log.ran) == {"final-board-p95", "handoff-board-p95", "report"}
+    assert set(third.steps.log.ran) == {"final-board-5ms", "handoff-board-5ms", "report"}
 
     # A tampered bundle fails its check, and the next run makes it again (and nothing else).
     (bundle / "arch.txt").write_text("skip-skip-skip\n")
@@ -137,8 +139,8 @@ def test_tiny_pipeline_over_ssh_bundles_and_reruns_nothing(tmp_path, sshd, singl
                                    "corrupt)"]  # fmt: skip
     fourth = PipelineRun(p3, progress=False)
     fourth.run()
-    assert "handoff-board-p95" in fourth.steps.log.ran
-    assert set(fourth.steps.log.ran) <= {"handoff-board-p95", "report"}
+    assert "handoff-board-5ms" in fourth.steps.log.ran
+    assert set(fourth.steps.log.ran) <= {"handoff-board-5ms", "report"}
     assert check_files(bundle) == []
 
 
