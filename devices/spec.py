@@ -83,6 +83,11 @@ class MeasureSpec:
     # rounds is reproducible where the median is not (see profilers/campaign.latency_of).
     statistic: str = "median"
     batch: int = 16
+    # A fixed reference model rides in every batch; a batch whose reference ran this much
+    # slower than its best is measured again, up to drift_retries times (0 turns it off; see
+    # profilers/drift.py).
+    drift_threshold: float = 0.05
+    drift_retries: int = 3
 
 
 @dataclass(frozen=True)
@@ -198,7 +203,7 @@ def parse_device(data: dict[str, Any], source: str = "<string>") -> DeviceSpec:
 
     mf = top.sub("measure")
     mf.only({"warmup", "rounds", "runs", "min_round_ms", "cv_threshold", "max_remeasure", "batch",
-             "statistic"})  # fmt: skip
+             "statistic", "drift_threshold", "drift_retries"})  # fmt: skip
     d = MeasureSpec()
     measure = MeasureSpec(
         warmup=mf.int("warmup", d.warmup, lo=0),
@@ -209,6 +214,8 @@ def parse_device(data: dict[str, Any], source: str = "<string>") -> DeviceSpec:
         max_remeasure=mf.int("max_remeasure", d.max_remeasure, lo=0),
         batch=mf.int("batch", d.batch, lo=1),
         statistic=mf.str("statistic", d.statistic, choices=("median", "min")),
+        drift_threshold=mf.float("drift_threshold", d.drift_threshold, lo=0.0),
+        drift_retries=mf.int("drift_retries", d.drift_retries, lo=0),
     )
     return DeviceSpec(
         name=name,

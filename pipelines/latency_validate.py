@@ -17,23 +17,26 @@ import numpy as np
 
 from devices.spec import DeviceSpec
 from hurricane.arch import Arch
-from hurricane.calibration import Calibration, accuracy
+from hurricane.calibration import Calibration, accuracy, spread_choice
 from hurricane.errors import UserError
 from hurricane.latency import USABLE, LutPredictor, fill_missing, read_table
 from hurricane.lut import LutDB
 from hurricane.space import SearchSpace
 from profilers.models import measure_archs
 
+POOL = 10  # calibration candidates per calibration model
 
-def sample_distinct(space: SearchSpace, n: int, seed: int) -> list[Arch]:
-    """``n`` distinct uniformly sampled architectures (seeded)."""
+
+def sample_distinct(space: SearchSpace, n: int, seed: int, at_most: bool = False) -> list[Arch]:
+    """``n`` distinct uniformly sampled architectures (seeded); with ``at_most``, as many as
+    the space has if that is fewer."""
     rng, seen = random.Random(seed), {}
     for _ in range(50 * n + 100):
         if len(seen) == n:
             break
         a = space.sample_arch(rng)
         seen.setdefault(str(a), a)
-    if len(seen) < n:
+    if len(seen) < n and not at_most:
         raise UserError(f"space {space.name!r} has fewer than {n} distinct architectures; "
                         "ask for fewer with --n / --calibration")  # fmt: skip
     return list(seen.values())
@@ -79,8 +82,15 @@ def validate_latency(
     table = read_table(space, db_path, spec.name)  # fails early, naming the profile command
     table, predicted_keys = fill_missing(space, table, spec.name, seed)
     lut = LutPredictor(space, table, spec.name)
-    archs = sample_distinct(space, n_calibration + n, seed)
-    calib, held = archs[:n_calibration], archs[n_calibration:]
+    # Held-out models are uniform; calibration models are picked from a larger uniform pool
+    # to span its predicted range (see hurricane.calibration.spread_choice).
+    pool = sample_distinct(space, n + POOL * n_calibration, seed, at_most=True)
+    if len(pool) < n + n_calibration:
+        raise UserError(f"space {space.name!r} has fewer than {n + n_calibration} distinct "
+                        "architectures; ask for fewer with --n / --calibration")  # fmt: skip
+    held, candidates = pool[:n], pool[n:]
+    calib = [candidates[i] for i in spread_choice(lut.predict(candidates), n_calibration)]
+    archs = calib + held
     # One shuffled order for both sets, so any drift on the device touches them alike.
     order = list(archs)
     random.Random(seed + 1).shuffle(order)

@@ -29,6 +29,7 @@ from devices.transport import DeviceUnreachable
 from hurricane.lut import Entry, LutDB, entry_from_samples, error_entry
 from hurricane.space import OpInstance, SearchSpace
 from hurricane.subnet import instance_module
+from profilers.drift import REFERENCE_ID, DriftGuard
 from profilers.session import AgentCrashed, AgentSession
 
 
@@ -43,6 +44,7 @@ class CampaignReport:
     noisy: int = 0
     errors: int = 0
     remeasured: int = 0
+    drift: dict[str, Any] = field(default_factory=dict)  # see profilers/drift.py
     seconds: float = 0.0
     convert_seconds: float = 0.0
     timed_seconds: float = 0.0  # time inside the agent's timed runs
@@ -176,6 +178,8 @@ class Campaign:
         self.remeasure_noisy = remeasure_noisy
         self.session_factory = session_factory
         self.position = position
+        self.guard = DriftGuard(None, 0.0, 0)
+        self._stored: set[str] = set()
         if convert_workers is None:  # ONNX export is fast enough in-process
             convert_workers = 0 if spec.runtime.name == "onnxruntime" else (os.cpu_count() or 1)
         self.convert_workers = convert_workers
@@ -234,14 +238,17 @@ class Campaign:
             report.fingerprint = session.fingerprint
             self.db.upsert_device(spec.name, spec.kind, spec.runtime.name, _spec_json(spec),
                                   session.fingerprint)  # fmt: skip
+            self.guard = DriftGuard.for_spec(spec, self.cache)
             queue: list[tuple[OpInstance, int]] = [(i, 1) for i in pending]
-            while queue:
+            by_key = {i.key: i for i in pending}
+            while queue or (queue := [(by_key[k], 1) for k in self.guard.recheck()]):
                 batch, queue = queue[: spec.measure.batch], queue[spec.measure.batch :]
                 session, retry = self._batch(session, dev, run_id, batch, report, bar)
                 queue.extend(retry)
             status = "done"
         finally:
             bar.close()
+            report.drift = self.guard.to_json()
             report.seconds = time.perf_counter() - t0
             self.db.finish_run(run_id, status, report.to_json())
             try:
@@ -266,12 +273,15 @@ class Campaign:
                 bar.update(1)
         report.convert_seconds += time.perf_counter() - t
         retry: list[tuple[OpInstance, int]] = []
+        items = self.guard.with_reference(items)
         try:
             results = list(self._measure(session, items))
         except AgentCrashed as crash:
             # Which op killed it is unknown: run the unfinished ones one by one.
             results = [r for r in crash.partial]
             for key in crash.pending:
+                if key == REFERENCE_ID:
+                    continue
                 session.restart_agent()
                 try:
                     results.extend(self._measure(session, [(key, dict(items)[key])]))
@@ -283,6 +293,9 @@ class Campaign:
             session = self.session_factory(self.spec)
             session.open()
             results = list(self._measure(session, items))
+        statistic = self.spec.measure.statistic
+        results, again = self.guard.judge(results, lambda r: latency_of(r, statistic))
+        retry.extend(by_key[k] for k in again)
         for res in results:
             inst, attempts = by_key[res["id"]]
             if res["type"] == "error":
@@ -297,6 +310,9 @@ class Campaign:
                 report.remeasured += 1
                 continue
             self.db.put(dev, self._entry(inst, res, "noisy" if noisy else "ok", attempts), run_id)
+            if inst.key in self._stored:  # measured again after a slow batch: counted already
+                continue
+            self._stored.add(inst.key)
             if noisy:
                 report.noisy += 1
             else:

@@ -27,6 +27,7 @@ from hurricane.lut import LutDB
 from hurricane.space import SearchSpace
 from hurricane.subnet import build_subnet
 from profilers.campaign import _spec_json, latency_of, round_cv
+from profilers.drift import REFERENCE_ID, DriftGuard
 from profilers.session import AgentCrashed, AgentSession
 
 
@@ -111,26 +112,34 @@ def _measure(space, spec, archs, db, dev, h, cache, progress, batch, seed) -> No
     for a in archs:
         net, x = arch_module(space, Arch.parse(a))
         arts[a] = cache.get(net, x, rt.name, rt.precision)
+    attempts: dict[str, int] = {}
+    done: set[str] = set()
     bar = tqdm(total=len(archs), desc=f"measure on {spec.name}", unit="model",
                disable=not progress, dynamic_ncols=True)  # fmt: skip
     queue = [(a, 1) for a in archs]
+    guard = DriftGuard.for_spec(spec, cache)
     with AgentSession(spec) as session:
         step = 0
-        while queue:
+        while queue or (queue := [(a, attempts.get(a, 1)) for a in guard.recheck()]):
             chunk, queue = queue[:batch], queue[batch:]
-            attempts = dict(chunk)
+            attempts.update(chunk)
             step += 1
+            items = guard.with_reference([(a, arts[a]) for a, _ in chunk])
             try:
-                results = list(session.measure([(a, arts[a]) for a, _ in chunk], seed=seed + step))
+                results = list(session.measure(items, seed=seed + step))
             except AgentCrashed as crash:
                 session.restart_agent()
-                results = [{"type": "error", "id": a, "error": str(crash)} for a in crash.pending]
+                results = [{"type": "error", "id": a, "error": str(crash)}
+                           for a in crash.pending if a != REFERENCE_ID]  # fmt: skip
+            results, again = guard.judge(results, lambda r: latency_of(r, m.statistic))
+            queue.extend((a, attempts[a]) for a in again)
             for res in results:
                 a = res["id"]
                 if res["type"] == "error":
                     db.put_model(dev, space.name, h, a, {"status": "error", "error": res["error"],
                                                          "attempts": attempts[a]})  # fmt: skip
-                    bar.update(1)
+                    bar.update(a not in done)
+                    done.add(a)
                     continue
                 cv = round_cv(res, m.statistic)
                 noisy = cv > m.cv_threshold
@@ -143,7 +152,9 @@ def _measure(space, spec, archs, db, dev, h, cache, progress, batch, seed) -> No
                     "attempts": attempts[a], "delegate": res.get("delegate"),
                     "runtime": f"{res.get('runtime')} {res.get('runtime_version', '')}".strip(),
                 })  # fmt: skip
-                bar.update(1)
+                bar.update(a not in done)
+                done.add(a)
+            bar.set_postfix(remeasured_batches=guard.rejected)
     bar.close()
 
 

@@ -20,7 +20,7 @@ from tests.sshd import SSHServer
 TINY = Path(__file__).parent / "spaces" / "tiny.toml"
 MEASURE = (
     "[measure]\nwarmup = 1\nrounds = 3\nruns = 3\nmin_round_ms = 0\nbatch = 8\n"
-    "cv_threshold = 10.0\n"
+    "cv_threshold = 10.0\ndrift_threshold = 0\n"  # these tests count batches; see test_drift
 )
 
 

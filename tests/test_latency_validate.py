@@ -12,10 +12,12 @@ import pytest
 
 from devices.convert import ArtifactCache
 from devices.spec import load_device
+from hurricane.calibration import spread_choice
 from hurricane.errors import UserError
 from hurricane.latency import LatencyModel, LutPredictor, MissingEntries, fill_missing, read_table
 from hurricane.space import OpInstance, load_space, parse_space
 from pipelines.cli import main
+from pipelines.latency_validate import POOL, sample_distinct
 from profilers.adaptive import adaptive_sample, candidate_pool
 from profilers.models import measure_archs
 
@@ -50,6 +52,13 @@ def test_validate_cli_stores_results_and_reuses_measurements(lut, tmp_path, caps
     assert roles.count("calibration") == 5 and roles.count("held_out") == 12
     held = {m["arch"] for m in result["models"] if m["role"] == "held_out"}
     assert not held & {m["arch"] for m in result["models"] if m["role"] == "calibration"}
+    # Calibration models span the range, held-out ones are uniform: the fastest and the
+    # slowest candidate of the pool are among the calibration models.
+    sums = sorted(m["summed_ms"] for m in result["models"] if m["role"] == "calibration")
+    space = load_space(TINY)
+    pool = sample_distinct(space, 12 + POOL * 5, 0, at_most=True)[12:]
+    pool_sums = LutPredictor(space, read_table(space, db, "ort")).predict(pool)
+    assert sums[0] == pytest.approx(pool_sums.min()) and sums[-1] == pytest.approx(pool_sums.max())
     # The calibrated figure is what the calibration says of the LUT sum.
     cal = result["calibration"]
     for m in result["models"]:
@@ -75,6 +84,13 @@ def test_validate_cli_stores_results_and_reuses_measurements(lut, tmp_path, caps
     assert main(["latency", "predict", "--space", str(TINY), "--device", "ort", "--db", str(db),
                  str(arch)]) == 0  # fmt: skip
     assert "ms  (LUT sum" in capsys.readouterr().out
+
+
+def test_spread_choice_spans_the_range() -> None:
+    assert spread_choice([5.0, 1.0, 3.0, 2.0, 4.0], 3) == [1, 2, 0]  # 1, 3 and 5 ms
+    assert sorted(spread_choice([2.0, 1.0], 5)) == [0, 1]
+    picks = spread_choice(np.random.default_rng(0).normal(size=1000), 20)
+    assert len(set(picks)) == 20
 
 
 def test_missing_entries_are_predicted_not_zero(lut, tmp_path) -> None:
