@@ -1,7 +1,7 @@
 """Latency-model accuracy on held-out architectures, per (device, space), on this machine.
 
     .venv/bin/python benchmarks/latency_validation.py [--devices local-litert local-openvino]
-        [--spaces demo default] [--n 100] [--calibration 20] [--db runs/latency.sqlite]
+        [--spaces demo default] [--n 100] [--calibration 30] [--db runs/latency.sqlite]
         [--curve-spaces demo] [--curve-devices local-openvino]
 
 For each pair: profile the space's LUT (resumable; nothing is measured twice), then run the
@@ -74,7 +74,7 @@ def main() -> None:
         help="devices for the whole-model learning curve (200 more models each)",
     )
     ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--calibration", type=int, default=20)
+    ap.add_argument("--calibration", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--db", default="runs/latency.sqlite")
     args = ap.parse_args()
@@ -98,7 +98,7 @@ def main() -> None:
                 "uncalibrated": {k: round(v, 4) for k, v in r["uncalibrated"].items()},
                 "calibration": r["calibration"], "n_calibration": r["n_calibration"],
                 "predicted_entries": r["predicted_entries"], "failed_models": r["failed_models"],
-                "protocol": r["protocol"], "seed": args.seed,
+                "protocol": r["protocol"], "lut_drift": rep.drift, "seed": args.seed,
                 "plot": str(Path(r["plot"]).relative_to(Path(__file__).parent)),
             }  # fmt: skip
             if space_name in args.curve_spaces and device in args.curve_devices:

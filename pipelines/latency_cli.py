@@ -65,7 +65,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     val.add_argument("--space", required=True, help="built-in space name or TOML file")
     val.add_argument("--device", required=True, help="device spec TOML file or example name")
     val.add_argument("--n", type=int, default=100, help="held-out models (default: %(default)s)")
-    val.add_argument("--calibration", type=int, default=20,
+    val.add_argument("--calibration", type=int, default=30,
                      help="models to fit the calibration on (default: %(default)s)")  # fmt: skip
     val.add_argument("--seed", type=int, default=0)
     val.add_argument("--db", default=DEFAULT_DB, help="LUT database (default: %(default)s)")

@@ -72,7 +72,7 @@ def validate_latency(
     spec: DeviceSpec,
     db_path: str | Path,
     n: int = 100,
-    n_calibration: int = 20,
+    n_calibration: int = 30,
     seed: int = 0,
     out_dir: str | Path | None = None,
     progress: bool = True,
@@ -120,7 +120,7 @@ def validate_latency(
         "protocol": {"warmup": spec.measure.warmup, "rounds": spec.measure.rounds,
                      "runs": spec.measure.runs, "min_round_ms": spec.measure.min_round_ms,
                      "statistic": f"{spec.measure.statistic} of round medians",
-                     "batch": 1},
+                     "drift_threshold": spec.measure.drift_threshold, "batch": 1},
         "plot": str(plot), "seconds": round(time.perf_counter() - t0, 1),
         "models": [{"arch": str(a), "role": role, "summed_ms": float(s), "measured_ms": float(m),
                     "predicted_ms": float(cal(s))}

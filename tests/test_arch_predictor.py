@@ -68,6 +68,21 @@ def test_calibration_recovers_scale_and_offset() -> None:
     assert raw["within_5pct"] < 1.0
     with pytest.raises(UserError, match="at least 2"):
         Calibration.fit([1.0], [1.0])
+    assert cal.n_outliers == 0
+
+
+def test_calibration_is_not_tilted_by_one_outlier() -> None:
+    rng = np.random.default_rng(0)
+    summed = np.linspace(1.0, 9.0, 20)
+    measured = (0.8 * summed + 0.3) * (1 + rng.normal(0, 0.005, 20))
+    measured[3] *= 0.6  # a model whose ops the runtime fused
+    cal = Calibration.fit(summed, measured)
+    assert cal.n_outliers == 1
+    assert cal.scale == pytest.approx(0.8, rel=0.02)
+    assert cal.offset_ms == pytest.approx(0.3, abs=0.05)
+    plain = np.linalg.lstsq(np.stack([summed, np.ones(20)], 1) / measured[:, None],
+                            np.ones(20), rcond=None)[0]  # fmt: skip
+    assert abs(plain[0] - 0.8) > 3 * abs(cal.scale - 0.8)  # the plain fit is tilted
 
 
 def test_accuracy_figures() -> None:
