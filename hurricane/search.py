@@ -46,9 +46,16 @@ class SearchConfig:
     fixed: str | None = None
     allowed: list[list[str]] | None = None  # per-layer ops left by progressive shrinking
     max_tries: int = 2000  # attempts at one within-budget candidate before giving up
+    # Candidates predicted under this fraction of the budget are not made either: a supernet
+    # ranks small subnets too high (they train fastest on shared weights), so an unbounded
+    # search drifts below the budget it was given.
+    min_fraction: float = 0.0
 
     def identity(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not d["min_fraction"]:  # searches stored before the field existed still resume
+            del d["min_fraction"]
+        return d
 
 
 class BudgetTooLow(UserError):
@@ -62,6 +69,8 @@ class _State:
     latency: dict[str, float] = field(default_factory=dict)  # arch -> predicted ms
     population: list[str] = field(default_factory=list)
     rejected: int = 0  # candidates made and dropped for being over budget
+    below: int = 0  # ... or for being under min_fraction of it
+    band_dropped: bool = False  # nothing lay inside the band: searched below the budget only
     seconds: float = 0.0
 
 
@@ -89,13 +98,16 @@ class EvolutionSearch:
         if not archs:
             return []
         lat = self.latency(archs)
+        lower = 0.0 if self.state.band_dropped else self.cfg.min_fraction * self.cfg.budget_ms
         keep = []
         for a, ms in zip(archs, lat):
-            if ms <= self.cfg.budget_ms:
+            if ms > self.cfg.budget_ms:
+                self.state.rejected += 1
+            elif ms < lower:
+                self.state.below += 1
+            else:
                 self.state.latency[str(a)] = float(ms)
                 keep.append(a)
-            else:
-                self.state.rejected += 1
         return keep
 
     def _make(self, n: int, propose: Callable[[], Arch], taken: set[str]) -> list[Arch]:
@@ -203,6 +215,11 @@ class EvolutionSearch:
             taken = set(self.state.evaluated)
             if gen == 0:
                 pop = self._make(cfg.population, self._random(rng), taken)
+                if not pop and cfg.min_fraction and not self.state.band_dropped:
+                    self.log(f"no architecture found between {cfg.min_fraction:g} x and 1 x the "
+                             f"budget; searching everything under {cfg.budget_ms:g} ms")
+                    self.state.band_dropped = True
+                    pop = self._make(cfg.population, self._random(rng), taken)
                 if not pop:
                     raise self._too_low()
             else:
@@ -222,14 +239,17 @@ class EvolutionSearch:
                      f"{fit:.4f} at {self.state.latency[best]:.3f} ms, population mean "
                      f"{np.mean([self.state.evaluated[a] for a in names]):.4f}, "
                      f"{len(self.state.evaluated)} evaluated, {self.state.rejected} over budget "
-                     "rejected")  # fmt: skip
+                     "rejected" + (f", {self.state.below} under the band" if cfg.min_fraction
+                                   else ""))  # fmt: skip
         return self.result()
 
     def result(self) -> dict[str, Any]:
         best, fit = self.top(1)[0]
         return {"best": best, "fitness": fit, "latency_ms": self.state.latency[best],
                 "budget_ms": self.cfg.budget_ms, "evaluated": len(self.state.evaluated),
-                "rejected": self.state.rejected, "seconds": round(self.state.seconds, 1),
+                "rejected": self.state.rejected, "below_band": self.state.below,
+                "band_dropped": self.state.band_dropped,
+                "seconds": round(self.state.seconds, 1),
                 "top": [{"arch": a, "fitness": f, "latency_ms": self.state.latency[a]}
                         for a, f in self.top(10)]}  # fmt: skip
 

@@ -62,6 +62,7 @@ class GenerateSettings:
     parents: int = 5
     mutations: int = 10
     crossovers: int = 10
+    min_budget_fraction: float = 0.0  # candidates predicted under this x budget are not made
     verify_top: int = 5
     final_steps: int = 400
     final_from: str = "inherited"  # or "scratch": retrain the chosen architecture
@@ -168,11 +169,15 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
         parents=gf.int("parents", d.parents, lo=1),
         mutations=gf.int("mutations", d.mutations, lo=0),
         crossovers=gf.int("crossovers", d.crossovers, lo=0),
+        min_budget_fraction=gf.float("min_budget_fraction", d.min_budget_fraction, lo=0.0),
         verify_top=gf.int("verify_top", d.verify_top, lo=1),
         final_steps=gf.int("final_steps", d.final_steps, lo=0),
         final_from=gf.str("final_from", d.final_from, choices=("inherited", "scratch")),
         measure_candidates=gf.bool("measure_candidates", d.measure_candidates),
     )  # fmt: skip
+    if gen.min_budget_fraction >= 1:
+        raise gf.error("min_budget_fraction", "must be below 1 (0.9: search between 90% and "
+                       f"100% of each budget), got {gen.min_budget_fraction}")  # fmt: skip
     n_layers = len(load_space(space).layers)
     if gen.split is not None and not gen.split < n_layers:
         raise gf.error("split", f"must be between 1 and {n_layers - 1} for this {n_layers}-layer "

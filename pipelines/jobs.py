@@ -151,7 +151,7 @@ def _search_config(p: Pipeline, budget_ms: float) -> SearchConfig:
     g = p.generate
     return SearchConfig(budget_ms=budget_ms, population=g.population, generations=g.generations,
                         parents=g.parents, mutations=g.mutations, crossovers=g.crossovers,
-                        seed=p.seed)  # fmt: skip
+                        min_fraction=g.min_budget_fraction, seed=p.seed)  # fmt: skip
 
 
 class PipelineRun:

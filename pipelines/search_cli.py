@@ -51,10 +51,12 @@ def _shrink(args: argparse.Namespace) -> int:
 def _search_config(args: argparse.Namespace):
     from hurricane.search import SearchConfig
 
+    if not 0 <= args.min_budget_fraction < 1:
+        raise UserError(f"--min-budget-fraction must be in [0, 1), got {args.min_budget_fraction}")
     return SearchConfig(budget_ms=args.latency_ms, population=args.population,
                         generations=args.generations, parents=args.parents,
                         mutations=args.mutations, crossovers=args.crossovers,
-                        seed=args.seed)  # fmt: skip
+                        min_fraction=args.min_budget_fraction, seed=args.seed)  # fmt: skip
 
 
 def _supernet_pt(path: str) -> Path:
@@ -148,6 +150,9 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parents", type=int, default=5)
     p.add_argument("--mutations", type=int, default=10)
     p.add_argument("--crossovers", type=int, default=10)
+    p.add_argument("--min-budget-fraction", type=float, default=0.0, metavar="F",
+                   help="make no candidate predicted under F x the budget (0.9: search "
+                        "between 90%% and 100%% of it; default: %(default)s)")  # fmt: skip
     p.add_argument("--verify-top", type=int, default=5,
                    help="measure the best N candidates on the device; keep the best within "
                         "budget (default: %(default)s)")  # fmt: skip

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +133,35 @@ def test_no_candidate_over_budget_is_ever_evaluated(tmp_path) -> None:
     assert len(widths) > 1  # widths are searched too
     rnd = random_search(space, lut.predict, fitness, cfg, out=tmp_path / "r")
     assert rnd["latency_ms"] <= budget and rnd["evaluated"] == 48
+
+
+def test_budget_band_keeps_candidates_near_the_budget(tmp_path) -> None:
+    space = load_space("demo")
+    lut = LutPredictor(space, table_for(space))
+    rng = random.Random(0)
+    lat = lut.predict([space.sample_arch(rng) for _ in range(500)])
+    budget = float(np.percentile(lat, 50))
+    assert np.mean(lat < 0.95 * budget) > 0.1  # the band excludes something
+    seen: list[float] = []
+
+    def smallest_wins(arch: Arch) -> float:  # a supernet's bias, made extreme
+        seen.append(float(lut.predict(arch)))
+        return -seen[-1]
+
+    cfg = SearchConfig(budget_ms=budget, population=12, generations=3, parents=4, mutations=6,
+                       crossovers=6, seed=1, min_fraction=0.95)  # fmt: skip
+    logs: list[str] = []
+    res = EvolutionSearch(space, lut.predict, smallest_wins, cfg, tmp_path / "band",
+                          log=logs.append).run()  # fmt: skip
+    assert seen and min(seen) >= 0.95 * budget and max(seen) <= budget
+    assert res["below_band"] > 0 and not res["band_dropped"] and "under the band" in logs[-1]
+    free = EvolutionSearch(space, lut.predict, smallest_wins, replace(cfg, min_fraction=0.0),
+                           log=lambda m: None).run()  # fmt: skip
+    assert free["latency_ms"] < 0.95 * budget  # without the band the bias wins
+    # A band nothing can reach (every architecture is far under the budget) is dropped.
+    wide = replace(cfg, budget_ms=100 * float(lat.max()), min_fraction=0.99, generations=1)
+    res = EvolutionSearch(space, lut.predict, smallest_wins, wide, log=logs.append).run()
+    assert res["band_dropped"] and res["evaluated"] > 0 and "searching everything" in " ".join(logs)
 
 
 def test_budget_below_the_fastest_says_the_minimum() -> None:
