@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/search_comparison.py [--steps 1500] [--stage-fraction 0.3]
         [--final-steps 800] [--budget-ms X | --budget-percentile 40] [--seed 0]
+        [--min-budget-fraction 0.9]
 
 Methods (each ends the same way: the best 5 candidates by supernet accuracy are measured on
 the device, the fittest within budget is trained ``--final-steps`` — from scratch like
@@ -118,6 +119,9 @@ def main() -> None:
     ap.add_argument("--final-from", choices=sorted(FINAL_FROM), default="scratch",
                     help="train each method's chosen architecture from scratch (as "
                          "mbv2_scaled is) or fine-tune it from its inherited supernet weights")
+    ap.add_argument("--min-budget-fraction", type=float, default=0.9,
+                    help="every search (hurricane, spos_full, random) makes candidates only "
+                         "between this fraction of the budget and the budget")  # fmt: skip
     ap.add_argument("--population", type=int, default=20)
     ap.add_argument("--generations", type=int, default=10)
     ap.add_argument("--k", type=int, default=4)
@@ -140,7 +144,8 @@ def main() -> None:
     print(f"budget {budget} ms on {spec.name} (fastest in the space "
           f"{model.fastest()[0]:.4f} ms)")  # fmt: skip
     search = SearchConfig(budget_ms=budget, population=args.population,
-                          generations=args.generations, seed=args.seed)  # fmt: skip
+                          generations=args.generations, seed=args.seed,
+                          min_fraction=args.min_budget_fraction)  # fmt: skip
     base = TrainConfig(space=args.space, seed=args.seed, progress=False, eval_paths=2)
     stage_steps = round(args.steps * args.stage_fraction)
     inherit = FINAL_FROM[args.final_from]
