@@ -47,7 +47,7 @@ class SearchConfig:
     allowed: list[list[str]] | None = None  # per-layer ops left by progressive shrinking
     max_tries: int = 2000  # attempts at one within-budget candidate before giving up
     # Candidates predicted under this fraction of the budget are not made either: a supernet
-    # ranks small subnets too high (they train fastest on shared weights), so an unbounded
+    # can rank small subnets too high (they train fastest on shared weights), so an unbounded
     # search drifts below the budget it was given.
     min_fraction: float = 0.0
 
