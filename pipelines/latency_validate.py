@@ -27,17 +27,20 @@ from profilers.models import measure_archs
 POOL = 10  # calibration candidates per calibration model
 
 
-def sample_distinct(space: SearchSpace, n: int, seed: int, at_most: bool = False) -> list[Arch]:
-    """``n`` distinct uniformly sampled architectures (seeded); with ``at_most``, as many as
-    the space has if that is fewer."""
+def sample_distinct(
+    space: SearchSpace, n: int, seed: int, at_least: int | None = None
+) -> list[Arch]:
+    """``n`` distinct uniformly sampled architectures (seeded), or as many as the space has
+    if that is fewer but still ``at_least`` (default ``n``)."""
     rng, seen = random.Random(seed), {}
     for _ in range(50 * n + 100):
         if len(seen) == n:
             break
         a = space.sample_arch(rng)
         seen.setdefault(str(a), a)
-    if len(seen) < n and not at_most:
-        raise UserError(f"space {space.name!r} has fewer than {n} distinct architectures; "
+    need = n if at_least is None else at_least
+    if len(seen) < need:
+        raise UserError(f"space {space.name!r} has fewer than {need} distinct architectures; "
                         "ask for fewer with --n / --calibration")  # fmt: skip
     return list(seen.values())
 
@@ -84,10 +87,7 @@ def validate_latency(
     lut = LutPredictor(space, table, spec.name)
     # Held-out models are uniform; calibration models are picked from a larger uniform pool
     # to span its predicted range (see hurricane.calibration.spread_choice).
-    pool = sample_distinct(space, n + POOL * n_calibration, seed, at_most=True)
-    if len(pool) < n + n_calibration:
-        raise UserError(f"space {space.name!r} has fewer than {n + n_calibration} distinct "
-                        "architectures; ask for fewer with --n / --calibration")  # fmt: skip
+    pool = sample_distinct(space, n + POOL * n_calibration, seed, at_least=n + n_calibration)
     held, candidates = pool[:n], pool[n:]
     calib = [candidates[i] for i in spread_choice(lut.predict(candidates), n_calibration)]
     archs = calib + held

@@ -56,7 +56,7 @@ def test_validate_cli_stores_results_and_reuses_measurements(lut, tmp_path, caps
     # slowest candidate of the pool are among the calibration models.
     sums = sorted(m["summed_ms"] for m in result["models"] if m["role"] == "calibration")
     space = load_space(TINY)
-    pool = sample_distinct(space, 12 + POOL * 5, 0, at_most=True)[12:]
+    pool = sample_distinct(space, 12 + POOL * 5, 0, at_least=17)[12:]
     pool_sums = LutPredictor(space, read_table(space, db, "ort")).predict(pool)
     assert sums[0] == pytest.approx(pool_sums.min()) and sums[-1] == pytest.approx(pool_sums.max())
     # The calibrated figure is what the calibration says of the LUT sum.
