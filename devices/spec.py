@@ -88,6 +88,13 @@ class MeasureSpec:
     # profilers/drift.py).
     drift_threshold: float = 0.05
     drift_retries: int = 3
+    # Each item is timed this many times, each pass in a fresh agent process, and the median
+    # of the passes is stored: a compiled model's speed can differ by a few percent between
+    # processes while its rounds agree within one (see profilers/passes.py).
+    passes: int = 1
+    # Time each layer followed by a strided skip as one unit too (hurricane/space.PairInstance):
+    # OpenVINO optimises across that boundary. Default: on for OpenVINO, off otherwise.
+    pairs: bool = False
 
 
 @dataclass(frozen=True)
@@ -203,7 +210,7 @@ def parse_device(data: dict[str, Any], source: str = "<string>") -> DeviceSpec:
 
     mf = top.sub("measure")
     mf.only({"warmup", "rounds", "runs", "min_round_ms", "cv_threshold", "max_remeasure", "batch",
-             "statistic", "drift_threshold", "drift_retries"})  # fmt: skip
+             "statistic", "drift_threshold", "drift_retries", "passes", "pairs"})  # fmt: skip
     d = MeasureSpec()
     measure = MeasureSpec(
         warmup=mf.int("warmup", d.warmup, lo=0),
@@ -216,6 +223,8 @@ def parse_device(data: dict[str, Any], source: str = "<string>") -> DeviceSpec:
         statistic=mf.str("statistic", d.statistic, choices=("median", "min")),
         drift_threshold=mf.float("drift_threshold", d.drift_threshold, lo=0.0),
         drift_retries=mf.int("drift_retries", d.drift_retries, lo=0),
+        passes=mf.int("passes", d.passes, lo=1),
+        pairs=mf.bool("pairs", runtime.name == "openvino"),
     )
     return DeviceSpec(
         name=name,

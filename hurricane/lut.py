@@ -6,7 +6,6 @@ nothing, and ``(device, key)`` is the primary key, so running again never duplic
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 import statistics
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hurricane.space import OpInstance
+from hurricane.space import OpInstance, PairInstance
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -61,6 +60,7 @@ CREATE TABLE IF NOT EXISTS entries (
     attempts INTEGER NOT NULL DEFAULT 1,
     run_id INTEGER REFERENCES runs(id),
     measured_at TEXT NOT NULL,
+    passes TEXT,
     PRIMARY KEY (device_id, key)
 );
 -- Whole networks measured end to end (calibration, validation, the whole-model predictor).
@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS models (
     runtime TEXT,
     delegate TEXT,
     measured_at TEXT NOT NULL,
+    passes TEXT,
     PRIMARY KEY (device_id, space_hash, arch)
 );
 -- One row per latency validation: its figures and where its plot went.
@@ -90,6 +91,9 @@ CREATE TABLE IF NOT EXISTS validations (
     result TEXT NOT NULL
 );
 """
+
+# Columns added since the first release; a file made before them gains them when opened.
+ADDED_COLUMNS = {"entries": {"passes": "TEXT"}, "models": {"passes": "TEXT"}}
 
 # ok: measured and steady; noisy: still above the CV threshold after every re-measurement
 # (kept, flagged); error: failed to convert or to run (kept with its error).
@@ -122,6 +126,7 @@ class Entry:
     precision: str | None = None
     delegate: str | None = None
     attempts: int = 1
+    passes: tuple[float, ...] = ()  # the statistic of each pass; median_ms is their median
 
     @property
     def cv(self) -> float | None:
@@ -133,8 +138,9 @@ class Entry:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
-def _key_fields(inst: OpInstance) -> dict[str, Any]:
-    return {"key": inst.key, **dataclasses.asdict(inst)}
+def _key_fields(inst: OpInstance | PairInstance) -> dict[str, Any]:
+    cols = ("op", "cin", "cout", "h", "w", "stride", "act")
+    return {"key": inst.key, **{c: getattr(inst, c) for c in cols}}
 
 
 def entry_from_samples(inst: OpInstance, samples: list[float], status: str = "ok", **kw) -> Entry:
@@ -165,6 +171,11 @@ class LutDB:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.executescript(SCHEMA)
+        for table, cols in ADDED_COLUMNS.items():
+            have = {r["name"] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+            for col, kind in cols.items():
+                if col not in have:
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
 
     def close(self) -> None:
         self.conn.close()
@@ -229,13 +240,13 @@ class LutDB:
             self.conn.execute(
                 "INSERT OR REPLACE INTO entries (device_id, key, op, cin, cout, h, w, stride, "
                 "act, runtime, precision, delegate, median_ms, mean_ms, std_ms, min_ms, n, "
-                "samples, status, error, attempts, run_id, measured_at) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "samples, status, error, attempts, run_id, measured_at, passes) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (device_id, entry.key, entry.op, entry.cin, entry.cout, entry.h, entry.w,
                  entry.stride, entry.act, entry.runtime, entry.precision, entry.delegate,
                  entry.median_ms, entry.mean_ms, entry.std_ms, entry.min_ms, entry.n,
                  json.dumps(list(entry.samples)), entry.status, entry.error, entry.attempts,
-                 run_id, _now()),
+                 run_id, _now(), json.dumps(list(entry.passes)) if entry.passes else None),
             )  # fmt: skip
 
     def entries(self, device_id: int, statuses: Iterable[str] | None = None) -> list[Entry]:
@@ -268,16 +279,18 @@ class LutDB:
         self, device_id: int, space: str, space_hash: str, arch: str, result: dict[str, Any]
     ) -> None:
         """Store one end-to-end measurement (``result``: median_ms, round_cv, samples_ms,
-        status, error, attempts, runtime, delegate), committed at once."""
+        status, error, attempts, runtime, delegate, passes), committed at once."""
+        passes = result.get("passes")
         with self.conn:
             self.conn.execute(
                 "INSERT OR REPLACE INTO models (device_id, space, space_hash, arch, median_ms, "
-                "round_cv, samples, status, error, attempts, runtime, delegate, measured_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "round_cv, samples, status, error, attempts, runtime, delegate, measured_at, "
+                "passes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (device_id, space, space_hash, arch, result.get("median_ms"),
                  result.get("round_cv"), json.dumps(result.get("samples_ms") or []),
                  result["status"], result.get("error"), result.get("attempts", 1),
-                 result.get("runtime"), result.get("delegate"), _now()),
+                 result.get("runtime"), result.get("delegate"), _now(),
+                 json.dumps(list(passes)) if passes else None),
             )  # fmt: skip
 
     def models(self, device_id: int, space_hash: str) -> dict[str, dict[str, Any]]:
@@ -285,7 +298,8 @@ class LutDB:
         rows = self.conn.execute(
             "SELECT * FROM models WHERE device_id = ? AND space_hash = ?", (device_id, space_hash)
         ).fetchall()
-        return {r["arch"]: {**dict(r), "samples": json.loads(r["samples"] or "[]")} for r in rows}
+        return {r["arch"]: {**dict(r), "samples": json.loads(r["samples"] or "[]"),
+                            "passes": json.loads(r["passes"] or "[]")} for r in rows}  # fmt: skip
 
     def add_validation(self, device_id: int, space: str, result: dict[str, Any]) -> int:
         with self.conn:
@@ -310,5 +324,5 @@ class LutDB:
             mean_ms=r["mean_ms"], std_ms=r["std_ms"], min_ms=r["min_ms"], n=r["n"],
             samples=tuple(json.loads(r["samples"] or "[]")), error=r["error"],
             runtime=r["runtime"], precision=r["precision"], delegate=r["delegate"],
-            attempts=r["attempts"],
+            attempts=r["attempts"], passes=tuple(json.loads(r["passes"] or "[]")),
         )  # fmt: skip

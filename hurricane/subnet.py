@@ -10,7 +10,7 @@ from torch import nn
 from hurricane.arch import Arch
 from hurricane.dynamic import ConvBN, DynLinear
 from hurricane.ops import build_op
-from hurricane.space import OpInstance, SearchSpace
+from hurricane.space import OpInstance, PairInstance, SearchSpace
 
 
 def build_stem(space: SearchSpace) -> ConvBN:
@@ -69,12 +69,20 @@ def build_subnet(space: SearchSpace, arch: Arch | str) -> Subnet:
     return Subnet(space, arch)
 
 
-def instance_module(inst: OpInstance, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+def instance_module(
+    inst: OpInstance | PairInstance, seed: int = 0
+) -> tuple[nn.Module, torch.Tensor]:
     """A standalone module and a batch-1 input for one LUT key (an op, the stem or a head).
 
     Weights are seeded by the key, so the same key always gives the same module (and the
     same content hash in the artifact cache)."""
     torch.manual_seed(seed + int(hashlib.sha256(inst.key.encode()).hexdigest()[:8], 16))
+    if isinstance(inst, PairInstance):
+        first, second = inst.first, inst.second
+        pair = nn.Sequential(build_op(first.op, first.cin, first.cout, first.stride, first.act),
+                             build_op(second.op, second.cin, second.cout, second.stride,
+                                      second.act))  # fmt: skip
+        return pair.eval(), torch.randn(1, first.cin, first.h, first.w)
     if inst.op.startswith("head_c"):
         channels = int(inst.op[len("head_c") :])
         module: nn.Module = Head(inst.cin, channels, inst.cout, 0.0, inst.act)

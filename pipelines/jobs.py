@@ -44,7 +44,7 @@ Echo = Callable[[str], None]
 
 def lut_digest(space: SearchSpace, spec: DeviceSpec, db: str | Path) -> dict[str, Any]:
     """What the space's LUT on this device holds now: a digest and counts by status."""
-    keys = {i.key for i in space_instances(space)}
+    keys = {i.key for i in space_instances(space, spec.measure.pairs)}
     with LutDB(db) as lut:
         entries = [e for e in lut.entries(lut.device_id(spec.name)) if e.key in keys]
     rows = sorted((e.key, e.status, e.median_ms) for e in entries)

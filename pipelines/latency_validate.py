@@ -120,7 +120,8 @@ def validate_latency(
         "protocol": {"warmup": spec.measure.warmup, "rounds": spec.measure.rounds,
                      "runs": spec.measure.runs, "min_round_ms": spec.measure.min_round_ms,
                      "statistic": f"{spec.measure.statistic} of round medians",
-                     "drift_threshold": spec.measure.drift_threshold, "batch": 1},
+                     "drift_threshold": spec.measure.drift_threshold, "batch": 1,
+                     "passes": spec.measure.passes},
         "plot": str(plot), "seconds": round(time.perf_counter() - t0, 1),
         "models": [{"arch": str(a), "role": role, "summed_ms": float(s), "measured_ms": float(m),
                     "predicted_ms": float(cal(s))}

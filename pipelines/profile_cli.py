@@ -96,6 +96,8 @@ def _profile(args: argparse.Namespace) -> int:
             f"stored, {r['measured']} measured, {r['noisy']} noisy (flagged), {r['errors']} "
             f"errors, {r['remeasured']} re-measurements; {r['seconds']:.1f}s"
             + (f" ({r['entries_per_min']} entries/min)" if r["entries_per_min"] else "")
+            + (f"; {r['repeated']} timed again in passes 2-{r['passes']} (one pass alone off "
+               f"by {100 * r['pass_spread']:.1f}% median)" if r.get("repeated") else "")
         )
     print(f"LUT: {args.db} ({time.perf_counter() - t0:.1f}s)")
     return 0

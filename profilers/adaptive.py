@@ -21,7 +21,7 @@ from hurricane.latency import read_table
 from hurricane.op_predictor import OpPredictor, record_from_instance
 from hurricane.opnames import parse_op
 from hurricane.ops import check_op
-from hurricane.space import OpInstance, SearchSpace
+from hurricane.space import OpInstance, SearchSpace, is_pair_key
 from profilers.campaign import Campaign
 
 
@@ -84,7 +84,7 @@ def adaptive_sample(
     added_total, stopped = 0, ""
     while True:
         table = read_table(space, db_path, spec.name)
-        keys = sorted(table)
+        keys = sorted(k for k in table if not is_pair_key(k))  # pairs: not one operator
         errors = cross_validated_errors(keys, table, folds, seed)
         cv_mape = float(errors.mean())
         entry = {"round": len(rounds), "train": len(keys), "cv_mape": cv_mape,
@@ -120,7 +120,7 @@ def adaptive_sample(
             stopped = "nothing new could be measured"
             break
     table = read_table(space, db_path, spec.name)
-    keys = sorted(table)
+    keys = sorted(k for k in table if not is_pair_key(k))
     model = OpPredictor(seed=seed).fit(
         [record_from_instance(OpInstance.from_key(k)) for k in keys], [table[k] for k in keys]
     )

@@ -27,9 +27,10 @@ from devices.convert import Artifact, ArtifactCache, ConversionError
 from devices.spec import DeviceSpec
 from devices.transport import DeviceUnreachable
 from hurricane.lut import Entry, LutDB, entry_from_samples, error_entry
-from hurricane.space import OpInstance, SearchSpace
+from hurricane.space import OpInstance, PairInstance, SearchSpace
 from hurricane.subnet import instance_module
 from profilers.drift import REFERENCE_ID, DriftGuard
+from profilers.passes import USABLE, combined, prior, spread, with_pass
 from profilers.session import AgentCrashed, AgentSession
 
 
@@ -44,6 +45,9 @@ class CampaignReport:
     noisy: int = 0
     errors: int = 0
     remeasured: int = 0
+    passes: int = 1  # what the spec asked for (profilers/passes.py)
+    repeated: int = 0  # entries timed in a pass after the first
+    pass_spread: float | None = None  # median distance of one pass from the median of all
     drift: dict[str, Any] = field(default_factory=dict)  # see profilers/drift.py
     seconds: float = 0.0
     convert_seconds: float = 0.0
@@ -149,8 +153,10 @@ def convert_all(
     return errors
 
 
-def space_instances(space: SearchSpace) -> list[OpInstance]:
-    return list(dict.fromkeys([*space.fixed_instances(), *space.op_instances()]))
+def space_instances(space: SearchSpace, pairs: bool = False) -> list[OpInstance | PairInstance]:
+    """Every entry a LUT of ``space`` needs, with the strided-skip pairs when ``pairs``."""
+    extra = space.pair_instances() if pairs else []
+    return list(dict.fromkeys([*space.fixed_instances(), *space.op_instances(), *extra]))
 
 
 class Campaign:
@@ -179,6 +185,8 @@ class Campaign:
         self.session_factory = session_factory
         self.position = position
         self.guard = DriftGuard(None, 0.0, 0)
+        self._pass = 0  # 0-based index of the pass being measured
+        self._guards: list[DriftGuard] = []  # of the passes before this one
         self._stored: set[str] = set()
         if convert_workers is None:  # ONNX export is fast enough in-process
             convert_workers = 0 if spec.runtime.name == "onnxruntime" else (os.cpu_count() or 1)
@@ -193,12 +201,22 @@ class Campaign:
         rt = self.spec.runtime
         return self.cache.get(module, example, rt.name, rt.precision)
 
-    def _entry(self, inst: OpInstance, res: dict[str, Any], status: str, attempts: int) -> Entry:
+    def _entry(self, inst: OpInstance, res: dict[str, Any], status: str, attempts: int,
+               old: Entry | None) -> Entry:  # fmt: skip
+        value = latency_of(res, self.spec.measure.statistic)
+        if old is None or self._pass == 0:
+            passes, samples = [value], res["samples_ms"]
+        else:
+            before = prior(old.passes, old.median_ms, old.status)
+            passes = with_pass(before, self._pass, value)
+            samples = [*old.samples, *res["samples_ms"]]
+            status = "noisy" if "noisy" in (status, old.status) else status
         return entry_from_samples(
             inst,
-            res["samples_ms"],
+            samples,
             status=status,
-            median_ms=latency_of(res, self.spec.measure.statistic),
+            median_ms=combined(passes),
+            passes=tuple(passes),
             runtime=f"{res.get('runtime')} {res.get('runtime_version', '')}".strip(),
             precision=self.spec.runtime.precision,
             delegate=res.get("delegate"),
@@ -208,7 +226,8 @@ class Campaign:
     # --- the run --------------------------------------------------------------------------
     def run(self) -> CampaignReport:
         spec, space = self.spec, self.space
-        instances = self.instances if self.instances is not None else space_instances(space)
+        instances = (self.instances if self.instances is not None
+                     else space_instances(space, spec.measure.pairs))  # fmt: skip
         dev = self.db.upsert_device(spec.name, spec.kind, spec.runtime.name, _spec_json(spec))
         done = self.db.done_keys(dev)
         if self.retry_errors:
@@ -219,8 +238,12 @@ class Campaign:
         already = len(instances) - len(pending)
         if self.limit is not None:
             pending = pending[: self.limit]
-        report = CampaignReport(spec.name, space.name, str(self.db.path), len(instances), already)
-        if not pending:
+        report = CampaignReport(spec.name, space.name, str(self.db.path), len(instances), already,
+                                passes=spec.measure.passes)  # fmt: skip
+        # An interrupted run, or a spec that now asks for more passes, leaves entries short.
+        chosen = {i.key for i in pending} | (done if self.limit is None else set())
+        mine = [i for i in instances if i.key in chosen]
+        if not pending and not self._short(dev, mine, spec.measure.passes):
             return report
         run_id = self.db.start_run(dev, space.name, {"pending": len(pending)})
         t0 = time.perf_counter()
@@ -239,16 +262,25 @@ class Campaign:
             self.db.upsert_device(spec.name, spec.kind, spec.runtime.name, _spec_json(spec),
                                   session.fingerprint)  # fmt: skip
             self.guard = DriftGuard.for_spec(spec, self.cache)
-            queue: list[tuple[OpInstance, int]] = [(i, 1) for i in pending]
-            by_key = {i.key: i for i in pending}
-            while queue or (queue := [(by_key[k], 1) for k in self.guard.recheck()]):
-                batch, queue = queue[: spec.measure.batch], queue[spec.measure.batch :]
-                session, retry = self._batch(session, dev, run_id, batch, report, bar)
-                queue.extend(retry)
+            session = self._pass_loop(session, dev, run_id, pending, report, bar)
+            for p in range(1, spec.measure.passes):
+                todo = self._short(dev, mine, p + 1)
+                if not todo:
+                    continue
+                session.restart_agent()  # a fresh process: what the pass is for
+                self._pass, self._stored = p, set()
+                self._guards.append(self.guard)
+                self.guard = DriftGuard.for_spec(spec, self.cache)
+                bar.total += len(todo)
+                bar.set_description(f"{spec.name} pass {p + 1}/{spec.measure.passes}")
+                session = self._pass_loop(session, dev, run_id, todo, report, bar)
+            if spec.measure.passes > 1:
+                report.pass_spread = spread(e.passes for e in self.db.entries(dev, USABLE)
+                                            if e.key in chosen)  # fmt: skip
             status = "done"
         finally:
             bar.close()
-            report.drift = self.guard.to_json()
+            report.drift = _drift_json([*self._guards, self.guard])
             report.seconds = time.perf_counter() - t0
             self.db.finish_run(run_id, status, report.to_json())
             try:
@@ -256,6 +288,21 @@ class Campaign:
             except Exception:  # closing a lost connection must not hide the real error
                 pass
         return report
+
+    def _short(self, dev: int, instances: list[OpInstance], wanted: int) -> list[OpInstance]:
+        """Of ``instances``, the stored usable ones with fewer than ``wanted`` passes."""
+        have = {e.key: len(prior(e.passes, e.median_ms, e.status)) for e in
+                self.db.entries(dev, USABLE)}  # fmt: skip
+        return [i for i in instances if 0 < have.get(i.key, 0) < wanted]
+
+    def _pass_loop(self, session, dev, run_id, pending, report, bar):
+        queue: list[tuple[OpInstance, int]] = [(i, 1) for i in pending]
+        by_key = {i.key: i for i in pending}
+        while queue or (queue := [(by_key[k], 1) for k in self.guard.recheck()]):
+            batch, queue = queue[: self.spec.measure.batch], queue[self.spec.measure.batch :]
+            session, retry = self._batch(session, dev, run_id, batch, report, bar)
+            queue.extend(retry)
+        return session
 
     def _batch(self, session, dev, run_id, batch, report, bar):
         """Convert, measure and store one batch; return the (possibly new) session and the
@@ -268,9 +315,11 @@ class Campaign:
                 items.append((inst.key, self._convert(inst)))
                 by_key[inst.key] = (inst, attempts)
             except ConversionError as exc:
+                bar.update(1)
+                if self._pass:  # converted for an earlier pass: keep what that measured
+                    continue
                 self.db.put(dev, error_entry(inst, str(exc), attempts=attempts), run_id)
                 report.errors += 1
-                bar.update(1)
         report.convert_seconds += time.perf_counter() - t
         retry: list[tuple[OpInstance, int]] = []
         items = self.guard.with_reference(items)
@@ -298,6 +347,11 @@ class Campaign:
         retry.extend(by_key[k] for k in again)
         for res in results:
             inst, attempts = by_key[res["id"]]
+            old = self.db.get(dev, inst.key) if self._pass else None
+            if res["type"] == "error" and old is not None:  # a later pass failed: keep the rest
+                bar.update(inst.key not in self._stored)
+                self._stored.add(inst.key)
+                continue
             if res["type"] == "error":
                 self.db.put(dev, error_entry(inst, res["error"], attempts=attempts), run_id)
                 report.errors += 1
@@ -309,16 +363,22 @@ class Campaign:
                 retry.append((inst, attempts + 1))
                 report.remeasured += 1
                 continue
-            self.db.put(dev, self._entry(inst, res, "noisy" if noisy else "ok", attempts), run_id)
+            entry = self._entry(inst, res, "noisy" if noisy else "ok", attempts, old)
+            self.db.put(dev, entry, run_id)
             if inst.key in self._stored:  # measured again after a slow batch: counted already
                 continue
             self._stored.add(inst.key)
-            if noisy:
+            if self._pass:
+                report.repeated += 1
+            elif noisy:
                 report.noisy += 1
             else:
                 report.measured += 1
             bar.update(1)
-        bar.set_postfix(ok=report.measured, noisy=report.noisy, err=report.errors)
+        if self._pass:
+            bar.set_postfix(timed_again=report.repeated)
+        else:
+            bar.set_postfix(ok=report.measured, noisy=report.noisy, err=report.errors)
         return session, retry
 
     @staticmethod
@@ -333,6 +393,16 @@ class Campaign:
             crash.partial = out
             raise
         return out
+
+
+def _drift_json(guards: list[DriftGuard]) -> dict[str, Any]:
+    """The first pass's drift figures, with re-measured batches counted over all passes and,
+    when there were several, each pass's reference best (one process against another)."""
+    out = guards[0].to_json()
+    out["batches_remeasured"] = sum(g.rejected for g in guards)
+    if len(guards) > 1:
+        out["reference_best_ms_by_pass"] = [g.to_json()["reference_best_ms"] for g in guards]
+    return out
 
 
 def _spec_json(spec: DeviceSpec) -> dict[str, Any]:
