@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/search_comparison.py [--steps 1500] [--stage-fraction 0.3]
         [--final-steps 800] [--budget-ms X | --budget-percentile 40] [--seed 0]
-        [--min-budget-fraction 0.9]
+        [--min-budget-fraction 0.9] [--k 4] [--eval-limit N]
 
 Methods (each ends the same way: the best 5 candidates by supernet accuracy are measured on
 the device, the fittest within budget is trained ``--final-steps`` — from scratch like
@@ -125,6 +125,9 @@ def main() -> None:
     ap.add_argument("--population", type=int, default=20)
     ap.add_argument("--generations", type=int, default=10)
     ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--eval-limit", type=int, default=None,
+                    help="validation images each candidate is scored on (default: the whole "
+                         "split; 2000 let evaluation noise order the top of a search)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", nargs="+", default=["spos_full", "random", "hurricane",
                     "hurricane_distill", "mbv2_scaled"])  # fmt: skip
@@ -146,7 +149,8 @@ def main() -> None:
     search = SearchConfig(budget_ms=budget, population=args.population,
                           generations=args.generations, seed=args.seed,
                           min_fraction=args.min_budget_fraction)  # fmt: skip
-    base = TrainConfig(space=args.space, seed=args.seed, progress=False, eval_paths=2)
+    base = TrainConfig(space=args.space, seed=args.seed, progress=False, eval_paths=2,
+                       eval_limit=args.eval_limit)  # fmt: skip
     stage_steps = round(args.steps * args.stage_fraction)
     inherit = FINAL_FROM[args.final_from]
     methods: dict[str, dict] = {}
