@@ -18,7 +18,7 @@ from hurricane.calibration import Calibration
 from hurricane.errors import UserError
 from hurricane.lut import LutDB
 from hurricane.op_predictor import OpPredictor, record_from_instance
-from hurricane.space import PAIR_OP, OpInstance, SearchSpace, is_pair_key
+from hurricane.space import PAIR_OP, OpInstance, SearchSpace, is_pair_key, pair_key
 
 USABLE = ("ok", "noisy")  # noisy entries are measurements too, only flagged
 
@@ -91,7 +91,7 @@ class LutPredictor:
             saving = np.full(first.shape + second.shape[1:], np.nan)
             for (o, a, b), k1 in np.ndenumerate(first):
                 for c, k2 in enumerate(second[b]):
-                    v = table.get(f"{k1}+{k2}")
+                    v = table.get(pair_key(k1, k2))
                     if v is not None:
                         parts = self.tables[i - 1][o, a, b] + self.tables[i][skip, b, c]
                         saving[o, a, b, c] = v - parts

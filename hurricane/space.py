@@ -68,7 +68,7 @@ class PairInstance:
 
     @property
     def key(self) -> str:
-        return f"{self.first.key}+{self.second.key}"
+        return pair_key(self.first.key, self.second.key)
 
     # The columns a LUT row has, so a pair is stored like any entry.
     op = property(lambda self: f"{self.first.op}+{self.second.op}")
@@ -81,6 +81,10 @@ class PairInstance:
 
 
 PAIR_OP = "skip"  # the second layer of every pair
+
+
+def pair_key(first: str, second: str) -> str:
+    return f"{first}+{second}"
 
 
 def is_pair_key(key: str) -> bool:

@@ -30,7 +30,7 @@ from hurricane.lut import Entry, LutDB, entry_from_samples, error_entry
 from hurricane.space import OpInstance, PairInstance, SearchSpace
 from hurricane.subnet import instance_module
 from profilers.drift import REFERENCE_ID, DriftGuard
-from profilers.passes import USABLE, combined, prior, spread, with_pass
+from profilers.passes import USABLE, combined, merged, prior, spread
 from profilers.session import AgentCrashed, AgentSession
 
 
@@ -203,14 +203,10 @@ class Campaign:
 
     def _entry(self, inst: OpInstance, res: dict[str, Any], status: str, attempts: int,
                old: Entry | None) -> Entry:  # fmt: skip
-        value = latency_of(res, self.spec.measure.statistic)
-        if old is None or self._pass == 0:
-            passes, samples = [value], res["samples_ms"]
-        else:
-            before = prior(old.passes, old.median_ms, old.status)
-            passes = with_pass(before, self._pass, value)
-            samples = [*old.samples, *res["samples_ms"]]
-            status = "noisy" if "noisy" in (status, old.status) else status
+        before = None if old is None else (old.passes, old.median_ms, old.status, old.samples)
+        passes, samples, status = merged(before, self._pass,
+                                         latency_of(res, self.spec.measure.statistic),
+                                         res["samples_ms"], status)  # fmt: skip
         return entry_from_samples(
             inst,
             samples,

@@ -28,7 +28,7 @@ from hurricane.space import SearchSpace
 from hurricane.subnet import build_subnet
 from profilers.campaign import _spec_json, latency_of, round_cv
 from profilers.drift import REFERENCE_ID, DriftGuard
-from profilers.passes import combined, prior, with_pass
+from profilers.passes import combined, merged, prior
 from profilers.session import AgentCrashed, AgentSession
 
 
@@ -162,16 +162,13 @@ def _measure(space, spec, archs, db, dev, h, cache, progress, batch, seed, old, 
                 if noisy and attempts[a] <= m.max_remeasure:
                     queue.append((a, attempts[a] + 1))
                     continue
-                value, samples = latency_of(res, m.statistic), res["samples_ms"]
-                passes = [value]
-                if before:
-                    passes = with_pass(prior(before["passes"], before["median_ms"],
-                                             before["status"]), index, value)  # fmt: skip
-                    samples = [*before["samples"], *samples]
-                    noisy = noisy or before["status"] == "noisy"
+                row = None if not before else (before["passes"], before["median_ms"],
+                                               before["status"], before["samples"])  # fmt: skip
+                passes, samples, status = merged(row, index, latency_of(res, m.statistic),
+                                                 res["samples_ms"], "noisy" if noisy else "ok")
                 db.put_model(dev, space.name, h, a, {
                     "median_ms": combined(passes), "round_cv": cv, "passes": passes,
-                    "samples_ms": samples, "status": "noisy" if noisy else "ok",
+                    "samples_ms": samples, "status": status,
                     "attempts": attempts[a], "delegate": res.get("delegate"),
                     "runtime": f"{res.get('runtime')} {res.get('runtime_version', '')}".strip(),
                 })  # fmt: skip

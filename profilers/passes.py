@@ -34,6 +34,23 @@ def with_pass(previous: Sequence[float], index: int, value: float) -> list[float
     return [*previous[:index], float(value)]
 
 
+def merged(
+    old: tuple[Sequence[float], float | None, str, Sequence[float]] | None,
+    index: int,
+    value: float,
+    samples: Sequence[float],
+    status: str,
+) -> tuple[list[float], list[float], str]:
+    """(passes, samples, status) of a row once pass ``index`` gave ``value``. ``old``: the
+    stored row's (passes, median_ms, status, samples), or None for a row's first pass."""
+    if old is None or index == 0:
+        return [float(value)], list(samples), status
+    passes, median_ms, old_status, old_samples = old
+    out = with_pass(prior(passes, median_ms, old_status), index, value)
+    noisy = "noisy" in (status, old_status)
+    return out, [*old_samples, *samples], "noisy" if noisy else status
+
+
 def combined(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
