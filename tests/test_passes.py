@@ -159,3 +159,25 @@ def test_passes_field_in_the_spec(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text(SPEC + "passes = 0\n")
     with pytest.raises(UserError, match="bad.toml.*passes"):
         load_device(tmp_path / "bad.toml")
+
+
+def test_handoff_times_the_bundle_in_every_pass(tmp_path: Path, counting, monkeypatch,
+                                                single_thread) -> None:  # fmt: skip
+    import json
+
+    import pipelines.handoff as handoff
+    from hurricane.final import train_final
+
+    monkeypatch.setattr(handoff, "AgentSession", counting)
+    res = train_final(str(TINY), "mb_k3_e3-ds_k3@0.5-shuffle_k3", tmp_path / "final", 5,
+                      seed=0, batch_size=64, progress=False)  # fmt: skip
+    m = handoff.make_bundle(str(TINY), res["model"], spec_with(tmp_path, 3),
+                            tmp_path / "bundle", 1000.0, samples=4)  # fmt: skip
+    lat = m["latency"]
+    assert counting.starts == 3 and len(lat["passes_ms"]) == 3
+    assert lat["measured_ms"] == statistics.median(lat["passes_ms"])
+    assert lat["protocol"]["passes"] == 3
+    counting.starts = 0
+    again = handoff.verify_bundle(tmp_path / "bundle", str(tmp_path / "dev3.toml"))
+    assert counting.starts == 3 and again["measured_ms"] > 0
+    assert json.loads((tmp_path / "bundle" / "manifest.json").read_text())["accepted"]
