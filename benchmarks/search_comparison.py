@@ -39,7 +39,7 @@ from devices.spec import load_device
 from hurricane.arch import Arch
 from hurricane.final import train_final
 from hurricane.latency import LatencyModel, fill_missing, read_table
-from hurricane.reduce import reduce_space
+from hurricane.reduce import RULES, reduce_space
 from hurricane.search import SearchConfig, random_search
 from hurricane.space import load_space, space_to_toml
 from hurricane.train import TrainConfig, provenance
@@ -125,6 +125,8 @@ def main() -> None:
     ap.add_argument("--population", type=int, default=20)
     ap.add_argument("--generations", type=int, default=10)
     ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--rule", default="pareto", choices=sorted(RULES),
+                    help="stage one's reduction rule (hurricane/reduce.py)")
     ap.add_argument("--eval-limit", type=int, default=2000,
                     help="validation images each candidate is scored on (0: the whole split; "
                          "that ranks the top of a search more stably but, in one run, did not "
@@ -197,7 +199,8 @@ def main() -> None:
         d = out / name
         d.mkdir(parents=True, exist_ok=True)
         table, _ = fill_missing(space, read_table(space, args.db, spec.name), spec.name)
-        reduced, _ = reduce_space(space, table, k=args.k, exclude=spec.exclude_ops,
+        reduced, _ = reduce_space(space, table, k=args.k, rule=args.rule,
+                                  exclude=spec.exclude_ops,
                                   name=f"{space.name}-{spec.name}-k{args.k}")  # fmt: skip
         path = d / "space.toml"
         path.write_text(space_to_toml(reduced, f"stage one for {spec.name}, k={args.k}"))

@@ -27,7 +27,7 @@ import numpy as np
 from devices.spec import DeviceSpec, load_device
 from hurricane.arch import Arch
 from hurricane.final import train_final
-from hurricane.latency import LatencyModel, fill_missing, read_table
+from hurricane.latency import LatencyModel, LutPredictor, fill_missing, read_table
 from hurricane.lut import LutDB
 from hurricane.reduce import reduce_space, scores_json
 from hurricane.search import EvolutionSearch, SearchConfig
@@ -129,14 +129,43 @@ def final_model(space_ref: str, spec: DeviceSpec, ranked: list[dict[str, Any]],
 
 
 def stage_a_base(model: LatencyModel, split: int, budget_ms: float) -> Arch:
-    """The architecture of the layers stage A does not search: per layer the op of median
-    latency (``LutPredictor.typical``) when the tightest budget still leaves room for the
-    searched layers, else the fastest, so that stage A's search is never infeasible."""
-    late = list(range(split, len(model.lut.space.layers)))
-    typical = model.lut.typical()
+    """The architecture of the layers stage A does not search.
+
+    Per layer the op of median latency (``LutPredictor.typical``) when the whole typical
+    network fits the budget. Otherwise the early layers step down together, op by op in
+    latency order and then to the narrowest width, to the first base under which the
+    typical later layers still fit: stage B then has room both ways. Falling straight to the
+    fastest base left stage B only the ops cheaper than ``skip`` (demo, LiteRT, a space
+    reduced by flops_per_ms: 35 candidates evaluated instead of 200). If no step fits, the
+    fastest base that leaves stage A's search feasible."""
+    lut, late = model.lut, list(range(split, len(model.lut.space.layers)))
+    typical = lut.typical()
+    for base in _base_ladder(lut, split, typical):
+        if model.predict(base) <= budget_ms:
+            return base
     if model.fastest(late, typical)[0] <= 0.9 * budget_ms:
         return typical
     return model.fastest()[1]
+
+
+def _base_ladder(lut: LutPredictor, split: int, typical: Arch) -> list[Arch]:
+    """Typical, then the early layers (before ``split``) on ops ever lower in their latency
+    order, at the middle width and then at the narrowest; the later layers stay typical."""
+    orders, out = [], []
+    for layer, tab in zip(lut.space.layers[:split], lut.tables):
+        at_max = np.nan_to_num(tab[:, -1, -1], nan=np.inf)
+        orders.append([layer.ops[j] for j in np.argsort(at_max, kind="stable")])
+    for narrow in (False, True):
+        for step in range((max(len(o) for o in orders) - 1) // 2, -1, -1):
+            ops, widths = list(typical.ops), list(typical.widths)
+            for i, order in enumerate(orders):
+                ops[i] = order[min(step, (len(order) - 1) // 2)]
+                if narrow:
+                    widths[i] = min(lut.space.layers[i].widths)
+            arch = Arch(tuple(ops), tuple(widths))
+            if arch not in out:
+                out.append(arch)
+    return out
 
 
 def _train_config(p: Pipeline, space_file: str, out: Path, progress: bool) -> TrainConfig:

@@ -120,6 +120,7 @@ def two_stage_command(args: argparse.Namespace, cfg) -> int:
 
     from hurricane.space import load_space
     from hurricane.two_stage import data_for, two_stage
+    from pipelines.jobs import stage_a_base
 
     if not args.device or args.latency_ms is None:
         raise UserError("--two-stage searches between its stages: give --device and --latency-ms")
@@ -133,8 +134,9 @@ def two_stage_command(args: argparse.Namespace, cfg) -> int:
         steps_a = max(1, math.ceil(args.epochs * per_epoch))
     steps_b = args.steps_b if args.steps_b is not None else steps_a
     out = Path(args.out)
+    fixed = stage_a_base(model, split, args.latency_ms)  # as `hurricane run` does
     res = two_stage(cfg, split, model.predict, _search_config(args), out, steps_a, steps_b,
-                    min_latency=model.fastest)  # fmt: skip
+                    fixed=fixed, min_latency=model.fastest)  # fmt: skip
     print(f"two-stage (split at layer {split}): {res['supernet_steps']} supernet steps in "
           f"{res['supernet_seconds']:.1f}s; best {res['arch']} validation accuracy "
           f"{res['fitness']:.4f}, predicted {res['latency_ms']:.3f} ms")  # fmt: skip

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from hurricane.arch import Arch
 from hurricane.latency import LutPredictor
 from hurricane.search import SearchConfig
 from hurricane.space import load_space
@@ -97,3 +98,24 @@ def test_stage_budget_too_low_names_the_stage_minimum(tmp_path: Path) -> None:
     fixed = stage_a_base(LatencyModel(lut), 2, budget)
     res = two_stage(base_cfg(tmp_path / "y"), out=tmp_path / "ok", fixed=fixed, **kw)
     assert res["latency_ms"] <= budget
+
+
+def test_stage_a_base_steps_down_to_fit_the_budget() -> None:
+    """Typical when the typical network fits; under a tighter budget the early layers step
+    down (not straight to the fastest) until the typical later layers fit."""
+    from hurricane.latency import LatencyModel
+    from pipelines.jobs import stage_a_base
+
+    space = load_space("demo")
+    model = LatencyModel(LutPredictor(space, table_for(space)))
+    typical = model.lut.typical()
+    assert stage_a_base(model, 3, float(model.predict(typical)) * 1.01) == typical
+    lo, fastest = model.fastest()
+    early_fast = Arch(fastest.ops[:3] + typical.ops[3:], fastest.widths[:3] + typical.widths[3:])
+    budget = (float(model.predict(typical)) + float(model.predict(early_fast))) / 2
+    base = stage_a_base(model, 3, budget)
+    assert base != typical and base != early_fast
+    assert base.ops[3:] == typical.ops[3:] and base.widths[3:] == typical.widths[3:]
+    assert model.predict(base) <= budget
+    # Below every step: the old rule (typical if stage A stays feasible, else the fastest).
+    assert stage_a_base(model, 3, lo * 1.01) == fastest
