@@ -2,12 +2,12 @@
 
     .venv/bin/python benchmarks/search_comparison.py [--steps 1500] [--stage-fraction 0.3]
         [--final-steps 800] [--budget-ms X | --budget-percentile 40] [--seed 0]
-        [--min-budget-fraction 0.9] [--k 4] [--eval-limit N]
+        [--min-budget-fraction 0.9] [--k 4] [--rule pareto] [--eval-limit N] [--final-seeds 3]
 
 Methods (each ends the same way: the best 5 candidates by supernet accuracy are measured on
 the device, the fittest within budget is trained ``--final-steps`` — from scratch like
-mbv2_scaled by default, or from its inherited weights with ``--final-from inherited`` — and
-scored on the whole test split):
+mbv2_scaled by default, or from its inherited weights with ``--final-from inherited`` — with
+``--final-seeds`` seeds, and scored on the whole test split; test_acc is the seeds' mean):
 
 - ``hurricane``: stage one (the space reduced for this device, top 4 per layer by the Pareto
   rule) and two-stage training, ``--stage-fraction`` of the SPOS steps per stage.
@@ -56,22 +56,32 @@ MBV2_WIDTHS = (0.25, 0.35, 0.5, 0.6, 0.75, 0.9, 1.0)
 FINAL_FROM = {"scratch": False, "inherited": True}
 
 
+def train_seeds(space_ref, arch, out: Path, steps, seed, seeds: int, init=None) -> dict:
+    """The final training repeated with ``seeds`` seeds (seed, seed+1, ...); test_acc is their
+    mean. One seed's init alone moved the same network by a point (demo, 800 steps)."""
+    runs = [train_final(space_ref, arch, out if k == 0 else out.with_name(f"{out.name}-s{k}"),
+                        steps, init=init, seed=seed + k, progress=False)
+            for k in range(seeds)]  # fmt: skip
+    accs = [r["test_acc"] for r in runs]
+    return {"test_acc": round(float(np.mean(accs)), 4), "test_accs": accs,
+            "final_steps": runs[0]["steps"],
+            "final_seconds": round(sum(r["train_seconds"] for r in runs), 1)}
+
+
 def _final(space_ref, space, spec, ranked, budget, db, supernet_pt, out, steps, seed,
-           inherit: bool) -> dict:  # fmt: skip
+           inherit: bool, seeds: int) -> dict:  # fmt: skip
     chosen = choose_measured(space, spec, ranked, budget, db, n=5, progress=False)
-    trained = train_final(space_ref, chosen["arch"], out, steps,
-                          init=supernet_pt if inherit else None, seed=seed,
-                          progress=False)  # fmt: skip
+    trained = train_seeds(space_ref, chosen["arch"], out, steps, seed, seeds,
+                          init=supernet_pt if inherit else None)  # fmt: skip
     return {"arch": chosen["arch"], "val_acc": chosen["fitness"],
             "predicted_ms": round(chosen["predicted_ms"], 5),
             "measured_ms": round(chosen["measured_ms"], 5), "accepted": chosen["accepted"],
-            "test_acc": trained["test_acc"], "final_steps": trained["steps"],
-            "final_seconds": trained["train_seconds"],
+            **trained,
             "candidates": [{k: c[k] for k in ("arch", "fitness", "predicted_ms", "measured_ms")}
                            for c in chosen["candidates"]]}  # fmt: skip
 
 
-def mbv2_scaled(space, spec, db, budget, out: Path, steps, seed) -> dict:
+def mbv2_scaled(space, spec, db, budget, out: Path, steps, seed, seeds: int) -> dict:
     """The widest uniform-width MobileNetV2 network the device runs within ``budget``."""
     layers = tuple(replace(lay, ops=(MBV2_OP,), widths=MBV2_WIDTHS) for lay in space.layers)
     mb = replace(space, name="mbv2-scaled", layers=layers, description="MobileNetV2, scaled")
@@ -93,12 +103,11 @@ def mbv2_scaled(space, spec, db, budget, out: Path, steps, seed) -> dict:
             break
     if chosen is None:
         raise SystemExit(f"no MobileNetV2 width runs within {budget} ms on {spec.name}")
-    trained = train_final(str(path), chosen, out / "final", steps, seed=seed, progress=False)
+    trained = train_seeds(str(path), chosen, out / "final", steps, seed, seeds)
     return {"arch": str(chosen), "width": chosen.widths[0],
             "predicted_ms": round(float(model.predict(chosen)), 5),
             "measured_ms": round(rows[str(chosen)]["median_ms"], 5), "accepted": True,
-            "test_acc": trained["test_acc"], "final_steps": trained["steps"],
-            "final_seconds": trained["train_seconds"], "supernet_steps": 0,
+            **trained, "supernet_steps": 0,
             "supernet_seconds": 0.0}  # fmt: skip
 
 
@@ -116,6 +125,8 @@ def main() -> None:
                     help="each HURRICANE stage trains this fraction of --steps")  # fmt: skip
     ap.add_argument("--split", type=int, default=3)
     ap.add_argument("--final-steps", type=int, default=800)
+    ap.add_argument("--final-seeds", type=int, default=3,
+                    help="seeds each final model is trained with; test_acc is their mean")
     ap.add_argument("--final-from", choices=sorted(FINAL_FROM), default="scratch",
                     help="train each method's chosen architecture from scratch (as "
                          "mbv2_scaled is) or fine-tune it from its inherited supernet weights")
@@ -156,6 +167,7 @@ def main() -> None:
                        eval_limit=args.eval_limit or None)  # fmt: skip
     stage_steps = round(args.steps * args.stage_fraction)
     inherit = FINAL_FROM[args.final_from]
+    fin = (args.final_steps, args.seed, inherit, args.final_seeds)  # every method's final run
     methods: dict[str, dict] = {}
     res_path = RESULTS / "search_comparison.json"
 
@@ -178,7 +190,7 @@ def main() -> None:
         if "spos_full" in args.methods:
             methods["spos_full"] = {**cost, "search_seconds": spos["search"]["seconds"], **_final(
                 args.space, space, spec, spos["search"]["top"], budget, args.db, spos_pt,
-                spos_dir / "final", args.final_steps, args.seed, inherit)}  # fmt: skip
+                spos_dir / "final", *fin)}  # fmt: skip
             report("spos_full", methods, t0)
             save()
         if "random" in args.methods:
@@ -188,7 +200,7 @@ def main() -> None:
             rnd = random_search(space, model.predict, fit, search, out=out / "random" / "search")
             methods["random"] = {**cost, "search_seconds": rnd["seconds"], **_final(
                 args.space, space, spec, rnd["top"], budget, args.db, spos_pt,
-                out / "random" / "final", args.final_steps, args.seed, inherit)}  # fmt: skip
+                out / "random" / "final", *fin)}  # fmt: skip
             report("random", methods, t0)
             save()
 
@@ -216,14 +228,15 @@ def main() -> None:
                          "reduced_space": [list(lay.ops) for lay in reduced.layers],
                          **_final(str(path), load_space(path), spec, res["stage_b"]["top"],
                                   budget, args.db, d / "stage_b" / "supernet.pt", d / "final",
-                                  args.final_steps, args.seed, inherit)}  # fmt: skip
+                                  *fin)}  # fmt: skip
         report(name, methods, t0)
         save()
 
     if "mbv2_scaled" in args.methods:
         t0 = time.perf_counter()
         methods["mbv2_scaled"] = mbv2_scaled(space, spec, args.db, budget, out / "mbv2_scaled",
-                                             args.final_steps, args.seed)  # fmt: skip
+                                             args.final_steps, args.seed,
+                                             args.final_seeds)  # fmt: skip
         report("mbv2_scaled", methods, t0)
     save()
     print(f"\n{'method':<18} {'test_acc':>8} {'measured_ms':>11} {'steps':>6} {'seconds':>8}")
