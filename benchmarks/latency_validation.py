@@ -62,10 +62,6 @@ def whole_model_curve(space, spec, db, held: list[str], seed: int) -> dict:
     return out
 
 
-def _name(device: str) -> str:
-    return load_device(device).name
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", nargs="+", default=["local-litert", "local-openvino"])
@@ -84,6 +80,7 @@ def main() -> None:
     args = ap.parse_args()
     out = RESULTS / "latency_validation.json"
     results = json.loads(out.read_text()) if out.exists() else []
+    curve_devices = {load_device(d).name for d in args.curve_devices}  # names, or spec files
     for space_name in args.spaces:
         for device_arg in args.devices:
             space, spec = load_space(space_name), load_device(device_arg)
@@ -106,7 +103,7 @@ def main() -> None:
                 "protocol": r["protocol"], "lut_drift": rep.drift, "seed": args.seed,
                 "plot": str(Path(r["plot"]).relative_to(Path(__file__).parent)),
             }  # fmt: skip
-            if space_name in args.curve_spaces and device in map(_name, args.curve_devices):
+            if space_name in args.curve_spaces and device in curve_devices:
                 held = [m["arch"] for m in r["models"] if m["role"] == "held_out"]
                 entry["whole_model_predictor"] = whole_model_curve(space, spec, args.db, held,
                                                                    args.seed)  # fmt: skip
