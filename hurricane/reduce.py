@@ -10,9 +10,14 @@ depthwise conv under XNNPACK) falls off the front on that device only. Other rul
 ``fastest``; any function from a layer's ``OpScore`` list to scores replaces the rule.
 
 ``skip`` is kept beside the top k where a layer offers it (it is how a search makes a network
-shallower, and has no capacity to score). Device-motivated rules come in as ``exclude``
-patterns (``*_se`` for a VPU, ``ds_*``/``mb_*`` for a DSP), from the device's or the
-pipeline's file.
+shallower, and has no capacity to score): by default (``skip="identity"``) only where it can
+be an identity (stride 1, as many channels out as in). On a layer that changes shape it is
+FBNet's 1x1 projection; weight sharing rated it above MBConvs that beat it trained alone
+(demo space, LiteRT, benchmarks/search_comparison.py: the pick scored 0.870 against 0.866,
+mean test accuracy of 3 seeds). ``skip="all"`` keeps it wherever the space offers it.
+
+Device-motivated rules come in as ``exclude`` patterns (``*_se`` for a VPU, ``ds_*``/``mb_*``
+for a DSP), from the device's or the pipeline's file.
 """
 
 from __future__ import annotations
@@ -139,16 +144,22 @@ def reduce_space(
     exclude: Sequence[str] = (),
     always_keep: Sequence[str] = ("skip",),
     name: str | None = None,
+    skip: str = "identity",
 ) -> tuple[SearchSpace, list[list[OpScore]]]:
-    """The reduced space and every op's score (with whether and why it was kept)."""
+    """The reduced space and every op's score (with whether and why it was kept). ``skip``:
+    keep it on ``all`` layers that offer it, or only where it is an ``identity``."""
     if k < 1:
         raise UserError(f"k must be at least 1, got {k}")
+    if skip not in SKIP_RULES:
+        raise UserError(f"skip must be one of {', '.join(SKIP_RULES)}, got {skip!r}")
     scores = score_ops(space, table, rule)
     layers = []
     for i, (layer, row) in enumerate(zip(space.layers, scores)):
         for s in row:
             hit = next((p for p in exclude if fnmatch.fnmatchcase(s.op, p)), None)
             s.why = f"excluded by {hit!r}" if hit else ""
+            if s.op == "skip" and not s.why and skip == "identity" and not _identity(space, i):
+                s.why = "skip=identity: this layer changes shape"
         free = [s for s in row if not s.why and s.op not in always_keep]
         for rank, s in enumerate(sorted(free, key=lambda s: -s.score)):
             s.kept = rank < k
@@ -169,6 +180,14 @@ def reduce_space(
         description=f"{space.name} reduced to the top {k} per layer ({how})",
     )
     return reduced, scores
+
+
+SKIP_RULES = ("all", "identity")
+
+
+def _identity(space: SearchSpace, i: int) -> bool:
+    layer, cin = space.layers[i], max(space.in_channel_choices(i))
+    return layer.stride == 1 and cin == max(layer.channels(space.channel_divisor))
 
 
 def scores_json(scores: list[list[OpScore]]) -> list[dict[str, Any]]:

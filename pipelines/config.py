@@ -48,6 +48,7 @@ class GenerateSettings:
     k: int = 4  # stage one: ops kept per layer (0: no reduction)
     rule: str = "pareto"
     exclude_ops: tuple[str, ...] = ()
+    skip: str = "identity"  # stage one keeps skip only where it is an identity, or "all"
     two_stage: bool = True
     split: int | None = None  # first layer of stage A (default: half the layers)
     steps: int = 400  # supernet steps (stage A with two_stage)
@@ -159,6 +160,7 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
     gen = GenerateSettings(
         k=gf.int("k", d.k, lo=0), rule=gf.str("rule", d.rule, choices=rules),
         exclude_ops=tuple(gf.str_list("exclude_ops", [])),
+        skip=gf.str("skip", d.skip, choices=("identity", "all")),
         two_stage=gf.bool("two_stage", d.two_stage), split=gf.int("split", None, lo=1),
         steps=gf.int("steps", d.steps, lo=1), steps_b=gf.int("steps_b", None, lo=1),
         batch_size=gf.int("batch_size", d.batch_size, lo=1), lr=gf.float("lr", d.lr, lo=0.0),

@@ -62,15 +62,17 @@ def profile_device(space: SearchSpace, spec: DeviceSpec, db: str | Path,
 
 def shrink_for_device(space: SearchSpace, spec: DeviceSpec, db: str | Path, k: int, rule: str,
                       exclude: list[str], out: Path | None = None,
-                      made_by: str = "") -> dict[str, Any]:  # fmt: skip
+                      made_by: str = "", skip: str = "identity") -> dict[str, Any]:  # fmt: skip
     """Stage one: the space reduced for ``spec`` from its LUT, written to ``out`` (TOML;
     default ``runs/spaces/SPACE-DEVICE-kK.toml``) with its scores beside it."""
     table, predicted = fill_missing(space, read_table(space, db, spec.name), spec.name)
     exclude = [*spec.exclude_ops, *exclude]
     name = f"{space.name}-{spec.name}-k{k}"
-    reduced, scores = reduce_space(space, table, k=k, rule=rule, exclude=exclude, name=name)
+    reduced, scores = reduce_space(space, table, k=k, rule=rule, exclude=exclude, name=name,
+                                   skip=skip)  # fmt: skip
     out = Path(out or f"runs/spaces/{name}.toml")
-    header = (f"Stage one for device {spec.name}: top {k} per layer by rule {rule!r}"
+    header = (f"Stage one for device {spec.name}: top {k} per layer by rule {rule!r}, "
+              f"skip={skip}"
               f"{'; excluded ' + ', '.join(exclude) if exclude else ''}.\n{made_by}")  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(space_to_toml(reduced, header))
@@ -218,10 +220,10 @@ class PipelineRun:
             shr = self.steps.run(
                 f"shrink-{dev}",
                 {"lut": prof["digest"], "k": g.k, "rule": g.rule, "exclude": list(g.exclude_ops),
-                 "device_exclude": list(spec.exclude_ops)},
+                 "device_exclude": list(spec.exclude_ops), "skip": g.skip},
                 lambda: shrink_for_device(self.space, spec, p.db, g.k, g.rule,
                                           list(g.exclude_ops), base / "shrink" / "space.toml",
-                                          f"Made by pipeline {p.name} ({p.source})"),
+                                          f"Made by pipeline {p.name} ({p.source})", g.skip),
                 intact=lambda o: _same_file(o["space"], o["digest"]))  # fmt: skip
             space_file = shr["space"]
         else:

@@ -36,9 +36,9 @@ def _shrink(args: argparse.Namespace) -> int:
 
     space = load_space(args.space)
     made_by = (f"Made by: hurricane shrink --space {args.space} --device {args.device} "
-               f"--k {args.k} --rule {args.rule} from {args.db}")  # fmt: skip
+               f"--k {args.k} --rule {args.rule} --skip {args.skip} from {args.db}")  # fmt: skip
     res = shrink_for_device(space, load_device(args.device), args.db, args.k, args.rule,
-                            args.exclude or [], args.out, made_by)  # fmt: skip
+                            args.exclude or [], args.out, made_by, args.skip)  # fmt: skip
     for i, ops in enumerate(res["kept"]):
         print(f"layer {i:>2}: {', '.join(ops)}")
     out = Path(res["space"])
@@ -195,6 +195,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--rule", default="pareto",
                     help="pareto | flops_per_ms | params_per_ms | fastest")  # fmt: skip
     sh.add_argument("--exclude", action="append", help="op pattern to drop (repeatable)")
+    sh.add_argument("--skip", default="identity", choices=("identity", "all"),
+                    help="keep skip where it is an identity (default) or everywhere")  # fmt: skip
     sh.add_argument("--out", default=None, help="reduced space file (default: runs/spaces/)")
     sh.set_defaults(func=_shrink)
 

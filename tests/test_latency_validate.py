@@ -164,9 +164,16 @@ def test_shrink_and_search_cli(lut, tmp_path, capsys) -> None:
     assert main(["shrink", "--space", str(TINY), "--device", str(spec), "--db", str(db),
                  "--k", "2", "--out", str(out)]) == 0  # fmt: skip
     reduced = load_space(out)
-    assert all("ds_k3" not in layer.ops and len(layer.ops) == 3 for layer in reduced.layers)
-    assert "skip" in reduced.layers[0].ops
+    assert all("ds_k3" not in layer.ops for layer in reduced.layers)
+    # skip only where it is an identity: tiny's layer 1 (16 -> 16, stride 1)
+    assert [("skip" in lay.ops, len(lay.ops)) for lay in reduced.layers] == [
+        (False, 2), (True, 3), (False, 2)]  # fmt: skip
     assert out.with_suffix(".scores.json").exists()
+    every = tmp_path / "every.toml"
+    assert main(["shrink", "--space", str(TINY), "--device", str(spec), "--db", str(db),
+                 "--k", "2", "--skip", "all", "--out", str(every)]) == 0  # fmt: skip
+    assert all("skip" in lay.ops and len(lay.ops) == 3 for lay in load_space(every).layers)
+    assert "skip=all" in every.read_text()
     # A supernet to search, trained for a few steps on the reduced space.
     run = tmp_path / "run"
     assert main(["train", "--space", str(out), "--out", str(run), "--steps", "3",

@@ -230,6 +230,8 @@ def test_example_pipelines_load() -> None:
     ('space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0, 1]', "twice"),
     ('space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0]\n[generate]\n'
      'min_budget_fraction = 1.2', "generate.min_budget_fraction"),
+    ('space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0]\n[generate]\nskip = "some"',
+     "generate.skip"),
 ])  # fmt: skip
 def test_bad_pipeline_files_say_what_and_where(tmp_path, body, words) -> None:
     path = tmp_path / "bad.toml"

@@ -59,8 +59,8 @@ def test_reduction_keeps_the_front_and_differs_per_device(tmp_path) -> None:
     # A runtime that runs large depthwise kernels badly (as XNNPACK does 7x7 here).
     slow_dw = table_for(space, {op: 3.0 for op in ("mb_k5_e3", "mb_k5_e6", "mb_k7_e3",
                                                     "mb_k7_e6", "ds_k5", "ds_k7")})  # fmt: skip
-    a, scores = reduce_space(space, fast_dw, k=3, name="a")
-    b, _ = reduce_space(space, slow_dw, k=3, name="b")
+    a, scores = reduce_space(space, fast_dw, k=3, name="a", skip="all")
+    b, _ = reduce_space(space, slow_dw, k=3, name="b", skip="all")
     assert a.layers != b.layers
     for layer in a.layers:
         assert len(layer.ops) == 4 and "skip" in layer.ops  # top 3 + skip
@@ -86,6 +86,24 @@ def test_reduction_keeps_the_front_and_differs_per_device(tmp_path) -> None:
         reduce_space(space, fast_dw, rule="best")
     fastest = score_ops(space, fast_dw, "fastest")[0]
     assert max(fastest, key=lambda s: s.score).op == "skip"
+
+
+def test_skip_identity_keeps_skip_only_where_shapes_match() -> None:
+    space = load_space("demo")
+    table = table_for(space)
+    everywhere, _ = reduce_space(space, table, k=3, skip="all")
+    ident, scores = reduce_space(space, table, k=3)  # the default
+    for i, (a, b) in enumerate(zip(everywhere.layers, ident.layers)):
+        layer, cin = space.layers[i], max(space.in_channel_choices(i))
+        same = layer.stride == 1 and cin == max(layer.channels(space.channel_divisor))
+        assert ("skip" in b.ops) == same, i
+        assert [op for op in a.ops if op != "skip"] == [op for op in b.ops if op != "skip"]
+    # demo: 16->24, 24->32 s2, 32->32, 32->64 s2, 64->64, 64->96
+    assert [("skip" in lay.ops) for lay in ident.layers] == [False, False, True, False, True, False]
+    why = {s.why for row in scores for s in row if s.op == "skip" and not s.kept}
+    assert why == {"skip=identity: this layer changes shape"}
+    with pytest.raises(UserError, match="skip must be one of all, identity"):
+        reduce_space(space, table, skip="some")
 
 
 def test_reduction_names_missing_entries() -> None:
