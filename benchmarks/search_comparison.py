@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/search_comparison.py [--steps 1500] [--stage-fraction 0.3]
         [--final-steps 800] [--budget-ms X | --budget-percentile 40] [--seed 0]
-        [--min-budget-fraction 0.9] [--k 4] [--rule pareto] [--eval-limit N] [--final-seeds 3]
+        [--min-budget-fraction 0.9] [--k 4] [--rule pareto] [--eval-limit N] [--final-seeds 5]
+        [--skip identity]
 
 Methods (each ends the same way: the best 5 candidates by supernet accuracy are measured on
 the device, the fittest within budget is trained ``--final-steps`` — from scratch like
@@ -10,7 +11,8 @@ mbv2_scaled by default, or from its inherited weights with ``--final-from inheri
 ``--final-seeds`` seeds, and scored on the whole test split; test_acc is the seeds' mean):
 
 - ``hurricane``: stage one (the space reduced for this device, top 4 per layer by the Pareto
-  rule) and two-stage training, ``--stage-fraction`` of the SPOS steps per stage.
+  rule, ``skip`` only where it is an identity) and two-stage training, ``--stage-fraction``
+  of the SPOS steps per stage.
 - ``hurricane_distill``: the same with in-place distillation (the largest path teaches).
 - ``spos_full``: single-stage SPOS over the full space for ``--steps``, evolution.
 - ``random``: random search under the budget on spos_full's supernet, as many evaluations.
@@ -39,7 +41,7 @@ from devices.spec import load_device
 from hurricane.arch import Arch
 from hurricane.final import train_final
 from hurricane.latency import LatencyModel, fill_missing, read_table
-from hurricane.reduce import RULES, reduce_space
+from hurricane.reduce import RULES, SKIP_RULES, reduce_space
 from hurricane.search import SearchConfig, random_search
 from hurricane.space import load_space, space_to_toml
 from hurricane.train import TrainConfig, provenance
@@ -125,7 +127,7 @@ def main() -> None:
                     help="each HURRICANE stage trains this fraction of --steps")  # fmt: skip
     ap.add_argument("--split", type=int, default=3)
     ap.add_argument("--final-steps", type=int, default=800)
-    ap.add_argument("--final-seeds", type=int, default=3,
+    ap.add_argument("--final-seeds", type=int, default=5,
                     help="seeds each final model is trained with; test_acc is their mean")
     ap.add_argument("--final-from", choices=sorted(FINAL_FROM), default="scratch",
                     help="train each method's chosen architecture from scratch (as "
@@ -138,6 +140,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--rule", default="pareto", choices=sorted(RULES),
                     help="stage one's reduction rule (hurricane/reduce.py)")
+    ap.add_argument("--skip", default="identity", choices=SKIP_RULES,
+                    help="stage one keeps skip on every layer, or only where it is an identity")
     ap.add_argument("--eval-limit", type=int, default=2000,
                     help="validation images each candidate is scored on (0: the whole split; "
                          "that ranks the top of a search more stably but, in one run, did not "
@@ -212,7 +216,7 @@ def main() -> None:
         d.mkdir(parents=True, exist_ok=True)
         table, _ = fill_missing(space, read_table(space, args.db, spec.name), spec.name)
         reduced, _ = reduce_space(space, table, k=args.k, rule=args.rule,
-                                  exclude=spec.exclude_ops,
+                                  exclude=spec.exclude_ops, skip=args.skip,
                                   name=f"{space.name}-{spec.name}-k{args.k}")  # fmt: skip
         path = d / "space.toml"
         path.write_text(space_to_toml(reduced, f"stage one for {spec.name}, k={args.k}"))
