@@ -125,27 +125,32 @@ def _step_rng(seed: int, step: int, salt: int) -> int:
     return (seed * 1_000_003 + step) * 31 + salt
 
 
-def _git_commit() -> str | None:
+def git_state(where: Path | None = None) -> tuple[str | None, bool | None]:
+    """(HEAD commit, whether tracked files differ from it) of the checkout at ``where``
+    (default: this package's); (None, None) outside git. A result made from uncommitted
+    code then says so instead of naming a commit that did not produce it."""
+    cwd = where or Path(__file__).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5)
+
     try:
-        return (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                cwd=Path(__file__).resolve().parent,
-                capture_output=True,
-                text=True,
-                timeout=5,
-            ).stdout.strip()
-            or None
-        )
+        head = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
-        return None
+        return None, None
+    if head.returncode or not head.stdout.strip():
+        return None, None
+    return head.stdout.strip(), bool(status.stdout.strip())
 
 
 def provenance() -> dict[str, Any]:
     """What produced a run: versions, host, command line."""
+    commit, dirty = git_state()
     return {
         "hurricane": hurricane.__version__,
-        "git_commit": _git_commit(),
+        "git_commit": commit,
+        "git_dirty": dirty,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "host": platform.node(),
