@@ -275,6 +275,17 @@ class LutDB:
         return {r["status"]: r["n"] for r in rows}
 
     # --- whole models and validations ---------------------------------------------------
+    def reference_best(self, device_id: int) -> float | None:
+        """The fastest the drift guard's reference model ran in this device's profile runs:
+        what a later session's reference is held against (profilers/models.py)."""
+        best = []
+        for row in self.conn.execute("SELECT info FROM runs WHERE device_id = ? AND info IS NOT "
+                                     "NULL", (device_id,)):  # fmt: skip
+            drift = json.loads(row["info"]).get("drift") or {}
+            best += [v for v in (drift.get("reference_best_ms"),
+                                 *(drift.get("reference_best_ms_by_pass") or [])) if v]  # fmt: skip
+        return min(best) if best else None
+
     def put_model(
         self, device_id: int, space: str, space_hash: str, arch: str, result: dict[str, Any]
     ) -> None:

@@ -9,8 +9,10 @@ and a second run measures only what is missing.
 from __future__ import annotations
 
 import hashlib
+import math
 import multiprocessing
 import os
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -176,6 +178,25 @@ def _measure(space, spec, archs, db, dev, h, cache, progress, batch, seed, old, 
                 done.add(a)
             bar.set_postfix(remeasured_batches=guard.rejected)
     bar.close()
+    warn_if_slower(spec, db.reference_best(dev), guard)
+
+
+def warn_if_slower(spec: DeviceSpec, profiled_ms: float | None, guard: DriftGuard) -> bool:
+    """One line on stderr when this session's reference ran slower than it did while the LUT
+    was profiled. The drift guard compares batches within one session, so a device slowed for
+    the whole session (a shared host here, 11-17% for half an hour; a throttled phone) passes
+    it, and its whole-model timings are held against a LUT measured faster."""
+    if not guard.enabled or not profiled_ms or not math.isfinite(guard.best_ms):
+        return False
+    ratio = guard.best_ms / profiled_ms
+    if ratio <= 1 + guard.threshold:
+        return False
+    print(f"WARNING: {spec.name} ran its drift reference {100 * (ratio - 1):.0f}% slower in this "
+          f"session ({guard.best_ms:.4g} ms) than while its LUT was profiled "
+          f"({profiled_ms:.4g} ms); these model timings are slow against the LUT: let the "
+          "device settle, delete them from the models table and measure again",
+          file=sys.stderr)  # fmt: skip
+    return True
 
 
 def choose_measured(

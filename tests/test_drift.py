@@ -128,3 +128,31 @@ def test_drift_fields_in_the_spec(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text(SPEC + "drift_threshold = -1\n")
     with pytest.raises(UserError, match="bad.toml.*drift_threshold"):
         load_device(tmp_path / "bad.toml")
+
+
+def test_a_session_slower_than_the_profile_is_named(ort_lut, tmp_path: Path, capsys) -> None:
+    """The guard compares batches within a session; a device slow for the whole session is
+    caught against the reference's best from the LUT's profile run instead."""
+    db = tmp_path / "lut.sqlite"
+    with sqlite3.connect(ort_lut[0]) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)
+    space, spec = load_space(TINY), load_device(ort_lut[1])
+
+    def measure(arch: str, stored_best_ms: float) -> str:
+        with sqlite3.connect(db) as conn:
+            n = conn.execute("UPDATE runs SET info = json_set(info, '$.drift.reference_best_ms', "
+                             "?, '$.drift.reference_best_ms_by_pass', json('[]'))",
+                             (stored_best_ms,)).rowcount  # fmt: skip
+        assert n >= 1
+        capsys.readouterr()
+        rows = measure_archs(space, spec, [space.parse_arch(arch)], db, cache=ort_lut[2],
+                             progress=False, workers=0)  # fmt: skip
+        assert rows[arch]["status"] in ("ok", "noisy")  # measured and stored all the same
+        return capsys.readouterr().err
+
+    err = measure("ds_k3-skip-mb_k3_e3", 1e-6)  # as if profiled on a far faster device
+    lines = [ln for ln in err.splitlines() if ln.startswith("WARNING")]
+    assert len(lines) == 1 and "ort ran its drift reference" in lines[0]
+    assert "slower in this session" in lines[0] and "measure again" in lines[0]
+    err = measure("skip-ds_k3-mb_k3_e3", 1e3)
+    assert "WARNING" not in err
