@@ -93,6 +93,7 @@ RULES: dict[str, Callable[[list[OpScore]], list[float]]] = {
     "fastest": _per_op(lambda s: -s.latency_ms),
 }
 Rule = str | Callable[[list[OpScore]], list[float]]
+SKIP_RULES = ("all", "identity")  # where stage one keeps ``skip`` (see the module docstring)
 
 
 def _rule(rule: Rule) -> Callable[[list[OpScore]], list[float]]:
@@ -180,9 +181,6 @@ def reduce_space(
         description=f"{space.name} reduced to the top {k} per layer ({how})",
     )
     return reduced, scores
-
-
-SKIP_RULES = ("all", "identity")
 
 
 def _identity(space: SearchSpace, i: int) -> bool:

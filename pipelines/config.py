@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from devices.spec import builtin_devices, load_device
+from hurricane.reduce import SKIP_RULES
 from hurricane.space import builtin_spaces, load_space
 from hurricane.tomlcheck import ConfigError, Fields, read_toml
 from pipelines.profile_cli import DEFAULT_DB
@@ -160,7 +161,7 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
     gen = GenerateSettings(
         k=gf.int("k", d.k, lo=0), rule=gf.str("rule", d.rule, choices=rules),
         exclude_ops=tuple(gf.str_list("exclude_ops", [])),
-        skip=gf.str("skip", d.skip, choices=("identity", "all")),
+        skip=gf.str("skip", d.skip, choices=SKIP_RULES),
         two_stage=gf.bool("two_stage", d.two_stage), split=gf.int("split", None, lo=1),
         steps=gf.int("steps", d.steps, lo=1), steps_b=gf.int("steps_b", None, lo=1),
         batch_size=gf.int("batch_size", d.batch_size, lo=1), lr=gf.float("lr", d.lr, lo=0.0),

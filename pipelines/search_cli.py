@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hurricane.errors import UserError
 from hurricane.latency import space_ref
+from hurricane.reduce import SKIP_RULES
 from pipelines.profile_cli import DEFAULT_DB
 
 
@@ -195,7 +196,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--rule", default="pareto",
                     help="pareto | flops_per_ms | params_per_ms | fastest")  # fmt: skip
     sh.add_argument("--exclude", action="append", help="op pattern to drop (repeatable)")
-    sh.add_argument("--skip", default="identity", choices=("identity", "all"),
+    sh.add_argument("--skip", default="identity", choices=SKIP_RULES,
                     help="keep skip where it is an identity (default) or everywhere")  # fmt: skip
     sh.add_argument("--out", default=None, help="reduced space file (default: runs/spaces/)")
     sh.set_defaults(func=_shrink)
