@@ -40,11 +40,15 @@ CURVE = (10, 20, 50, 100, 200)
 
 def whole_model_curve(space, spec, db, held: list[str], seed: int) -> dict:
     """Fit ArchPredictor on the first k of 200 extra models; score on ``held``."""
-    extra = [a for a in sample_distinct(space, 200 + len(held) + 50, seed + 7)
-             if str(a) not in set(held)][:200]  # fmt: skip
+    extra = [
+        a for a in sample_distinct(space, 200 + len(held) + 50, seed + 7) if str(a) not in set(held)
+    ][:200]
     rows = measure_archs(space, spec, extra, db, seed=seed + 7)
-    train = [(a, rows[str(a)]["median_ms"]) for a in extra
-             if str(a) in rows and rows[str(a)]["status"] in USABLE]  # fmt: skip
+    train = [
+        (a, rows[str(a)]["median_ms"])
+        for a in extra
+        if str(a) in rows and rows[str(a)]["status"] in USABLE
+    ]
     held_rows = measure_archs(space, spec, [space.parse_arch(a) for a in held], db, progress=False)
     test_a = [a for a in held if held_rows[a]["status"] in USABLE]
     test_y = np.array([held_rows[a]["median_ms"] for a in test_a])
@@ -57,8 +61,10 @@ def whole_model_curve(space, spec, db, held: list[str], seed: int) -> dict:
         out["n_models"].append(k)
         for key in ("mape", "within_10pct", "within_5pct"):
             out[key].append(round(m[key], 4))
-        print(f"  whole-model predictor from {k:>3} models: MAPE {m['mape']:.2%}, "
-              f"within ±10% {m['within_10pct']:.1%}")  # fmt: skip
+        print(
+            f"  whole-model predictor from {k:>3} models: MAPE {m['mape']:.2%}, "
+            f"within ±10% {m['within_10pct']:.1%}"
+        )
     return out
 
 
@@ -87,26 +93,44 @@ def main() -> None:
             t0 = time.perf_counter()
             rep = profile(space, spec, args.db)
             device = spec.name  # a spec given as a file path is keyed by its name
-            print(f"{device}/{space_name}: LUT has {rep.instances} entries "
-                  f"({rep.new_entries} new, {rep.seconds:.0f}s)")  # fmt: skip
+            print(
+                f"{device}/{space_name}: LUT has {rep.instances} entries "
+                f"({rep.new_entries} new, {rep.seconds:.0f}s)"
+            )
             plots = RESULTS / f"{device}-{space_name}"
-            r = validate_latency(space, spec, args.db, n=args.n, n_calibration=args.calibration,
-                                 seed=args.seed, out_dir=plots)  # fmt: skip
+            r = validate_latency(
+                space,
+                spec,
+                args.db,
+                n=args.n,
+                n_calibration=args.calibration,
+                seed=args.seed,
+                out_dir=plots,
+            )
             print("\n".join(summary_lines(r)))
             entry = {
-                "device": device, "space": space_name, "n": r["n"],
-                **{k: round(r[k], 4) for k in ("within_5pct", "within_10pct", "rmse_ms", "mape",
-                                                "spearman")},
+                "device": device,
+                "space": space_name,
+                "n": r["n"],
+                **{
+                    k: round(r[k], 4)
+                    for k in ("within_5pct", "within_10pct", "rmse_ms", "mape", "spearman")
+                },
                 "uncalibrated": {k: round(v, 4) for k, v in r["uncalibrated"].items()},
-                "calibration": r["calibration"], "n_calibration": r["n_calibration"],
-                "predicted_entries": r["predicted_entries"], "failed_models": r["failed_models"],
-                "protocol": r["protocol"], "lut_drift": rep.drift, "seed": args.seed,
+                "calibration": r["calibration"],
+                "n_calibration": r["n_calibration"],
+                "predicted_entries": r["predicted_entries"],
+                "failed_models": r["failed_models"],
+                "protocol": r["protocol"],
+                "lut_drift": rep.drift,
+                "seed": args.seed,
                 "plot": str(Path(r["plot"]).relative_to(Path(__file__).parent)),
-            }  # fmt: skip
+            }
             if space_name in args.curve_spaces and device in curve_devices:
                 held = [m["arch"] for m in r["models"] if m["role"] == "held_out"]
-                entry["whole_model_predictor"] = whole_model_curve(space, spec, args.db, held,
-                                                                   args.seed)  # fmt: skip
+                entry["whole_model_predictor"] = whole_model_curve(
+                    space, spec, args.db, held, args.seed
+                )
             entry["seconds"] = round(time.perf_counter() - t0, 1)
             entry["provenance"] = provenance()
             results = [e for e in results if (e["device"], e["space"]) != (device, space_name)]

@@ -63,12 +63,19 @@ def main() -> None:
         for stat in ("median", "min", "p25"):
             a = np.array([r[stat] for r in reps])
             rel = np.abs(a - np.median(a, 0)) / np.median(a, 0)
-            row = {"rounds": rounds, "round_ms": round_ms, "statistic": stat,
-                   "mean_dev": round(float(rel.mean()), 4), "max_dev": round(float(rel.max()), 4),
-                   "share_over_5pct": round(float(np.mean(rel > 0.05)), 3)}  # fmt: skip
+            row = {
+                "rounds": rounds,
+                "round_ms": round_ms,
+                "statistic": stat,
+                "mean_dev": round(float(rel.mean()), 4),
+                "max_dev": round(float(rel.max()), 4),
+                "share_over_5pct": round(float(np.mean(rel > 0.05)), 3),
+            }
             rows.append(row)
-            print(f"rounds {rounds:>2} x {round_ms:>2} ms {stat:>6}: mean |dev| "
-                  f"{row['mean_dev']:.3f} max {row['max_dev']:.3f}")  # fmt: skip
+            print(
+                f"rounds {rounds:>2} x {round_ms:>2} ms {stat:>6}: mean |dev| "
+                f"{row['mean_dev']:.3f} max {row['max_dev']:.3f}"
+            )
     out = Path(__file__).parent / "results" / "measurement_protocol.json"
     out.write_text(json.dumps(rows, indent=1) + "\n")
     print(f"wrote {out}")

@@ -37,8 +37,13 @@ def main() -> None:
         # cold: nothing converted yet; warm: a second device with the same runtime, whose
         # artifacts the first campaign left in the cache (empty database both times).
         for phase in ("cold", "warm"):
-            report = profile(space, spec, Path(tmp) / f"{phase}.sqlite",
-                             cache=ArtifactCache(cache), limit=args.limit)  # fmt: skip
+            report = profile(
+                space,
+                spec,
+                Path(tmp) / f"{phase}.sqlite",
+                cache=ArtifactCache(cache),
+                limit=args.limit,
+            )
             phases[phase] = report.to_json()
     r = phases["cold"]
     result = {
@@ -69,14 +74,14 @@ def main() -> None:
                 "noisy",
                 "errors",
             )
-        },  # fmt: skip
+        },
         "measure_protocol": {
             "warmup": spec.measure.warmup,
             "rounds": spec.measure.rounds,
             "runs": spec.measure.runs,
             "min_round_ms": spec.measure.min_round_ms,
             "batch": spec.measure.batch,
-        },  # fmt: skip
+        },
         "goal": "entries_per_min >= 60 and overhead_ratio <= 3",
         "provenance": provenance(),
     }

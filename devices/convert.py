@@ -57,13 +57,28 @@ def default_cache_dir() -> Path:
     return Path(root) / "artifacts"
 
 
-def content_key(module: nn.Module, example: torch.Tensor, runtime: str, precision: str,
-                calibration: torch.Tensor | None = None) -> str:
+def content_key(
+    module: nn.Module,
+    example: torch.Tensor,
+    runtime: str,
+    precision: str,
+    calibration: torch.Tensor | None = None,
+) -> str:
     """Hash of the module's structure and weights, the input shape, the target and the
     calibration data (an int8 model depends on it)."""
     h = hashlib.sha256()
-    h.update(json.dumps([runtime, precision, list(example.shape), str(example.dtype),
-                         CONVERTER_VERSION, repr(module)]).encode())  # fmt: skip
+    h.update(
+        json.dumps(
+            [
+                runtime,
+                precision,
+                list(example.shape),
+                str(example.dtype),
+                CONVERTER_VERSION,
+                repr(module),
+            ]
+        ).encode()
+    )
     if precision == "int8":
         h.update(INT8_CALIBRATION.encode())
     for name, tensor in sorted(module.state_dict().items()):
@@ -112,7 +127,7 @@ def to_onnx(module: nn.Module, example: torch.Tensor, out: Path) -> None:
             opset_version=17,
             input_names=["input"],
             output_names=["output"],
-        )  # fmt: skip
+        )
     )
     out.write_bytes(buf.getvalue())
 
@@ -198,8 +213,11 @@ def _quantize_int8(path: Path, example: torch.Tensor, calibration: torch.Tensor 
     qt.load_quantization_recipe(recipe.static_wi8_ai8())
     samples = calibration if calibration is not None else torch.randn(8, *example.shape[1:])
     data = [{"args_0": s.unsqueeze(0).numpy()} for s in samples]
-    signature = next(iter(qt.get_signature_names() if hasattr(qt, "get_signature_names")
-                          else ["serving_default"]))  # fmt: skip
+    signature = next(
+        iter(
+            qt.get_signature_names() if hasattr(qt, "get_signature_names") else ["serving_default"]
+        )
+    )
     result = qt.quantize(_calibrate_min_max(qt, {signature: data}))
     path.write_bytes(result.quantized_model)
 
@@ -213,8 +231,9 @@ def _calibrate_min_max(qt, data: dict) -> dict:
         from ai_edge_quantizer import calibrator
         from ai_edge_quantizer.utils import qsv_utils
 
-        calib = calibrator.Calibrator(qt._float_model_buffer,
-                                      qsv_update_func=qsv_utils.min_max_update)  # fmt: skip
+        calib = calibrator.Calibrator(
+            qt._float_model_buffer, qsv_update_func=qsv_utils.min_max_update
+        )
         calib.calibrate(data, qt._recipe_manager)
         return calib.get_model_qsvs()
     except (ImportError, AttributeError, TypeError):  # another release: its own default

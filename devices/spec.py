@@ -146,14 +146,38 @@ def load_device(name_or_path: str | Path) -> DeviceSpec:
 
 def parse_device(data: dict[str, Any], source: str = "<string>") -> DeviceSpec:
     top = Fields(data, source)
-    top.only({"name", "kind", "description", "python", "workdir", "affinity", "transport",
-              "runtime", "measure", "search"})  # fmt: skip
+    top.only(
+        {
+            "name",
+            "kind",
+            "description",
+            "python",
+            "workdir",
+            "affinity",
+            "transport",
+            "runtime",
+            "measure",
+            "search",
+        }
+    )
     name = top.str("name", Path(source).stem)
     kind = top.str("kind", choices=KINDS)
 
     tf = top.sub("transport")
-    tf.only({"type", "host", "port", "user", "key_file", "known_hosts", "ssh_config",
-             "trust_on_first_use", "connect_timeout_s", "command_timeout_s"})  # fmt: skip
+    tf.only(
+        {
+            "type",
+            "host",
+            "port",
+            "user",
+            "key_file",
+            "known_hosts",
+            "ssh_config",
+            "trust_on_first_use",
+            "connect_timeout_s",
+            "command_timeout_s",
+        }
+    )
     ttype = tf.str("type", "local", choices=("local", "ssh"))
     if ttype == "local":
         extra = sorted(set(tf.table) - {"type", "command_timeout_s"})
@@ -182,8 +206,9 @@ def parse_device(data: dict[str, Any], source: str = "<string>") -> DeviceSpec:
     delegate = None
     if rf.has("delegate"):
         if rname != "litert":
-            raise rf.error("delegate", "external delegates are a LiteRT feature; runtime is "
-                           f"{rname!r}")  # fmt: skip
+            raise rf.error(
+                "delegate", f"external delegates are a LiteRT feature; runtime is {rname!r}"
+            )
         df = rf.sub("delegate")
         df.only({"library", "options", "allow_cpu_fallback"})
         opts = df.table.get("options", {})
@@ -209,8 +234,22 @@ def parse_device(data: dict[str, Any], source: str = "<string>") -> DeviceSpec:
     _check_kind(kind, runtime, rf)
 
     mf = top.sub("measure")
-    mf.only({"warmup", "rounds", "runs", "min_round_ms", "cv_threshold", "max_remeasure", "batch",
-             "statistic", "drift_threshold", "drift_retries", "passes", "pairs"})  # fmt: skip
+    mf.only(
+        {
+            "warmup",
+            "rounds",
+            "runs",
+            "min_round_ms",
+            "cv_threshold",
+            "max_remeasure",
+            "batch",
+            "statistic",
+            "drift_threshold",
+            "drift_retries",
+            "passes",
+            "pairs",
+        }
+    )
     d = MeasureSpec()
     measure = MeasureSpec(
         warmup=mf.int("warmup", d.warmup, lo=0),
@@ -251,14 +290,20 @@ def _check_kind(kind: str, rt: RuntimeSpec, rf: Fields) -> None:
     """Each device kind fixes what its runtime must produce (DESIGN.md, runtimes table)."""
     if kind == "dsp":
         if rt.name != "litert" or rt.precision != "int8":
-            raise rf.error("name", "a dsp runs LiteRT full-int8 models: set name = \"litert\" "
-                           "and precision = \"int8\"")  # fmt: skip
+            raise rf.error(
+                "name",
+                'a dsp runs LiteRT full-int8 models: set name = "litert" and precision = "int8"',
+            )
         if rt.delegate is None:
-            raise rf.error("delegate", "a dsp needs [runtime.delegate] library = the path of "
-                           "libQnnTFLiteDelegate.so (QNN HTP) or libhexagon_interface.so on the "
-                           "device")  # fmt: skip
+            raise rf.error(
+                "delegate",
+                "a dsp needs [runtime.delegate] library = the path of "
+                "libQnnTFLiteDelegate.so (QNN HTP) or libhexagon_interface.so on the "
+                "device",
+            )
     if kind == "vpu" and rt.name != "openvino":
         raise rf.error("name", f"a vpu runs OpenVINO (device MYRIAD or NPU), not {rt.name!r}")
     if rt.precision == "int8" and rt.name == "onnxruntime":
-        raise rf.error("precision", "int8 is produced for LiteRT and OpenVINO; use fp32 with "
-                       "ONNX Runtime")  # fmt: skip
+        raise rf.error(
+            "precision", "int8 is produced for LiteRT and OpenVINO; use fp32 with ONNX Runtime"
+        )

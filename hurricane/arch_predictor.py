@@ -47,9 +47,10 @@ class ArchPredictor:
     def _is_op_list(self, a: object) -> bool:
         """One architecture as per-layer op names (op names never contain '-' or '@')."""
         return (
-            isinstance(a, (list, tuple)) and len(a) == len(self.space.layers)
+            isinstance(a, (list, tuple))
+            and len(a) == len(self.space.layers)
             and all(isinstance(o, str) and "-" not in o and "@" not in o for o in a)
-        )  # fmt: skip
+        )
 
     def features(self, archs: Sequence[ArchLike]) -> np.ndarray:
         k = len(self.ops)
@@ -69,8 +70,10 @@ class ArchPredictor:
 
         y = np.asarray(latencies_ms, dtype=float)
         if len(archs) != len(y) or len(y) < 3:
-            raise UserError(f"fit: need at least 3 architectures with one latency each, got "
-                            f"{len(archs)} architectures and {len(y)} latencies")  # fmt: skip
+            raise UserError(
+                f"fit: need at least 3 architectures with one latency each, got "
+                f"{len(archs)} architectures and {len(y)} latencies"
+            )
         if not np.all(np.isfinite(y)) or np.any(y <= 0):
             raise UserError("fit: latencies must be positive milliseconds")
         x = self.features(archs)

@@ -37,22 +37,38 @@ def train_final(
     out = Path(out)
     space = load_space(space_ref)
     arch = space.parse_arch(str(arch))
-    cfg = TrainConfig(space=space_ref, data=data, out=str(out / "train"), steps=steps,
-                      batch_size=batch_size, lr=lr or (0.05 if init else 0.1), seed=seed,
-                      sample_layers=[], fixed=str(arch), init=str(init) if init else None,
-                      eval_paths=1, progress=progress)  # fmt: skip
+    cfg = TrainConfig(
+        space=space_ref,
+        data=data,
+        out=str(out / "train"),
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr or (0.05 if init else 0.1),
+        seed=seed,
+        sample_layers=[],
+        fixed=str(arch),
+        init=str(init) if init else None,
+        eval_paths=1,
+        progress=progress,
+    )
     summary = train(cfg)
     sub = _extract(space, out / "train" / "supernet.pt", arch)
-    splits = load_data(data, space.resolution, space.in_channels, space.classes,
-                       cfg.val_fraction)  # fmt: skip
+    splits = load_data(data, space.resolution, space.in_channels, space.classes, cfg.val_fraction)
     recalibrate_bn(sub, splits.train, cfg.bn_batches, 256, seed)
     test_acc = accuracy(sub, splits.test)
-    torch.save({"space": space.name, "arch": str(arch), "model": sub.state_dict()},
-               out / "model.pt")  # fmt: skip
-    return {"arch": str(arch), "test_acc": test_acc, "test_images": len(splits.test),
-            "steps": summary["steps"], "train_seconds": summary["train_seconds"],
-            "from": "inherited weights" if init else "scratch", "lr": cfg.lr,
-            "model": str(out / "model.pt")}  # fmt: skip
+    torch.save(
+        {"space": space.name, "arch": str(arch), "model": sub.state_dict()}, out / "model.pt"
+    )
+    return {
+        "arch": str(arch),
+        "test_acc": test_acc,
+        "test_images": len(splits.test),
+        "steps": summary["steps"],
+        "train_seconds": summary["train_seconds"],
+        "from": "inherited weights" if init else "scratch",
+        "lr": cfg.lr,
+        "model": str(out / "model.pt"),
+    }
 
 
 def _extract(space: SearchSpace, supernet_pt: Path, arch: Arch) -> torch.nn.Module:

@@ -175,8 +175,7 @@ class LutPredictor:
         for i, tab in enumerate(self.tables):
             layer = space.layers[i]
             ops = range(len(layer.ops)) if i in free else [self._op_index[i][base.ops[i]]]
-            widths = (range(len(layer.widths)) if i in free
-                      else [self._w_index[i][base.widths[i]]])  # fmt: skip
+            widths = range(len(layer.widths)) if i in free else [self._w_index[i][base.widths[i]]]
             cost = np.full(len(layer.widths), np.inf)
             back = np.zeros((len(layer.widths), 2), dtype=np.intp)
             for b in widths:
@@ -229,8 +228,10 @@ class LutPredictor:
 def read_table(space: SearchSpace, db_path: str | Path, device: str) -> dict[str, float]:
     """A device's usable LUT entries: key -> median ms."""
     if not Path(db_path).exists():
-        raise UserError(f"{db_path}: no such LUT database; run hurricane profile --space "
-                        f"{space_ref(space)} --device {device} --db {db_path}")  # fmt: skip
+        raise UserError(
+            f"{db_path}: no such LUT database; run hurricane profile --space "
+            f"{space_ref(space)} --device {device} --db {db_path}"
+        )
     with LutDB(db_path) as db:
         try:
             dev = db.device_id(device)
@@ -254,8 +255,11 @@ def fill_missing(
     if not missing:
         return table, []
     if len(table) < MIN_TO_LEARN:
-        raise MissingEntries(missing, LutPredictor(space, {}, device).hint + (
-            f" (only {len(table)} entries measured: too few to predict the rest)"))  # fmt: skip
+        raise MissingEntries(
+            missing,
+            LutPredictor(space, {}, device).hint
+            + (f" (only {len(table)} entries measured: too few to predict the rest)"),
+        )
     keys = [k for k in table if not is_pair_key(k)]  # a pair is two operators, not one
     model = OpPredictor(seed=seed).fit(
         [record_from_instance(OpInstance.from_key(k)) for k in keys], [table[k] for k in keys]

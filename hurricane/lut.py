@@ -146,18 +146,25 @@ def _key_fields(inst: OpInstance | PairInstance) -> dict[str, Any]:
 def entry_from_samples(inst: OpInstance, samples: list[float], status: str = "ok", **kw) -> Entry:
     """An entry whose statistics are computed from raw samples (ms)."""
     return Entry(
-        **_key_fields(inst), status=status,
+        **_key_fields(inst),
+        status=status,
         median_ms=kw.pop("median_ms", None) or statistics.median(samples),
-        mean_ms=statistics.fmean(samples), std_ms=statistics.pstdev(samples),
-        min_ms=min(samples), n=len(samples), samples=tuple(samples), **kw,
-    )  # fmt: skip
+        mean_ms=statistics.fmean(samples),
+        std_ms=statistics.pstdev(samples),
+        min_ms=min(samples),
+        n=len(samples),
+        samples=tuple(samples),
+        **kw,
+    )
 
 
 def error_entry(inst: OpInstance, error: str, **kw) -> Entry:
     return Entry(
-        **_key_fields(inst), status="error", error=error.strip().splitlines()[0][:500]
-        if error.strip() else "unknown error", **kw,
-    )  # fmt: skip
+        **_key_fields(inst),
+        status="error",
+        error=error.strip().splitlines()[0][:500] if error.strip() else "unknown error",
+        **kw,
+    )
 
 
 class LutDB:
@@ -197,9 +204,15 @@ class LutDB:
                 "runtime=excluded.runtime, spec=excluded.spec, "
                 "fingerprint=COALESCE(excluded.fingerprint, devices.fingerprint), "
                 "updated=excluded.updated",
-                (name, kind, runtime, json.dumps(spec, sort_keys=True),
-                 json.dumps(fingerprint, sort_keys=True) if fingerprint else None, _now()),
-            )  # fmt: skip
+                (
+                    name,
+                    kind,
+                    runtime,
+                    json.dumps(spec, sort_keys=True),
+                    json.dumps(fingerprint, sort_keys=True) if fingerprint else None,
+                    _now(),
+                ),
+            )
         return self.device_id(name)
 
     def device_id(self, name: str) -> int:
@@ -242,12 +255,33 @@ class LutDB:
                 "act, runtime, precision, delegate, median_ms, mean_ms, std_ms, min_ms, n, "
                 "samples, status, error, attempts, run_id, measured_at, passes) VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (device_id, entry.key, entry.op, entry.cin, entry.cout, entry.h, entry.w,
-                 entry.stride, entry.act, entry.runtime, entry.precision, entry.delegate,
-                 entry.median_ms, entry.mean_ms, entry.std_ms, entry.min_ms, entry.n,
-                 json.dumps(list(entry.samples)), entry.status, entry.error, entry.attempts,
-                 run_id, _now(), json.dumps(list(entry.passes)) if entry.passes else None),
-            )  # fmt: skip
+                (
+                    device_id,
+                    entry.key,
+                    entry.op,
+                    entry.cin,
+                    entry.cout,
+                    entry.h,
+                    entry.w,
+                    entry.stride,
+                    entry.act,
+                    entry.runtime,
+                    entry.precision,
+                    entry.delegate,
+                    entry.median_ms,
+                    entry.mean_ms,
+                    entry.std_ms,
+                    entry.min_ms,
+                    entry.n,
+                    json.dumps(list(entry.samples)),
+                    entry.status,
+                    entry.error,
+                    entry.attempts,
+                    run_id,
+                    _now(),
+                    json.dumps(list(entry.passes)) if entry.passes else None,
+                ),
+            )
 
     def entries(self, device_id: int, statuses: Iterable[str] | None = None) -> list[Entry]:
         rows = self.conn.execute(
@@ -279,11 +313,18 @@ class LutDB:
         """The fastest the drift guard's reference model ran in this device's profile runs:
         what a later session's reference is held against (profilers/models.py)."""
         best = []
-        for row in self.conn.execute("SELECT info FROM runs WHERE device_id = ? AND info IS NOT "
-                                     "NULL", (device_id,)):  # fmt: skip
+        for row in self.conn.execute(
+            "SELECT info FROM runs WHERE device_id = ? AND info IS NOT NULL", (device_id,)
+        ):
             drift = json.loads(row["info"]).get("drift") or {}
-            best += [v for v in (drift.get("reference_best_ms"),
-                                 *(drift.get("reference_best_ms_by_pass") or [])) if v]  # fmt: skip
+            best += [
+                v
+                for v in (
+                    drift.get("reference_best_ms"),
+                    *(drift.get("reference_best_ms_by_pass") or []),
+                )
+                if v
+            ]
         return min(best) if best else None
 
     def put_model(
@@ -297,20 +338,37 @@ class LutDB:
                 "INSERT OR REPLACE INTO models (device_id, space, space_hash, arch, median_ms, "
                 "round_cv, samples, status, error, attempts, runtime, delegate, measured_at, "
                 "passes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (device_id, space, space_hash, arch, result.get("median_ms"),
-                 result.get("round_cv"), json.dumps(result.get("samples_ms") or []),
-                 result["status"], result.get("error"), result.get("attempts", 1),
-                 result.get("runtime"), result.get("delegate"), _now(),
-                 json.dumps(list(passes)) if passes else None),
-            )  # fmt: skip
+                (
+                    device_id,
+                    space,
+                    space_hash,
+                    arch,
+                    result.get("median_ms"),
+                    result.get("round_cv"),
+                    json.dumps(result.get("samples_ms") or []),
+                    result["status"],
+                    result.get("error"),
+                    result.get("attempts", 1),
+                    result.get("runtime"),
+                    result.get("delegate"),
+                    _now(),
+                    json.dumps(list(passes)) if passes else None,
+                ),
+            )
 
     def models(self, device_id: int, space_hash: str) -> dict[str, dict[str, Any]]:
         """arch string -> its stored measurement, for one device and space."""
         rows = self.conn.execute(
             "SELECT * FROM models WHERE device_id = ? AND space_hash = ?", (device_id, space_hash)
         ).fetchall()
-        return {r["arch"]: {**dict(r), "samples": json.loads(r["samples"] or "[]"),
-                            "passes": json.loads(r["passes"] or "[]")} for r in rows}  # fmt: skip
+        return {
+            r["arch"]: {
+                **dict(r),
+                "samples": json.loads(r["samples"] or "[]"),
+                "passes": json.loads(r["passes"] or "[]"),
+            }
+            for r in rows
+        }
 
     def add_validation(self, device_id: int, space: str, result: dict[str, Any]) -> int:
         with self.conn:
@@ -330,10 +388,25 @@ class LutDB:
     @staticmethod
     def _entry(r: sqlite3.Row) -> Entry:
         return Entry(
-            key=r["key"], op=r["op"], cin=r["cin"], cout=r["cout"], h=r["h"], w=r["w"],
-            stride=r["stride"], act=r["act"], status=r["status"], median_ms=r["median_ms"],
-            mean_ms=r["mean_ms"], std_ms=r["std_ms"], min_ms=r["min_ms"], n=r["n"],
-            samples=tuple(json.loads(r["samples"] or "[]")), error=r["error"],
-            runtime=r["runtime"], precision=r["precision"], delegate=r["delegate"],
-            attempts=r["attempts"], passes=tuple(json.loads(r["passes"] or "[]")),
-        )  # fmt: skip
+            key=r["key"],
+            op=r["op"],
+            cin=r["cin"],
+            cout=r["cout"],
+            h=r["h"],
+            w=r["w"],
+            stride=r["stride"],
+            act=r["act"],
+            status=r["status"],
+            median_ms=r["median_ms"],
+            mean_ms=r["mean_ms"],
+            std_ms=r["std_ms"],
+            min_ms=r["min_ms"],
+            n=r["n"],
+            samples=tuple(json.loads(r["samples"] or "[]")),
+            error=r["error"],
+            runtime=r["runtime"],
+            precision=r["precision"],
+            delegate=r["delegate"],
+            attempts=r["attempts"],
+            passes=tuple(json.loads(r["passes"] or "[]")),
+        )

@@ -31,17 +31,49 @@ from hurricane.errors import UserError
 from hurricane.opnames import OpNameError, parse_op
 from hurricane.space import OpInstance
 
-RECORD_KEYS = ("op", "cin", "cout", "h", "w", "kernel", "stride", "groups", "expansion", "se",
-               "act")  # fmt: skip
-FEATURES = ("family", "act", "kernel", "expansion", "groups", "se", "cin", "cout", "h", "w",
-            "stride", "mflops", "kparams", "kbytes")  # fmt: skip
+RECORD_KEYS = (
+    "op",
+    "cin",
+    "cout",
+    "h",
+    "w",
+    "kernel",
+    "stride",
+    "groups",
+    "expansion",
+    "se",
+    "act",
+)
+FEATURES = (
+    "family",
+    "act",
+    "kernel",
+    "expansion",
+    "groups",
+    "se",
+    "cin",
+    "cout",
+    "h",
+    "w",
+    "stride",
+    "mflops",
+    "kparams",
+    "kbytes",
+)
 _CATEGORICAL = (0, 1)  # family, act
 
 
 def record_from_instance(inst: OpInstance) -> dict[str, Any]:
     """The record of a LUT key (its op name is parsed later, with the rest)."""
-    return {"op": inst.op, "cin": inst.cin, "cout": inst.cout, "h": inst.h, "w": inst.w,
-            "stride": inst.stride, "act": inst.act}  # fmt: skip
+    return {
+        "op": inst.op,
+        "cin": inst.cin,
+        "cout": inst.cout,
+        "h": inst.h,
+        "w": inst.w,
+        "stride": inst.stride,
+        "act": inst.act,
+    }
 
 
 # --- per-family cost --------------------------------------------------------------------
@@ -91,10 +123,13 @@ def _convs(rec: Mapping[str, Any]) -> tuple[list[Conv], int]:
             convs = [(cin, cin, kk, s, cin, h, w), (cin, cout // 2, 1, 1, 1, ho, wo)]
         if fam == "shufflex":
             convs += [
-                (bi, bi, 3, s, bi, h, w), (bi, bo, 1, 1, 1, ho, wo),
-                (bo, bo, 3, 1, bo, ho, wo), (bo, bo, 1, 1, 1, ho, wo),
-                (bo, bo, 3, 1, bo, ho, wo), (bo, bo, 1, 1, 1, ho, wo),
-            ]  # fmt: skip
+                (bi, bi, 3, s, bi, h, w),
+                (bi, bo, 1, 1, 1, ho, wo),
+                (bo, bo, 3, 1, bo, ho, wo),
+                (bo, bo, 1, 1, 1, ho, wo),
+                (bo, bo, 3, 1, bo, ho, wo),
+                (bo, bo, 1, 1, 1, ho, wo),
+            ]
         else:
             convs += [(bi, bo, 1, 1, 1, h, w), (bo, bo, kk, s, bo, h, w), (bo, bo, 1, 1, 1, ho, wo)]
         se = bo
@@ -185,11 +220,24 @@ class OpPredictor:
                 self.families.setdefault(r["family"], len(self.families))
                 self.acts.setdefault(r["act"], len(self.acts))
             flops, params, moved = cost(r)
-            rows.append([
-                self.families.get(r["family"], -1), self.acts.get(r["act"], -1), r["kernel"],
-                r["expansion"], r["groups"], float(r["se"]), r["cin"], r["cout"], r["h"], r["w"],
-                r["stride"], flops / 1e6, params / 1e3, moved / 1e3,
-            ])  # fmt: skip
+            rows.append(
+                [
+                    self.families.get(r["family"], -1),
+                    self.acts.get(r["act"], -1),
+                    r["kernel"],
+                    r["expansion"],
+                    r["groups"],
+                    float(r["se"]),
+                    r["cin"],
+                    r["cout"],
+                    r["h"],
+                    r["w"],
+                    r["stride"],
+                    flops / 1e6,
+                    params / 1e3,
+                    moved / 1e3,
+                ]
+            )
             lin.append([1.0, flops / 1e6, moved / 1e6])
         # Negative codes are LightGBM's "missing": an unseen family takes the default branch.
         return np.asarray(rows, dtype=float).reshape(-1, len(FEATURES)), np.asarray(lin).reshape(
@@ -215,12 +263,23 @@ class OpPredictor:
         base = self._base(lin)
         n = len(y)
         model = lightgbm.LGBMRegressor(
-            n_estimators=self.n_estimators, learning_rate=self.learning_rate, num_leaves=31,
-            min_child_samples=max(2, min(20, n // 20)), subsample=0.8, subsample_freq=1,
-            colsample_bytree=0.9, min_split_gain=0.0, cat_smooth=1.0, min_data_per_group=2,
-            reg_lambda=1.0, random_state=self.seed, deterministic=True, force_row_wise=True,
-            n_jobs=1, verbose=-1,
-        )  # fmt: skip
+            n_estimators=self.n_estimators,
+            learning_rate=self.learning_rate,
+            num_leaves=31,
+            min_child_samples=max(2, min(20, n // 20)),
+            subsample=0.8,
+            subsample_freq=1,
+            colsample_bytree=0.9,
+            min_split_gain=0.0,
+            cat_smooth=1.0,
+            min_data_per_group=2,
+            reg_lambda=1.0,
+            random_state=self.seed,
+            deterministic=True,
+            force_row_wise=True,
+            n_jobs=1,
+            verbose=-1,
+        )
         model.fit(x, np.log(y / base), categorical_feature=list(_CATEGORICAL))
         self.booster = model.booster_
         self.n_train = n
@@ -249,10 +308,14 @@ class OpPredictor:
         if self.booster is None:
             raise UserError("save: this OpPredictor is not fitted yet")
         state = {
-            "format": "hurricane-op-predictor/1", "families": self.families, "acts": self.acts,
-            "linear": self.linear.tolist(), "n_train": self.n_train, "seed": self.seed,
+            "format": "hurricane-op-predictor/1",
+            "families": self.families,
+            "acts": self.acts,
+            "linear": self.linear.tolist(),
+            "n_train": self.n_train,
+            "seed": self.seed,
             "booster": self.booster.model_to_string(),
-        }  # fmt: skip
+        }
         Path(path).write_text(json.dumps(state))
 
     @classmethod

@@ -73,12 +73,18 @@ def pareto(row: list[OpScore]) -> list[float]:
     left, front, out = set(range(len(row))), 0, [0.0] * len(row)
     while left:
         first = sorted(
-            (i for i in left
-             if not any(row[j].latency_ms <= row[i].latency_ms and row[j].mflops >= row[i].mflops
-                        and (row[j].latency_ms, row[j].mflops)
-                        != (row[i].latency_ms, row[i].mflops) for j in left)),
+            (
+                i
+                for i in left
+                if not any(
+                    row[j].latency_ms <= row[i].latency_ms
+                    and row[j].mflops >= row[i].mflops
+                    and (row[j].latency_ms, row[j].mflops) != (row[i].latency_ms, row[i].mflops)
+                    for j in left
+                )
+            ),
             key=lambda i: row[i].latency_ms,
-        )  # fmt: skip
+        )
         for rank, pos in enumerate(_spread(len(first))):
             out[first[pos]] = -front - rank / (len(first) + 1)
         left -= set(first)
@@ -170,8 +176,10 @@ def reduce_space(
                 s.kept, s.why = True, "always kept"
         ops = tuple(s.op for s in row if s.kept)
         if not ops:
-            raise UserError(f"layer {i}: every candidate is excluded ({', '.join(exclude)}); "
-                            "loosen the exclude patterns")  # fmt: skip
+            raise UserError(
+                f"layer {i}: every candidate is excluded ({', '.join(exclude)}); "
+                "loosen the exclude patterns"
+            )
         layers.append(replace(layer, ops=ops))
     how = rule if isinstance(rule, str) else "custom rule"
     reduced = replace(

@@ -165,23 +165,32 @@ class EvolutionSearch:
             return
         saved = json.loads(path.read_text())
         if saved.pop("config") != self.cfg.identity():
-            raise UserError(f"{path}: a search with other settings is stored here; use another "
-                            "output folder or delete it")  # fmt: skip
+            raise UserError(
+                f"{path}: a search with other settings is stored here; use another "
+                "output folder or delete it"
+            )
         self.state = _State(**saved)
         # Generations after the stored state did not finish: drop their history lines.
         hist = self.out / "history.jsonl"
         if hist.exists():
-            lines = [ln for ln in hist.read_text().splitlines()
-                     if json.loads(ln)["generation"] < self.state.generation]  # fmt: skip
+            lines = [
+                ln
+                for ln in hist.read_text().splitlines()
+                if json.loads(ln)["generation"] < self.state.generation
+            ]
             hist.write_text("".join(ln + "\n" for ln in lines))
 
     def _record(self, gen: int, population: list[str]) -> None:
         if not self.out:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        row = {"generation": gen, "population": [
-            {"arch": a, "fitness": self.state.evaluated[a], "latency_ms": self.state.latency[a]}
-            for a in population]}  # fmt: skip
+        row = {
+            "generation": gen,
+            "population": [
+                {"arch": a, "fitness": self.state.evaluated[a], "latency_ms": self.state.latency[a]}
+                for a in population
+            ],
+        }
         with open(self.out / "history.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -216,8 +225,10 @@ class EvolutionSearch:
             if gen == 0:
                 pop = self._make(cfg.population, self._random(rng), taken)
                 if not pop and cfg.min_fraction and not self.state.band_dropped:
-                    self.log(f"no architecture found between {cfg.min_fraction:g} x and 1 x the "
-                             f"budget; searching everything under {cfg.budget_ms:g} ms")
+                    self.log(
+                        f"no architecture found between {cfg.min_fraction:g} x and 1 x the "
+                        f"budget; searching everything under {cfg.budget_ms:g} ms"
+                    )
                     self.state.band_dropped = True
                     pop = self._make(cfg.population, self._random(rng), taken)
                 if not pop:
@@ -235,23 +246,32 @@ class EvolutionSearch:
             self.state.seconds = time.perf_counter() - t0
             self._save()
             best, fit = self.top(1)[0]
-            self.log(f"generation {gen + 1}/{cfg.generations}: {len(pop)} new, best fitness "
-                     f"{fit:.4f} at {self.state.latency[best]:.3f} ms, population mean "
-                     f"{np.mean([self.state.evaluated[a] for a in names]):.4f}, "
-                     f"{len(self.state.evaluated)} evaluated, {self.state.rejected} over budget "
-                     "rejected" + (f", {self.state.below} under the band" if cfg.min_fraction
-                                   else ""))  # fmt: skip
+            self.log(
+                f"generation {gen + 1}/{cfg.generations}: {len(pop)} new, best fitness "
+                f"{fit:.4f} at {self.state.latency[best]:.3f} ms, population mean "
+                f"{np.mean([self.state.evaluated[a] for a in names]):.4f}, "
+                f"{len(self.state.evaluated)} evaluated, {self.state.rejected} over budget "
+                "rejected" + (f", {self.state.below} under the band" if cfg.min_fraction else "")
+            )
         return self.result()
 
     def result(self) -> dict[str, Any]:
         best, fit = self.top(1)[0]
-        return {"best": best, "fitness": fit, "latency_ms": self.state.latency[best],
-                "budget_ms": self.cfg.budget_ms, "evaluated": len(self.state.evaluated),
-                "rejected": self.state.rejected, "below_band": self.state.below,
-                "band_dropped": self.state.band_dropped,
-                "seconds": round(self.state.seconds, 1),
-                "top": [{"arch": a, "fitness": f, "latency_ms": self.state.latency[a]}
-                        for a, f in self.top(10)]}  # fmt: skip
+        return {
+            "best": best,
+            "fitness": fit,
+            "latency_ms": self.state.latency[best],
+            "budget_ms": self.cfg.budget_ms,
+            "evaluated": len(self.state.evaluated),
+            "rejected": self.state.rejected,
+            "below_band": self.state.below,
+            "band_dropped": self.state.band_dropped,
+            "seconds": round(self.state.seconds, 1),
+            "top": [
+                {"arch": a, "fitness": f, "latency_ms": self.state.latency[a]}
+                for a, f in self.top(10)
+            ],
+        }
 
 
 def random_search(
@@ -266,6 +286,12 @@ def random_search(
     the same budget, the same fitness."""
     n = n or cfg.population * cfg.generations
     # Proposals cost one vectorised LUT lookup: try hard to fill n under a tight budget.
-    one_gen = SearchConfig(**{**cfg.identity(), "population": n, "generations": 1,
-                              "max_tries": max(cfg.max_tries, 500 * n)})  # fmt: skip
+    one_gen = SearchConfig(
+        **{
+            **cfg.identity(),
+            "population": n,
+            "generations": 1,
+            "max_tries": max(cfg.max_tries, 500 * n),
+        }
+    )
     return EvolutionSearch(space, latency, fitness, one_gen, out).run()

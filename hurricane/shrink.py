@@ -56,8 +56,12 @@ def shrink_step(
     net.train(was_training)
     lat = np.asarray(latency(archs), dtype=float)
     new, dropped, scores = drop_worst(archs, np.array(accs), lat, allowed, layers, keep)
-    report = {"paths": len(archs), "mean_acc": round(float(np.mean(accs)), 5),
-              "dropped": dropped, "residual_by_op": scores}  # fmt: skip
+    report = {
+        "paths": len(archs),
+        "mean_acc": round(float(np.mean(accs)), 5),
+        "dropped": dropped,
+        "residual_by_op": scores,
+    }
     return new, report
 
 

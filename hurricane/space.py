@@ -185,8 +185,11 @@ class SearchSpace:
 
     def pair_layers(self) -> list[int]:
         """Layers whose skip is a strided conv, timed together with the layer before."""
-        return [i for i, lay in enumerate(self.layers)
-                if i > 0 and lay.stride > 1 and PAIR_OP in lay.ops]  # fmt: skip
+        return [
+            i
+            for i, lay in enumerate(self.layers)
+            if i > 0 and lay.stride > 1 and PAIR_OP in lay.ops
+        ]
 
     def pair_instances(self) -> list[PairInstance]:
         """Every (layer i-1 op, strided skip at i) pair at every width, in layer order."""
@@ -198,8 +201,9 @@ class SearchSpace:
             for cin in self.in_channel_choices(i - 1):
                 for mid in prev.channels(self.channel_divisor):
                     for op in prev.ops:
-                        first = OpInstance(op, cin, mid, hp, wp, prev.stride,
-                                           self.layer_act(i - 1, op))  # fmt: skip
+                        first = OpInstance(
+                            op, cin, mid, hp, wp, prev.stride, self.layer_act(i - 1, op)
+                        )
                         for cout in lay.channels(self.channel_divisor):
                             second = OpInstance(PAIR_OP, mid, cout, h, w, lay.stride, act)
                             seen.setdefault(PairInstance(first, second))
@@ -292,9 +296,18 @@ class SearchSpace:
     def structure_hash(self) -> str:
         """A short hash of what shapes a network (not the candidate lists or the name), so
         stored whole-model timings are reused exactly when the same networks would be built."""
-        parts = (self.resolution, self.in_channels, self.classes, self.stem, self.head, self.act,
-                 [(lay.cout, lay.stride, lay.act, lay.channels(self.channel_divisor))
-                  for lay in self.layers])  # fmt: skip
+        parts = (
+            self.resolution,
+            self.in_channels,
+            self.classes,
+            self.stem,
+            self.head,
+            self.act,
+            [
+                (lay.cout, lay.stride, lay.act, lay.channels(self.channel_divisor))
+                for lay in self.layers
+            ],
+        )
         return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
     def summary(self) -> dict[str, Any]:
@@ -350,16 +363,32 @@ def space_to_toml(space: SearchSpace, header: str = "") -> str:
         return "[" + ", ".join(repr(float(w)) for w in ws) + "]"
 
     lines = [f"# {line}" for line in header.splitlines()]
-    lines += [f"name = {q(space.name)}", f"description = {q(space.description)}",
-              f"act = {q(space.act)}", f"channel_divisor = {space.channel_divisor}", "",
-              "[input]", f"resolution = [{space.resolution[0]}, {space.resolution[1]}]",
-              f"channels = {space.in_channels}", f"classes = {space.classes}", "",
-              "[stem]", f"cout = {space.stem.cout}", f"kernel = {space.stem.kernel}",
-              f"stride = {space.stem.stride}"]  # fmt: skip
+    lines += [
+        f"name = {q(space.name)}",
+        f"description = {q(space.description)}",
+        f"act = {q(space.act)}",
+        f"channel_divisor = {space.channel_divisor}",
+        "",
+        "[input]",
+        f"resolution = [{space.resolution[0]}, {space.resolution[1]}]",
+        f"channels = {space.in_channels}",
+        f"classes = {space.classes}",
+        "",
+        "[stem]",
+        f"cout = {space.stem.cout}",
+        f"kernel = {space.stem.kernel}",
+        f"stride = {space.stem.stride}",
+    ]
     for layer in space.layers:
-        lines += ["", "[[layers]]", f"cout = {layer.cout}", f"stride = {layer.stride}",
-                  f"act = {q(layer.act)}", f"widths = {floats(layer.widths)}",
-                  "ops = [" + ", ".join(q(op) for op in layer.ops) + "]"]  # fmt: skip
+        lines += [
+            "",
+            "[[layers]]",
+            f"cout = {layer.cout}",
+            f"stride = {layer.stride}",
+            f"act = {q(layer.act)}",
+            f"widths = {floats(layer.widths)}",
+            "ops = [" + ", ".join(q(op) for op in layer.ops) + "]",
+        ]
     lines += ["", "[head]", f"channels = {space.head.channels}", f"dropout = {space.head.dropout}"]
     return "\n".join(lines) + "\n"
 

@@ -79,9 +79,10 @@ def instance_module(
     torch.manual_seed(seed + int(hashlib.sha256(inst.key.encode()).hexdigest()[:8], 16))
     if isinstance(inst, PairInstance):
         first, second = inst.first, inst.second
-        pair = nn.Sequential(build_op(first.op, first.cin, first.cout, first.stride, first.act),
-                             build_op(second.op, second.cin, second.cout, second.stride,
-                                      second.act))  # fmt: skip
+        pair = nn.Sequential(
+            build_op(first.op, first.cin, first.cout, first.stride, first.act),
+            build_op(second.op, second.cin, second.cout, second.stride, second.act),
+        )
         return pair.eval(), torch.randn(1, first.cin, first.h, first.w)
     if inst.op.startswith("head_c"):
         channels = int(inst.op[len("head_c") :])

@@ -75,8 +75,10 @@ class Supernet(nn.Module):
                 continue
             h, w = space.input_shape(i)
             cin, cout = max(space.in_channel_choices(i)), max(layer.channels(space.channel_divisor))
-            insts = [OpInstance(op, cin, cout, h, w, layer.stride, space.layer_act(i, op))
-                     for op in layer.ops]  # fmt: skip
+            insts = [
+                OpInstance(op, cin, cout, h, w, layer.stride, space.layer_act(i, op))
+                for op in layer.ops
+            ]
             big = max(insts, key=lambda inst: cost(normalise(record_from_instance(inst)))[0])
             ops[i], widths[i] = big.op, max(layer.widths)
         return Arch(tuple(ops), tuple(widths))

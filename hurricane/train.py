@@ -289,8 +289,10 @@ class Trainer:
 
         cfg = self.cfg
         if not (cfg.latency_db and cfg.latency_device):
-            raise UserError("progressive shrinking ranks ops by accuracy for their latency: "
-                            "give --latency-device (and --db) with --shrink-every")  # fmt: skip
+            raise UserError(
+                "progressive shrinking ranks ops by accuracy for their latency: "
+                "give --latency-device (and --db) with --shrink-every"
+            )
         return LatencyModel.from_db(self.space, cfg.latency_db, cfg.latency_device).predict
 
     def shrink(self) -> None:
@@ -298,14 +300,24 @@ class Trainer:
 
         layers = self.sample_layers if self.sample_layers is not None else range(len(self.allowed))
         self.allowed, report = shrink_step(
-            self.net, self.data, self.allowed, list(layers), self.fixed, self.latency,
-            self.cfg.shrink_paths, self.cfg.shrink_keep, _step_rng(self.cfg.seed, self.step, 6),
-            self.cfg.bn_batches)  # fmt: skip
+            self.net,
+            self.data,
+            self.allowed,
+            list(layers),
+            self.fixed,
+            self.latency,
+            self.cfg.shrink_paths,
+            self.cfg.shrink_keep,
+            _step_rng(self.cfg.seed, self.step, 6),
+            self.cfg.bn_batches,
+        )
         report = {"step": self.step, **report}
         self.shrink_history.append(report)
         dropped = ", ".join(f"{op}@{i}" for i, op in report["dropped"].items()) or "nothing"
-        self.log(f"shrink at step {self.step}: dropped {dropped} "
-                 f"(mean path accuracy {report['mean_acc']:.4f})")  # fmt: skip
+        self.log(
+            f"shrink at step {self.step}: dropped {dropped} "
+            f"(mean path accuracy {report['mean_acc']:.4f})"
+        )
 
     def lr_at(self, step: int) -> float:
         if step < self.cfg.warmup_steps:

@@ -32,8 +32,14 @@ class SupernetFitness:
     """Validation accuracy of a path with inherited weights, after recomputing its
     batch-norm statistics on ``bn_batches`` training batches (GoldenNAS's adaptive BN)."""
 
-    def __init__(self, net: Supernet, data: DataSplits, bn_batches: int = 10,
-                 batch_size: int = 256, seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        net: Supernet,
+        data: DataSplits,
+        bn_batches: int = 10,
+        batch_size: int = 256,
+        seed: int = 0,
+    ) -> None:
         self.net, self.data = net, data
         self.bn_batches, self.batch_size, self.seed = bn_batches, batch_size, seed
 
@@ -50,9 +56,15 @@ def load_supernet(space: SearchSpace, path: str | Path) -> Supernet:
 
 
 def data_for(cfg: TrainConfig, space: SearchSpace) -> DataSplits:
-    return load_data(cfg.data, space.resolution, space.in_channels, space.classes,
-                     cfg.val_fraction, train_limit=cfg.train_limit,
-                     eval_limit=cfg.eval_limit)  # fmt: skip
+    return load_data(
+        cfg.data,
+        space.resolution,
+        space.in_channels,
+        space.classes,
+        cfg.val_fraction,
+        train_limit=cfg.train_limit,
+        eval_limit=cfg.eval_limit,
+    )
 
 
 def _stage(
@@ -90,21 +102,40 @@ def single_stage(
     space = load_space(cfg.space)
     data = data_for(cfg, space)
     cfg = replace(cfg, out=str(out / "supernet"), sample_layers=None, fixed=None)
-    res = _stage(cfg, space, data, latency, replace(search, layers=None, fixed=None),
-                 out / "search", min_latency)  # fmt: skip
-    result = {"arch": res["best"], "fitness": res["fitness"], "latency_ms": res["latency_ms"],
-              "supernet_steps": res["supernet_steps"],
-              "supernet_seconds": res["supernet_seconds"], "search": res}  # fmt: skip
+    res = _stage(
+        cfg,
+        space,
+        data,
+        latency,
+        replace(search, layers=None, fixed=None),
+        out / "search",
+        min_latency,
+    )
+    result = {
+        "arch": res["best"],
+        "fitness": res["fitness"],
+        "latency_ms": res["latency_ms"],
+        "supernet_steps": res["supernet_steps"],
+        "supernet_seconds": res["supernet_seconds"],
+        "search": res,
+    }
     (out / "result.json").write_text(json.dumps(result, indent=1))
     return result
 
 
-def stage_a_config(cfg: TrainConfig, space: SearchSpace, split: int, steps: int,
-                   out: str | Path, fixed: Arch | None = None) -> TrainConfig:  # fmt: skip
+def stage_a_config(
+    cfg: TrainConfig,
+    space: SearchSpace,
+    split: int,
+    steps: int,
+    out: str | Path,
+    fixed: Arch | None = None,
+) -> TrainConfig:
     """Stage A's training: layers ``split..`` sampled, the earlier ones fixed."""
     late = list(range(split, len(space.layers)))
-    return replace(cfg, out=str(out), steps=steps, sample_layers=late,
-                   fixed=str(fixed or space.default_arch()))  # fmt: skip
+    return replace(
+        cfg, out=str(out), steps=steps, sample_layers=late, fixed=str(fixed or space.default_arch())
+    )
 
 
 def two_stage(
@@ -131,16 +162,42 @@ def two_stage(
     stage_a = Path(stage_a_out) if stage_a_out else out / "stage_a"
     a_cfg = stage_a_config(cfg, space, split, steps_a, stage_a, fixed)
     base, late, early = a_cfg.fixed, a_cfg.sample_layers, list(range(split))
-    a = _stage(a_cfg, space, data, latency, replace(search, layers=late, fixed=base),
-               out / "search_a", min_latency)  # fmt: skip
-    b_cfg = replace(cfg, out=str(out / "stage_b"), steps=steps_b, sample_layers=early,
-                    fixed=a["best"], init=str(stage_a / "supernet.pt"))  # fmt: skip
-    b = _stage(b_cfg, space, data, latency, replace(search, layers=early, fixed=a["best"]),
-               out / "search_b", min_latency)  # fmt: skip
-    result = {"arch": b["best"], "fitness": b["fitness"], "latency_ms": b["latency_ms"],
-              "split": split, "fixed": base,
-              "supernet_steps": a["supernet_steps"] + b["supernet_steps"],
-              "supernet_seconds": round(a["supernet_seconds"] + b["supernet_seconds"], 2),
-              "stage_a": a, "stage_b": b}  # fmt: skip
+    a = _stage(
+        a_cfg,
+        space,
+        data,
+        latency,
+        replace(search, layers=late, fixed=base),
+        out / "search_a",
+        min_latency,
+    )
+    b_cfg = replace(
+        cfg,
+        out=str(out / "stage_b"),
+        steps=steps_b,
+        sample_layers=early,
+        fixed=a["best"],
+        init=str(stage_a / "supernet.pt"),
+    )
+    b = _stage(
+        b_cfg,
+        space,
+        data,
+        latency,
+        replace(search, layers=early, fixed=a["best"]),
+        out / "search_b",
+        min_latency,
+    )
+    result = {
+        "arch": b["best"],
+        "fitness": b["fitness"],
+        "latency_ms": b["latency_ms"],
+        "split": split,
+        "fixed": base,
+        "supernet_steps": a["supernet_steps"] + b["supernet_steps"],
+        "supernet_seconds": round(a["supernet_seconds"] + b["supernet_seconds"], 2),
+        "stage_a": a,
+        "stage_b": b,
+    }
     (out / "result.json").write_text(json.dumps(result, indent=1))
     return result

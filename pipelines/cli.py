@@ -96,13 +96,25 @@ def _add_train_args(
         help="device spec whose LUT ranks ops (--shrink-every, --two-stage)",
     )
     p.add_argument("--db", default="runs/latency.sqlite", help="LUT database (with --device)")
-    p.add_argument("--shrink-every", type=int, default=d.shrink_every,
-                   help="progressive shrinking: every N steps drop each layer's op that does "
-                        "worst for its latency (needs --device; default: off)")  # fmt: skip
-    p.add_argument("--shrink-paths", type=int, default=d.shrink_paths,
-                   help="paths evaluated per shrinking event")  # fmt: skip
-    p.add_argument("--shrink-keep", type=int, default=d.shrink_keep,
-                   help="never shrink a layer below this many ops")  # fmt: skip
+    p.add_argument(
+        "--shrink-every",
+        type=int,
+        default=d.shrink_every,
+        help="progressive shrinking: every N steps drop each layer's op that does "
+        "worst for its latency (needs --device; default: off)",
+    )
+    p.add_argument(
+        "--shrink-paths",
+        type=int,
+        default=d.shrink_paths,
+        help="paths evaluated per shrinking event",
+    )
+    p.add_argument(
+        "--shrink-keep",
+        type=int,
+        default=d.shrink_keep,
+        help="never shrink a layer below this many ops",
+    )
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument("--train-limit", type=int, default=None, help="use at most N training images")
     p.add_argument(
@@ -189,8 +201,10 @@ def _demo(args: argparse.Namespace) -> int:
 
     p = load_pipeline("demo")
     p = replace(p, out=args.out or p.out, db=args.db or p.db)
-    print(f"Hurricane demo: {p.description}; profile, stage one, two-stage search, final "
-          f"model, handoff and report in {p.out} (Ctrl-C and run again to resume)")
+    print(
+        f"Hurricane demo: {p.description}; profile, stage one, two-stage search, final "
+        f"model, handoff and report in {p.out} (Ctrl-C and run again to resume)"
+    )
     return execute(p, progress=not args.no_progress)
 
 
@@ -227,8 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     search_cli.add_commands(sub)
     run_cli.add_commands(sub)
 
-    demo = sub.add_parser("demo", help="the embedded default: the demo pipeline end to end "
-                          "(pipelines/examples/demo.toml)")
+    demo = sub.add_parser(
+        "demo",
+        help="the embedded default: the demo pipeline end to end (pipelines/examples/demo.toml)",
+    )
     demo.add_argument("--out", default=None, help="run folder (default: runs/demo)")
     demo.add_argument("--db", default=None, help="LUT database (default: runs/hurricane.sqlite)")
     demo.add_argument("--no-progress", action="store_true")

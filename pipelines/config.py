@@ -40,8 +40,11 @@ class Budget:
             p = float(m.group(1))
             if 0 < p <= 100:
                 return cls(percentile=p)
-        raise f.error(key, f"each budget is milliseconds (a positive number) or a percentile "
-                      f"of the space's latencies on the device (\"40%\"), got {value!r}")
+        raise f.error(
+            key,
+            f"each budget is milliseconds (a positive number) or a percentile "
+            f'of the space\'s latencies on the device ("40%"), got {value!r}',
+        )
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,10 @@ def _ref(value: str, base: Path, known: list[str], f: Fields, key: str, check) -
         return value
     path = (base / Path(value).expanduser()).resolve()
     if not path.exists():
-        raise f.error(key, f"{value!r} is neither a file (looked at {path}) nor a built-in "
-                      f"({', '.join(known)})")  # fmt: skip
+        raise f.error(
+            key,
+            f"{value!r} is neither a file (looked at {path}) nor a built-in ({', '.join(known)})",
+        )
     check(path)
     return str(path)
 
@@ -120,32 +125,53 @@ def load_pipeline(name_or_path: str | Path) -> Pipeline:
         with resources.as_file(resource) as real:
             return parse_pipeline(read_toml(real, "pipeline file"), str(real))
     if not path.exists() and path.suffix != ".toml":
-        raise ConfigError(f"{text}: no such pipeline file and no example of that name "
-                          f"(examples: {', '.join(builtin_pipelines())})")  # fmt: skip
+        raise ConfigError(
+            f"{text}: no such pipeline file and no example of that name "
+            f"(examples: {', '.join(builtin_pipelines())})"
+        )
     return parse_pipeline(read_toml(path, "pipeline file"), str(path))
 
 
 def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
     top = Fields(data, source)
-    top.only({"name", "description", "space", "data", "devices", "budgets", "db", "out", "seed",
-              "profile", "latency", "generate", "handoff", "report"})  # fmt: skip
+    top.only(
+        {
+            "name",
+            "description",
+            "space",
+            "data",
+            "devices",
+            "budgets",
+            "db",
+            "out",
+            "seed",
+            "profile",
+            "latency",
+            "generate",
+            "handoff",
+            "report",
+        }
+    )
     base = Path(source).parent if source != "<string>" else Path.cwd()
     name = top.str("name", Path(source).stem)
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise top.error("name", f"use letters, digits, '.', '_' or '-' (it names folders), "
-                        f"got {name!r}")  # fmt: skip
+        raise top.error(
+            "name", f"use letters, digits, '.', '_' or '-' (it names folders), got {name!r}"
+        )
     space = _ref(top.str("space"), base, builtin_spaces(), top, "space", load_space)
     devices = top.str_list("devices")
     if not devices:
-        raise top.error("devices", "list at least one device spec (e.g. [\"local-litert\"])")
+        raise top.error("devices", 'list at least one device spec (e.g. ["local-litert"])')
     devs = tuple(_ref(d, base, builtin_devices(), top, "devices", load_device) for d in devices)
     names = [load_device(d).name for d in devs]
     if len(set(names)) != len(names):
         raise top.error("devices", f"two specs share a device name ({names}); names key the LUT")
     raw_budgets = top._get("budgets", None)
     if not isinstance(raw_budgets, list) or not raw_budgets:
-        raise top.error("budgets", "expected a list of latency budgets: milliseconds (0.08) "
-                        "or percentiles (\"40%\")")  # fmt: skip
+        raise top.error(
+            "budgets",
+            'expected a list of latency budgets: milliseconds (0.08) or percentiles ("40%")',
+        )
     budgets = tuple(Budget.parse(b, top, "budgets") for b in raw_budgets)
     if len({b.label for b in budgets}) != len(budgets):
         raise top.error("budgets", "a budget is listed twice")
@@ -159,13 +185,18 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
     gf.only(set(asdict(d)))
     rules = ("pareto", "flops_per_ms", "params_per_ms", "fastest")
     gen = GenerateSettings(
-        k=gf.int("k", d.k, lo=0), rule=gf.str("rule", d.rule, choices=rules),
+        k=gf.int("k", d.k, lo=0),
+        rule=gf.str("rule", d.rule, choices=rules),
         exclude_ops=tuple(gf.str_list("exclude_ops", [])),
         skip=gf.str("skip", d.skip, choices=SKIP_RULES),
-        two_stage=gf.bool("two_stage", d.two_stage), split=gf.int("split", None, lo=1),
-        steps=gf.int("steps", d.steps, lo=1), steps_b=gf.int("steps_b", None, lo=1),
-        batch_size=gf.int("batch_size", d.batch_size, lo=1), lr=gf.float("lr", d.lr, lo=0.0),
-        distill=gf.bool("distill", d.distill), train_limit=gf.int("train_limit", None, lo=1),
+        two_stage=gf.bool("two_stage", d.two_stage),
+        split=gf.int("split", None, lo=1),
+        steps=gf.int("steps", d.steps, lo=1),
+        steps_b=gf.int("steps_b", None, lo=1),
+        batch_size=gf.int("batch_size", d.batch_size, lo=1),
+        lr=gf.float("lr", d.lr, lo=0.0),
+        distill=gf.bool("distill", d.distill),
+        train_limit=gf.int("train_limit", None, lo=1),
         eval_limit=gf.int("eval_limit", d.eval_limit, lo=1),
         population=gf.int("population", d.population, lo=2),
         generations=gf.int("generations", d.generations, lo=1),
@@ -177,26 +208,40 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
         final_steps=gf.int("final_steps", d.final_steps, lo=0),
         final_from=gf.str("final_from", d.final_from, choices=("inherited", "scratch")),
         measure_candidates=gf.bool("measure_candidates", d.measure_candidates),
-    )  # fmt: skip
+    )
     if gen.min_budget_fraction >= 1:
-        raise gf.error("min_budget_fraction", "must be below 1 (0.9: search between 90% and "
-                       f"100% of each budget), got {gen.min_budget_fraction}")  # fmt: skip
+        raise gf.error(
+            "min_budget_fraction",
+            "must be below 1 (0.9: search between 90% and "
+            f"100% of each budget), got {gen.min_budget_fraction}",
+        )
     n_layers = len(load_space(space).layers)
     if gen.split is not None and not gen.split < n_layers:
-        raise gf.error("split", f"must be between 1 and {n_layers - 1} for this {n_layers}-layer "
-                       f"space, got {gen.split}")  # fmt: skip
+        raise gf.error(
+            "split",
+            f"must be between 1 and {n_layers - 1} for this {n_layers}-layer "
+            f"space, got {gen.split}",
+        )
     hf = top.sub("handoff")
     hf.only({"enabled", "samples"})
     rf = top.sub("report")
     rf.only({"enabled"})
     return Pipeline(
-        name=name, space=space, devices=devs, budgets=budgets,
-        data=top.str("data", "fashion-mnist"), db=top.str("db", DEFAULT_DB),
-        out=top.str("out", f"runs/{name}"), seed=top.int("seed", 0, lo=0),
+        name=name,
+        space=space,
+        devices=devs,
+        budgets=budgets,
+        data=top.str("data", "fashion-mnist"),
+        db=top.str("db", DEFAULT_DB),
+        out=top.str("out", f"runs/{name}"),
+        seed=top.int("seed", 0, lo=0),
         description=top.str("description", ""),
-        profile_remeasure_noisy=pf.bool("remeasure_noisy", False), generate=gen,
+        profile_remeasure_noisy=pf.bool("remeasure_noisy", False),
+        generate=gen,
         validate_models=lf.int("validate", 0, lo=0),
         calibration_models=lf.int("calibration", 10, lo=2),
-        handoff=hf.bool("enabled", True), handoff_samples=hf.int("samples", 32, lo=1),
-        report=rf.bool("enabled", True), source=source,
-    )  # fmt: skip
+        handoff=hf.bool("enabled", True),
+        handoff_samples=hf.int("samples", 32, lo=1),
+        report=rf.bool("enabled", True),
+        source=source,
+    )

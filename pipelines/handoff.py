@@ -43,8 +43,16 @@ MANIFEST_VERSION = 1
 # training images), so it is also held to the top-1 class.
 TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.1}
 MIN_TOP1_AGREEMENT = {"fp32": 1.0, "fp16": 0.98, "int8": 0.9}
-CONVERTERS = ("torch", "litert-torch", "ai-edge-quantizer", "ai-edge-litert", "openvino",
-              "nncf", "onnx", "onnxruntime")  # fmt: skip
+CONVERTERS = (
+    "torch",
+    "litert-torch",
+    "ai-edge-quantizer",
+    "ai-edge-litert",
+    "openvino",
+    "nncf",
+    "onnx",
+    "onnxruntime",
+)
 
 
 class BundleError(UserError):
@@ -68,12 +76,20 @@ def load_final_model(space: SearchSpace, model_pt: str | Path) -> tuple[torch.nn
 
 def device_format(spec: DeviceSpec) -> list[str]:
     """The file names of the model in this device's runtime format."""
-    return {"litert": ["model.tflite"], "openvino": ["model.xml", "model.bin"],
-            "onnxruntime": ["model.onnx"]}[spec.runtime.name]  # fmt: skip
+    return {
+        "litert": ["model.tflite"],
+        "openvino": ["model.xml", "model.bin"],
+        "onnxruntime": ["model.onnx"],
+    }[spec.runtime.name]
 
 
-def export(net: torch.nn.Module, example: torch.Tensor, spec: DeviceSpec, out: Path,
-           calibration: torch.Tensor) -> Artifact:  # fmt: skip
+def export(
+    net: torch.nn.Module,
+    example: torch.Tensor,
+    spec: DeviceSpec,
+    out: Path,
+    calibration: torch.Tensor,
+) -> Artifact:
     """Write the device's artifact and the ONNX copy into ``out``; int8 is calibrated on
     ``calibration`` (real training images, not noise)."""
     rt = spec.runtime
@@ -96,17 +112,29 @@ def compare_outputs(reference: np.ndarray, got: np.ndarray, precision: str) -> d
     need = MIN_TOP1_AGREEMENT.get(precision, 1.0)
     scale = float(np.abs(reference).max()) or 1.0
     if got.shape != reference.shape:
-        return {"max_abs_error": float("inf"), "output_scale": scale, "relative_error":
-                float("inf"), "tolerance_relative": tol, "top1_agreement": 0.0,
-                "min_top1_agreement": need, "passed": False,
-                "shape": [list(got.shape), list(reference.shape)]}  # fmt: skip
+        return {
+            "max_abs_error": float("inf"),
+            "output_scale": scale,
+            "relative_error": float("inf"),
+            "tolerance_relative": tol,
+            "top1_agreement": 0.0,
+            "min_top1_agreement": need,
+            "passed": False,
+            "shape": [list(got.shape), list(reference.shape)],
+        }
     err = float(np.abs(reference - got).max())
     picked = reference[np.arange(len(got)), got.argmax(1)]
     agree = float((picked >= reference.max(1) - tol * scale).mean())
-    return {"max_abs_error": err, "output_scale": scale, "relative_error": err / scale,
-            "tolerance_relative": tol, "top1_agreement": agree, "min_top1_agreement": need,
-            "top1_exact": float((reference.argmax(1) == got.argmax(1)).mean()),
-            "passed": bool(err / scale <= tol and agree >= need)}  # fmt: skip
+    return {
+        "max_abs_error": err,
+        "output_scale": scale,
+        "relative_error": err / scale,
+        "tolerance_relative": tol,
+        "top1_agreement": agree,
+        "min_top1_agreement": need,
+        "top1_exact": float((reference.argmax(1) == got.argmax(1)).mean()),
+        "passed": bool(err / scale <= tol and agree >= need),
+    }
 
 
 def _onnx_outputs(path: Path, batch: np.ndarray) -> np.ndarray:
@@ -128,14 +156,21 @@ def _measure(session: AgentSession, spec: DeviceSpec, art: Artifact, seed: int) 
         cv = round_cv(res, m.statistic)
         if cv <= m.cv_threshold or attempt > m.max_remeasure:
             break
-    return {"latency_ms": latency_of(res, m.statistic), "round_cv": cv,
-            "noisy": cv > m.cv_threshold, "attempts": attempt,
-            "samples_ms": res["samples_ms"], "runtime": res.get("runtime"),
-            "runtime_version": res.get("runtime_version"), "delegate": res.get("delegate")}
+    return {
+        "latency_ms": latency_of(res, m.statistic),
+        "round_cv": cv,
+        "noisy": cv > m.cv_threshold,
+        "attempts": attempt,
+        "samples_ms": res["samples_ms"],
+        "runtime": res.get("runtime"),
+        "runtime_version": res.get("runtime_version"),
+        "delegate": res.get("delegate"),
+    }
 
 
-def _over_passes(spec: DeviceSpec, art: Artifact, seed: int,
-                 first: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def _over_passes(
+    spec: DeviceSpec, art: Artifact, seed: int, first: dict[str, Any]
+) -> dict[str, Any]:
     """``first`` and the spec's further passes, each in a fresh agent process, as one figure:
     their median (``profilers/passes.py`` says why), noisy if any pass was, every pass kept."""
     runs = [first]
@@ -155,11 +190,18 @@ def _over_passes(spec: DeviceSpec, art: Artifact, seed: int,
 
 def protocol(spec: DeviceSpec) -> dict[str, Any]:
     m = spec.measure
-    return {"warmup": m.warmup, "rounds": m.rounds, "runs": m.runs,
-            "min_round_ms": m.min_round_ms, "statistic": f"{m.statistic} of round medians",
-            "cv_threshold": m.cv_threshold, "max_remeasure": m.max_remeasure, "batch": 1,
-            "passes": m.passes,
-            "threads": spec.runtime.threads}  # fmt: skip
+    return {
+        "warmup": m.warmup,
+        "rounds": m.rounds,
+        "runs": m.runs,
+        "min_round_ms": m.min_round_ms,
+        "statistic": f"{m.statistic} of round medians",
+        "cv_threshold": m.cv_threshold,
+        "max_remeasure": m.max_remeasure,
+        "batch": 1,
+        "passes": m.passes,
+        "threads": spec.runtime.threads,
+    }
 
 
 def make_bundle(
@@ -193,8 +235,9 @@ def make_bundle(
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
         work = Path(tmp)
         art = export(net, example, spec, work, calib)
-        torch.save({"space": space.name, "arch": arch, "model": net.state_dict()},
-                   work / "model.pt")  # fmt: skip
+        torch.save(
+            {"space": space.name, "arch": arch, "model": net.state_dict()}, work / "model.pt"
+        )
         (work / "arch.txt").write_text(arch + "\n")
         (work / "space.toml").write_text(space_to_toml(space, f"The space of {arch}"))
         with AgentSession(spec) as session:
@@ -203,16 +246,19 @@ def make_bundle(
             first = _measure(session, spec, art, seed)
         measured = _over_passes(spec, art, seed, first)
         device_check = compare_outputs(reference, got, spec.runtime.precision)
-        onnx_check = compare_outputs(reference, _onnx_outputs(work / "model.onnx",
-                                                              batch.numpy()), "fp32")  # fmt: skip
+        onnx_check = compare_outputs(
+            reference, _onnx_outputs(work / "model.onnx", batch.numpy()), "fp32"
+        )
         ms = measured["latency_ms"]
         reasons = []
         if budget_ms is not None and ms > budget_ms:
             reasons.append(f"measured {ms:.4g} ms on {spec.name}, over the {budget_ms:g} ms budget")
         if not device_check["passed"]:
-            reasons.append(f"{spec.runtime.name} outputs differ from PyTorch "
-                           f"(relative error {device_check['relative_error']:.3g}, top-1 "
-                           f"agreement {device_check['top1_agreement']:.0%})")  # fmt: skip
+            reasons.append(
+                f"{spec.runtime.name} outputs differ from PyTorch "
+                f"(relative error {device_check['relative_error']:.3g}, top-1 "
+                f"agreement {device_check['top1_agreement']:.0%})"
+            )
         if not onnx_check["passed"]:
             reasons.append("the ONNX copy's outputs differ from PyTorch")
         manifest = {
@@ -220,30 +266,60 @@ def make_bundle(
             "hurricane": hurricane.__version__,
             "accepted": not reasons,
             "reasons": reasons,
-            "space": {"name": space.name, "source": space_ref,
-                      "structure_hash": space.structure_hash(), "file": "space.toml"},
+            "space": {
+                "name": space.name,
+                "source": space_ref,
+                "structure_hash": space.structure_hash(),
+                "file": "space.toml",
+            },
             "architecture": arch,
-            "device": {"name": spec.name, "kind": spec.kind, "spec": spec.source,
-                       "fingerprint": fingerprint},
-            "runtime": {"name": spec.runtime.name, "precision": spec.runtime.precision,
-                        "version": measured["runtime_version"],
-                        "delegate": measured["delegate"], "threads": spec.runtime.threads},
-            "format": {"device": device_format(spec), "onnx": "model.onnx",
-                       "pytorch": "model.pt", "input_shape": list(example.shape),
-                       "input": "float32 NCHW, normalised as the training data"},
+            "device": {
+                "name": spec.name,
+                "kind": spec.kind,
+                "spec": spec.source,
+                "fingerprint": fingerprint,
+            },
+            "runtime": {
+                "name": spec.runtime.name,
+                "precision": spec.runtime.precision,
+                "version": measured["runtime_version"],
+                "delegate": measured["delegate"],
+                "threads": spec.runtime.threads,
+            },
+            "format": {
+                "device": device_format(spec),
+                "onnx": "model.onnx",
+                "pytorch": "model.pt",
+                "input_shape": list(example.shape),
+                "input": "float32 NCHW, normalised as the training data",
+            },
             "converters": {d: v for d in CONVERTERS if (v := _version(d))},
-            "latency": {"budget_ms": budget_ms, "predicted_ms": predicted_ms,
-                        "measured_ms": ms, "protocol": protocol(spec),
-                        **{k: v for k, v in measured.items() if k != "latency_ms"}},
+            "latency": {
+                "budget_ms": budget_ms,
+                "predicted_ms": predicted_ms,
+                "measured_ms": ms,
+                "protocol": protocol(spec),
+                **{k: v for k, v in measured.items() if k != "latency_ms"},
+            },
             "accuracy": {**(accuracy or {}), "data": splits.describe()},
-            "verification": {"samples": len(batch), "from": f"{data} test split, seed {seed}",
-                             "device": device_check, "onnx": onnx_check},
-            "host": {"python": platform.python_version(), "machine": platform.machine(),
-                     "argv": sys.argv},
+            "verification": {
+                "samples": len(batch),
+                "from": f"{data} test split, seed {seed}",
+                "device": device_check,
+                "onnx": onnx_check,
+            },
+            "host": {
+                "python": platform.python_version(),
+                "machine": platform.machine(),
+                "argv": sys.argv,
+            },
             **(extra or {}),
-        }  # fmt: skip
-        manifest["files"] = {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
-                             for p in sorted(work.iterdir()) if p.is_file()}  # fmt: skip
+        }
+        manifest["files"] = {
+            p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
+            for p in sorted(work.iterdir())
+            if p.is_file()
+        }
         (work / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str) + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -270,8 +346,11 @@ def check_files(bundle: str | Path) -> list[str]:
             problems.append(f"{name}: missing")
         elif file_sha256(f) != info["sha256"]:
             problems.append(f"{name}: sha256 differs from the manifest (changed or corrupt)")
-    extra = sorted(p.name for p in bundle.iterdir() if p.is_file() and p.name != MANIFEST
-                   and p.name not in files)  # fmt: skip
+    extra = sorted(
+        p.name
+        for p in bundle.iterdir()
+        if p.is_file() and p.name != MANIFEST and p.name not in files
+    )
     problems += [f"{name}: not listed in the manifest" for name in extra]
     return problems
 
@@ -281,16 +360,22 @@ def verify_bundle(bundle: str | Path, device: str | None = None, seed: int = 1) 
     bundle = Path(bundle)
     problems = check_files(bundle)
     manifest = json.loads((bundle / MANIFEST).read_text())
-    result: dict[str, Any] = {"bundle": str(bundle), "files": len(manifest["files"]),
-                              "problems": problems, "accepted": manifest["accepted"]}  # fmt: skip
+    result: dict[str, Any] = {
+        "bundle": str(bundle),
+        "files": len(manifest["files"]),
+        "problems": problems,
+        "accepted": manifest["accepted"],
+    }
     if device is None or problems:
         return result
     spec = load_device(device)
     names = device_format(spec)
     if names[0] not in manifest["files"]:
-        raise BundleError(f"{bundle}: holds no {names[0]} for {spec.name}'s runtime "
-                          f"{spec.runtime.name}; it was made for "
-                          f"{manifest['runtime']['name']}")  # fmt: skip
+        raise BundleError(
+            f"{bundle}: holds no {names[0]} for {spec.name}'s runtime "
+            f"{spec.runtime.name}; it was made for "
+            f"{manifest['runtime']['name']}"
+        )
     space = load_space(bundle / "space.toml")
     net, _ = load_final_model(space, bundle / "model.pt")
     shape = manifest["format"]["input_shape"]
@@ -302,15 +387,23 @@ def verify_bundle(bundle: str | Path, device: str | None = None, seed: int = 1) 
         key = manifest["files"][names[0]]["sha256"][:16]
         for n in names:
             shutil.copy(bundle / n, Path(tmp) / f"{key}{Path(n).suffix}")
-        art = Artifact(spec.runtime.name, spec.runtime.precision, key,
-                       Path(tmp) / f"{key}{Path(names[0]).suffix}")  # fmt: skip
+        art = Artifact(
+            spec.runtime.name,
+            spec.runtime.precision,
+            key,
+            Path(tmp) / f"{key}{Path(names[0]).suffix}",
+        )
         with AgentSession(spec) as session:
             got = session.infer("verify", art, x.numpy())
             first = _measure(session, spec, art, seed)
         measured = _over_passes(spec, art, seed, first)
     budget = manifest["latency"].get("budget_ms")
-    result.update(device=spec.name, measured_ms=measured["latency_ms"],
-                  manifest_measured_ms=manifest["latency"]["measured_ms"], budget_ms=budget,
-                  within_budget=budget is None or measured["latency_ms"] <= budget,
-                  outputs=compare_outputs(reference, got, spec.runtime.precision))  # fmt: skip
+    result.update(
+        device=spec.name,
+        measured_ms=measured["latency_ms"],
+        manifest_measured_ms=manifest["latency"]["measured_ms"],
+        budget_ms=budget,
+        within_budget=budget is None or measured["latency_ms"] <= budget,
+        outputs=compare_outputs(reference, got, spec.runtime.precision),
+    )
     return result

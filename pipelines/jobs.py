@@ -54,32 +54,52 @@ def lut_digest(space: SearchSpace, spec: DeviceSpec, db: str | Path) -> dict[str
     return {"digest": digest(rows), "entries": len(rows), "needed": len(keys), "status": counts}
 
 
-def profile_device(space: SearchSpace, spec: DeviceSpec, db: str | Path,
-                   remeasure_noisy: bool = False, progress: bool = True) -> dict[str, Any]:
+def profile_device(
+    space: SearchSpace,
+    spec: DeviceSpec,
+    db: str | Path,
+    remeasure_noisy: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     report = profile(space, spec, db, progress=progress, remeasure_noisy=remeasure_noisy)
     return {**lut_digest(space, spec, db), "report": report.to_json()}
 
 
-def shrink_for_device(space: SearchSpace, spec: DeviceSpec, db: str | Path, k: int, rule: str,
-                      exclude: list[str], out: Path | None = None,
-                      made_by: str = "", skip: str = "identity") -> dict[str, Any]:  # fmt: skip
+def shrink_for_device(
+    space: SearchSpace,
+    spec: DeviceSpec,
+    db: str | Path,
+    k: int,
+    rule: str,
+    exclude: list[str],
+    out: Path | None = None,
+    made_by: str = "",
+    skip: str = "identity",
+) -> dict[str, Any]:
     """Stage one: the space reduced for ``spec`` from its LUT, written to ``out`` (TOML;
     default ``runs/spaces/SPACE-DEVICE-kK.toml``) with its scores beside it."""
     table, predicted = fill_missing(space, read_table(space, db, spec.name), spec.name)
     exclude = [*spec.exclude_ops, *exclude]
     name = f"{space.name}-{spec.name}-k{k}"
-    reduced, scores = reduce_space(space, table, k=k, rule=rule, exclude=exclude, name=name,
-                                   skip=skip)  # fmt: skip
+    reduced, scores = reduce_space(
+        space, table, k=k, rule=rule, exclude=exclude, name=name, skip=skip
+    )
     out = Path(out or f"runs/spaces/{name}.toml")
-    header = (f"Stage one for device {spec.name}: top {k} per layer by rule {rule!r}, "
-              f"skip={skip}"
-              f"{'; excluded ' + ', '.join(exclude) if exclude else ''}.\n{made_by}")  # fmt: skip
+    header = (
+        f"Stage one for device {spec.name}: top {k} per layer by rule {rule!r}, "
+        f"skip={skip}"
+        f"{'; excluded ' + ', '.join(exclude) if exclude else ''}.\n{made_by}"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(space_to_toml(reduced, header))
     out.with_suffix(".scores.json").write_text(json.dumps(scores_json(scores), indent=1))
-    return {"space": str(out), "digest": file_sha256(out), "kept": [list(lay.ops)
-            for lay in reduced.layers], "predicted_entries": len(predicted),
-            "log10_size": [round(space.log10_size(), 2), round(reduced.log10_size(), 2)]}
+    return {
+        "space": str(out),
+        "digest": file_sha256(out),
+        "kept": [list(lay.ops) for lay in reduced.layers],
+        "predicted_entries": len(predicted),
+        "log10_size": [round(space.log10_size(), 2), round(reduced.log10_size(), 2)],
+    }
 
 
 def resolve_budget(budget: Budget, model: LatencyModel, space: SearchSpace, seed: int) -> float:
@@ -91,40 +111,70 @@ def resolve_budget(budget: Budget, model: LatencyModel, space: SearchSpace, seed
     return round(float(np.percentile(model.predict(archs), budget.percentile)), 6)
 
 
-def final_model(space_ref: str, spec: DeviceSpec, ranked: list[dict[str, Any]],
-                budget_ms: float, db: str | Path, supernet_pt: Path, out: Path,
-                verify_top: int, final_steps: int, data: str, seed: int,
-                measure: bool = True, echo: Echo = print, progress: bool = True,
-                inherit: bool = True) -> dict[str, Any]:  # fmt: skip
+def final_model(
+    space_ref: str,
+    spec: DeviceSpec,
+    ranked: list[dict[str, Any]],
+    budget_ms: float,
+    db: str | Path,
+    supernet_pt: Path,
+    out: Path,
+    verify_top: int,
+    final_steps: int,
+    data: str,
+    seed: int,
+    measure: bool = True,
+    echo: Echo = print,
+    progress: bool = True,
+    inherit: bool = True,
+) -> dict[str, Any]:
     """The device's check of the best candidates, then the chosen one fine-tuned from its
     inherited weights (or, not ``inherit``, trained from scratch) and scored on the test
     split; written to ``out/final.json``."""
     space = load_space(space_ref)
     if measure:
-        chosen = choose_measured(space, spec, ranked, budget_ms, db, n=verify_top,
-                                 progress=progress)
+        chosen = choose_measured(
+            space, spec, ranked, budget_ms, db, n=verify_top, progress=progress
+        )
         for c in chosen["candidates"]:
             ms = "failed" if c["measured_ms"] is None else f"{c['measured_ms']:.4f} ms"
-            echo(f"  on {spec.name}: {c['arch']} predicted {c['predicted_ms']:.4f} ms, "
-                 f"measured {ms}")  # fmt: skip
+            echo(
+                f"  on {spec.name}: {c['arch']} predicted {c['predicted_ms']:.4f} ms, measured {ms}"
+            )
         if not chosen["accepted"]:
-            print(f"WARNING: none of the top {verify_top} measured within {budget_ms:g} ms on "
-                  f"{spec.name}; keeping the fastest, marked not accepted",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"WARNING: none of the top {verify_top} measured within {budget_ms:g} ms on "
+                f"{spec.name}; keeping the fastest, marked not accepted",
+                file=sys.stderr,
+            )
     else:
         c = ranked[0]
-        chosen = {**c, "predicted_ms": c["latency_ms"], "measured_ms": None, "accepted": None,
-                  "candidates": []}  # fmt: skip
+        chosen = {
+            **c,
+            "predicted_ms": c["latency_ms"],
+            "measured_ms": None,
+            "accepted": None,
+            "candidates": [],
+        }
     final = {**chosen, "budget_ms": budget_ms, "device": spec.name, "space": space_ref}
     if final_steps > 0:
-        trained = train_final(space_ref, chosen["arch"], out / "final", final_steps, data=data,
-                              init=supernet_pt if inherit else None, seed=seed,
-                              progress=progress)  # fmt: skip
+        trained = train_final(
+            space_ref,
+            chosen["arch"],
+            out / "final",
+            final_steps,
+            data=data,
+            init=supernet_pt if inherit else None,
+            seed=seed,
+            progress=progress,
+        )
         final.update(trained)
         how = "fine-tuned" if inherit else "trained from scratch"
-        echo(f"final model: {chosen['arch']} {how} {trained['steps']} steps: test "
-             f"accuracy {trained['test_acc']:.4f} on {trained['test_images']} images; "
-             f"{trained['model']}")  # fmt: skip
+        echo(
+            f"final model: {chosen['arch']} {how} {trained['steps']} steps: test "
+            f"accuracy {trained['test_acc']:.4f} on {trained['test_images']} images; "
+            f"{trained['model']}"
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "final.json").write_text(json.dumps(final, indent=1))
     return final
@@ -172,17 +222,33 @@ def _base_ladder(lut: LutPredictor, split: int, typical: Arch) -> list[Arch]:
 
 def _train_config(p: Pipeline, space_file: str, out: Path, progress: bool) -> TrainConfig:
     g = p.generate
-    return TrainConfig(space=space_file, data=p.data, out=str(out), steps=g.steps,
-                       batch_size=g.batch_size, lr=g.lr, seed=p.seed, distill=g.distill,
-                       train_limit=g.train_limit, eval_limit=g.eval_limit,
-                       progress=progress)  # fmt: skip
+    return TrainConfig(
+        space=space_file,
+        data=p.data,
+        out=str(out),
+        steps=g.steps,
+        batch_size=g.batch_size,
+        lr=g.lr,
+        seed=p.seed,
+        distill=g.distill,
+        train_limit=g.train_limit,
+        eval_limit=g.eval_limit,
+        progress=progress,
+    )
 
 
 def _search_config(p: Pipeline, budget_ms: float) -> SearchConfig:
     g = p.generate
-    return SearchConfig(budget_ms=budget_ms, population=g.population, generations=g.generations,
-                        parents=g.parents, mutations=g.mutations, crossovers=g.crossovers,
-                        min_fraction=g.min_budget_fraction, seed=p.seed)  # fmt: skip
+    return SearchConfig(
+        budget_ms=budget_ms,
+        population=g.population,
+        generations=g.generations,
+        parents=g.parents,
+        mutations=g.mutations,
+        crossovers=g.crossovers,
+        min_fraction=g.min_budget_fraction,
+        seed=p.seed,
+    )
 
 
 class PipelineRun:
@@ -203,28 +269,55 @@ class PipelineRun:
         spec_digest = digest(_spec_json(spec))
         prof = self.steps.run(
             f"profile-{dev}",
-            {"space": self.space.structure_hash(), "ops": [list(lay.ops) for lay in
-             self.space.layers], "device": spec_digest, "db": str(Path(p.db).resolve()),
-             "remeasure_noisy": p.profile_remeasure_noisy},
-            lambda: profile_device(self.space, spec, p.db, p.profile_remeasure_noisy,
-                                   self.progress),
-            intact=lambda o: _lut_unchanged(self.space, spec, p.db, o))  # fmt: skip
+            {
+                "space": self.space.structure_hash(),
+                "ops": [list(lay.ops) for lay in self.space.layers],
+                "device": spec_digest,
+                "db": str(Path(p.db).resolve()),
+                "remeasure_noisy": p.profile_remeasure_noisy,
+            },
+            lambda: profile_device(
+                self.space, spec, p.db, p.profile_remeasure_noisy, self.progress
+            ),
+            intact=lambda o: _lut_unchanged(self.space, spec, p.db, o),
+        )
         if p.validate_models:
             val = self.steps.run(
                 f"validate-{dev}",
-                {"lut": prof["digest"], "n": p.validate_models, "calibration":
-                 p.calibration_models, "seed": p.seed},
-                lambda: self._validate(spec), workdir=base / "latency")  # fmt: skip
+                {
+                    "lut": prof["digest"],
+                    "n": p.validate_models,
+                    "calibration": p.calibration_models,
+                    "seed": p.seed,
+                },
+                lambda: self._validate(spec),
+                workdir=base / "latency",
+            )
             prof = {**prof, "digest": digest([prof["digest"], val["digest"]])}
         if g.k > 0:
             shr = self.steps.run(
                 f"shrink-{dev}",
-                {"lut": prof["digest"], "k": g.k, "rule": g.rule, "exclude": list(g.exclude_ops),
-                 "device_exclude": list(spec.exclude_ops), "skip": g.skip},
-                lambda: shrink_for_device(self.space, spec, p.db, g.k, g.rule,
-                                          list(g.exclude_ops), base / "shrink" / "space.toml",
-                                          f"Made by pipeline {p.name} ({p.source})", g.skip),
-                intact=lambda o: _same_file(o["space"], o["digest"]))  # fmt: skip
+                {
+                    "lut": prof["digest"],
+                    "k": g.k,
+                    "rule": g.rule,
+                    "exclude": list(g.exclude_ops),
+                    "device_exclude": list(spec.exclude_ops),
+                    "skip": g.skip,
+                },
+                lambda: shrink_for_device(
+                    self.space,
+                    spec,
+                    p.db,
+                    g.k,
+                    g.rule,
+                    list(g.exclude_ops),
+                    base / "shrink" / "space.toml",
+                    f"Made by pipeline {p.name} ({p.source})",
+                    g.skip,
+                ),
+                intact=lambda o: _same_file(o["space"], o["digest"]),
+            )
             space_file = shr["space"]
         else:
             shr = {"digest": digest(self.space.summary()), "kept": None}
@@ -238,30 +331,74 @@ class PipelineRun:
 
         def train_supernet() -> dict[str, Any]:
             if g.two_stage:
-                summary = train(stage_a_config(cfg, space, split, g.steps, base / "supernet",
-                                               fixed))
+                summary = train(
+                    stage_a_config(cfg, space, split, g.steps, base / "supernet", fixed)
+                )
             else:
                 summary = train(replace(cfg, sample_layers=None, fixed=None))
-            return {"digest": summary["state_sha256"], "steps": summary["steps"],
-                    "seconds": summary["train_seconds"], "fixed": str(fixed) if fixed else None,
-                    "supernet": str(base / "supernet" / "supernet.pt")}
+            return {
+                "digest": summary["state_sha256"],
+                "steps": summary["steps"],
+                "seconds": summary["train_seconds"],
+                "fixed": str(fixed) if fixed else None,
+                "supernet": str(base / "supernet" / "supernet.pt"),
+            }
 
-        train_inputs = {"space": shr["digest"], "train": cfg.identity(), "two_stage": g.two_stage,
-                        "split": split if g.two_stage else None,
-                        "fixed": str(fixed) if fixed else None}
-        sup = self.steps.run(f"supernet-{dev}", train_inputs, train_supernet,
-                             workdir=base / "supernet",
-                             intact=lambda o: Path(o["supernet"]).is_file())
-        out: dict[str, Any] = {"device": dev, "spec": spec, "profile": prof, "shrink": shr,
-                               "supernet": sup, "space_file": space_file, "budgets": {}}
+        train_inputs = {
+            "space": shr["digest"],
+            "train": cfg.identity(),
+            "two_stage": g.two_stage,
+            "split": split if g.two_stage else None,
+            "fixed": str(fixed) if fixed else None,
+        }
+        sup = self.steps.run(
+            f"supernet-{dev}",
+            train_inputs,
+            train_supernet,
+            workdir=base / "supernet",
+            intact=lambda o: Path(o["supernet"]).is_file(),
+        )
+        out: dict[str, Any] = {
+            "device": dev,
+            "spec": spec,
+            "profile": prof,
+            "shrink": shr,
+            "supernet": sup,
+            "space_file": space_file,
+            "budgets": {},
+        }
         for budget in p.budgets:
             out["budgets"][budget.label] = self.budget_steps(
-                spec, space, space_file, model, budget, budgets[budget.label], cfg, split,
-                fixed, prof, sup, handoff)
+                spec,
+                space,
+                space_file,
+                model,
+                budget,
+                budgets[budget.label],
+                cfg,
+                split,
+                fixed,
+                prof,
+                sup,
+                handoff,
+            )
         return out
 
-    def budget_steps(self, spec, space, space_file, model, budget, budget_ms, cfg, split, fixed,
-                     prof, sup, handoff) -> dict[str, Any]:  # fmt: skip
+    def budget_steps(
+        self,
+        spec,
+        space,
+        space_file,
+        model,
+        budget,
+        budget_ms,
+        cfg,
+        split,
+        fixed,
+        prof,
+        sup,
+        handoff,
+    ) -> dict[str, Any]:
         p, g = self.p, self.p.generate
         dev, label = spec.name, budget.label
         work = self.root / dev / label
@@ -270,52 +407,115 @@ class PipelineRun:
 
         def search() -> dict[str, Any]:
             if g.two_stage:
-                res = two_stage(cfg, split, model.predict, scfg, work, g.steps, steps_b,
-                                fixed=fixed, min_latency=model.fastest,
-                                stage_a_out=self.root / dev / "supernet")  # fmt: skip
+                res = two_stage(
+                    cfg,
+                    split,
+                    model.predict,
+                    scfg,
+                    work,
+                    g.steps,
+                    steps_b,
+                    fixed=fixed,
+                    min_latency=model.fastest,
+                    stage_a_out=self.root / dev / "supernet",
+                )
                 top, pt = res["stage_b"]["top"], work / "stage_b" / "supernet.pt"
             else:
-                res = EvolutionSearch(space, model.predict, _fitness(cfg, space, sup), scfg,
-                                      work / "search", min_latency=model.fastest).run()  # fmt: skip
-                res = {"arch": res["best"], "fitness": res["fitness"],
-                       "latency_ms": res["latency_ms"], "supernet_steps": sup["steps"],
-                       "supernet_seconds": sup["seconds"], "search": res}  # fmt: skip
+                res = EvolutionSearch(
+                    space,
+                    model.predict,
+                    _fitness(cfg, space, sup),
+                    scfg,
+                    work / "search",
+                    min_latency=model.fastest,
+                ).run()
+                res = {
+                    "arch": res["best"],
+                    "fitness": res["fitness"],
+                    "latency_ms": res["latency_ms"],
+                    "supernet_steps": sup["steps"],
+                    "supernet_seconds": sup["seconds"],
+                    "search": res,
+                }
                 top, pt = res["search"]["top"], Path(sup["supernet"])
-            self.echo(f"  best for {label} on {dev}: {res['arch']} validation accuracy "
-                      f"{res['fitness']:.4f}, predicted {res['latency_ms']:.4f} ms "
-                      f"(budget {budget_ms:g} ms); supernet cost {res['supernet_steps']} "
-                      f"steps, {res['supernet_seconds']:.0f}s")  # fmt: skip
-            return {"digest": digest([res["arch"], top]), "arch": res["arch"],
-                    "fitness": res["fitness"], "latency_ms": res["latency_ms"], "top": top,
-                    "supernet_pt": str(pt), "budget_ms": budget_ms,
-                    "supernet_steps": res["supernet_steps"],
-                    "supernet_seconds": res["supernet_seconds"]}  # fmt: skip
+            self.echo(
+                f"  best for {label} on {dev}: {res['arch']} validation accuracy "
+                f"{res['fitness']:.4f}, predicted {res['latency_ms']:.4f} ms "
+                f"(budget {budget_ms:g} ms); supernet cost {res['supernet_steps']} "
+                f"steps, {res['supernet_seconds']:.0f}s"
+            )
+            return {
+                "digest": digest([res["arch"], top]),
+                "arch": res["arch"],
+                "fitness": res["fitness"],
+                "latency_ms": res["latency_ms"],
+                "top": top,
+                "supernet_pt": str(pt),
+                "budget_ms": budget_ms,
+                "supernet_steps": res["supernet_steps"],
+                "supernet_seconds": res["supernet_seconds"],
+            }
 
         srch = self.steps.run(
             f"search-{dev}-{label}",
-            {"supernet": sup["digest"], "lut": prof["digest"], "budget_ms": budget_ms,
-             "search": scfg.identity(), "steps_b": steps_b if g.two_stage else None,
-             "train": {k: v for k, v in cfg.identity().items() if k != "out"}},
-            search, workdir=work, intact=lambda o: Path(o["supernet_pt"]).is_file())  # fmt: skip
+            {
+                "supernet": sup["digest"],
+                "lut": prof["digest"],
+                "budget_ms": budget_ms,
+                "search": scfg.identity(),
+                "steps_b": steps_b if g.two_stage else None,
+                "train": {k: v for k, v in cfg.identity().items() if k != "out"},
+            },
+            search,
+            workdir=work,
+            intact=lambda o: Path(o["supernet_pt"]).is_file(),
+        )
         fin = self.steps.run(
             f"final-{dev}-{label}",
-            {"search": srch["digest"], "verify_top": g.verify_top, "final_steps": g.final_steps,
-             "final_from": g.final_from, "measure": g.measure_candidates, "data": p.data,
-             "seed": p.seed},
-            lambda: _final_outputs(final_model(
-                space_file, spec, srch["top"], budget_ms, p.db, Path(srch["supernet_pt"]),
-                work, g.verify_top, g.final_steps, p.data, p.seed, g.measure_candidates,
-                self.echo, self.progress, g.final_from == "inherited")),
+            {
+                "search": srch["digest"],
+                "verify_top": g.verify_top,
+                "final_steps": g.final_steps,
+                "final_from": g.final_from,
+                "measure": g.measure_candidates,
+                "data": p.data,
+                "seed": p.seed,
+            },
+            lambda: _final_outputs(
+                final_model(
+                    space_file,
+                    spec,
+                    srch["top"],
+                    budget_ms,
+                    p.db,
+                    Path(srch["supernet_pt"]),
+                    work,
+                    g.verify_top,
+                    g.final_steps,
+                    p.data,
+                    p.seed,
+                    g.measure_candidates,
+                    self.echo,
+                    self.progress,
+                    g.final_from == "inherited",
+                )
+            ),
             workdir=work / "final",
-            intact=lambda o: not o.get("model") or _same_file(o["model"], o["digest"]))  # fmt: skip
+            intact=lambda o: not o.get("model") or _same_file(o["model"], o["digest"]),
+        )
         res = {"budget": label, "budget_ms": budget_ms, "search": srch, "final": fin}
         if handoff and p.handoff and fin.get("model"):
             res["handoff"] = self.steps.run(
                 f"handoff-{dev}-{label}",
-                {"final": fin["digest"], "device": digest(_spec_json(spec)),
-                 "samples": p.handoff_samples, "seed": p.seed},
+                {
+                    "final": fin["digest"],
+                    "device": digest(_spec_json(spec)),
+                    "samples": p.handoff_samples,
+                    "seed": p.seed,
+                },
                 lambda: self._handoff(spec, space_file, fin, budget_ms, label),
-                intact=_bundle_intact)  # fmt: skip
+                intact=_bundle_intact,
+            )
         return res
 
     def _validate(self, spec: DeviceSpec) -> dict[str, Any]:
@@ -324,9 +524,16 @@ class PipelineRun:
         from pipelines.latency_validate import summary_lines, validate_latency
 
         p = self.p
-        res = validate_latency(self.space, spec, p.db, p.validate_models, p.calibration_models,
-                               p.seed, self.root / spec.name / "latency",
-                               progress=self.progress)  # fmt: skip
+        res = validate_latency(
+            self.space,
+            spec,
+            p.db,
+            p.validate_models,
+            p.calibration_models,
+            p.seed,
+            self.root / spec.name / "latency",
+            progress=self.progress,
+        )
         for line in summary_lines(res):
             self.echo(f"  {line}")
         keys = ("within_5pct", "within_10pct", "mape", "rmse_ms", "spearman", "calibration")
@@ -336,37 +543,70 @@ class PipelineRun:
         from pipelines.handoff import make_bundle
 
         out = self.root / "bundles" / f"{spec.name}-{label}"
-        acc = {"test_acc": fin.get("test_acc"), "test_images": fin.get("test_images"),
-               "val_acc": fin.get("fitness"), "fine_tune_steps": fin.get("steps")}  # fmt: skip
-        m = make_bundle(space_file, fin["model"], spec, out, budget_ms, fin.get("predicted_ms"),
-                        acc, self.p.data, self.p.handoff_samples, self.p.seed,
-                        extra={"pipeline": {"name": self.p.name, "source": self.p.source},
-                               "provenance": provenance()})  # fmt: skip
+        acc = {
+            "test_acc": fin.get("test_acc"),
+            "test_images": fin.get("test_images"),
+            "val_acc": fin.get("fitness"),
+            "fine_tune_steps": fin.get("steps"),
+        }
+        m = make_bundle(
+            space_file,
+            fin["model"],
+            spec,
+            out,
+            budget_ms,
+            fin.get("predicted_ms"),
+            acc,
+            self.p.data,
+            self.p.handoff_samples,
+            self.p.seed,
+            extra={
+                "pipeline": {"name": self.p.name, "source": self.p.source},
+                "provenance": provenance(),
+            },
+        )
         ms = m["latency"]["measured_ms"]
         if m["accepted"]:
-            self.echo(f"  bundle {out}: accepted, {ms:.4f} ms on {spec.name} (budget "
-                      f"{budget_ms:g} ms), outputs match PyTorch")  # fmt: skip
+            self.echo(
+                f"  bundle {out}: accepted, {ms:.4f} ms on {spec.name} (budget "
+                f"{budget_ms:g} ms), outputs match PyTorch"
+            )
         else:
-            print(f"WARNING: bundle {out} is NOT ACCEPTED: {'; '.join(m['reasons'])}",
-                  file=sys.stderr)  # fmt: skip
-        return {"digest": file_sha256(out / "manifest.json"), "bundle": str(out),
-                "accepted": m["accepted"], "measured_ms": ms, "reasons": m["reasons"]}
+            print(
+                f"WARNING: bundle {out} is NOT ACCEPTED: {'; '.join(m['reasons'])}", file=sys.stderr
+            )
+        return {
+            "digest": file_sha256(out / "manifest.json"),
+            "bundle": str(out),
+            "accepted": m["accepted"],
+            "measured_ms": ms,
+            "reasons": m["reasons"],
+        }
 
     def run(self, handoff: bool = True) -> dict[str, Any]:
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "pipeline.json").write_text(json.dumps(
-            {"pipeline": self.p.to_json(), "provenance": provenance()}, indent=1))  # fmt: skip
+        (self.root / "pipeline.json").write_text(
+            json.dumps({"pipeline": self.p.to_json(), "provenance": provenance()}, indent=1)
+        )
         for d in self.p.devices:
             r = self.device_steps(d, handoff)
             self.results[r["device"]] = r
         if self.p.report:
             from pipelines.run_report import build_report
 
-            inputs = {d: {b: (r["final"]["digest"], r.get("handoff", {}).get("digest"))
-                          for b, r in res["budgets"].items()}
-                      for d, res in self.results.items()}  # fmt: skip
-            rep = self.steps.run("report", {"results": inputs}, lambda: build_report(self),
-                                 intact=lambda o: Path(o["index"]).is_file())  # fmt: skip
+            inputs = {
+                d: {
+                    b: (r["final"]["digest"], r.get("handoff", {}).get("digest"))
+                    for b, r in res["budgets"].items()
+                }
+                for d, res in self.results.items()
+            }
+            rep = self.steps.run(
+                "report",
+                {"results": inputs},
+                lambda: build_report(self),
+                intact=lambda o: Path(o["index"]).is_file(),
+            )
             self.report_path = rep["index"]
         return self.results
 
@@ -387,7 +627,8 @@ def _bundle_intact(outputs: dict[str, Any]) -> bool:
 
     try:
         return check_files(outputs["bundle"]) == [] and _same_file(
-            Path(outputs["bundle"]) / "manifest.json", outputs["digest"])
+            Path(outputs["bundle"]) / "manifest.json", outputs["digest"]
+        )
     except BundleError:
         return False
 
@@ -403,4 +644,3 @@ def _fitness(cfg: TrainConfig, space: SearchSpace, sup: dict[str, Any]):
 
     net = load_supernet(space, sup["supernet"])
     return SupernetFitness(net, data_for(cfg, space), cfg.bn_batches, seed=cfg.seed)
-

@@ -15,9 +15,15 @@ def _validate(args: argparse.Namespace) -> int:
 
     space, spec = load_space(args.space), load_device(args.device)
     result = validate_latency(
-        space, spec, args.db, n=args.n, n_calibration=args.calibration, seed=args.seed,
-        out_dir=args.out, progress=not args.no_progress,
-    )  # fmt: skip
+        space,
+        spec,
+        args.db,
+        n=args.n,
+        n_calibration=args.calibration,
+        seed=args.seed,
+        out_dir=args.out,
+        progress=not args.no_progress,
+    )
     print("\n".join(summary_lines(result)))
     print(f"  stored as validation {result['id']} in {args.db}")
     return 0
@@ -45,13 +51,20 @@ def _sample(args: argparse.Namespace) -> int:
     from profilers.adaptive import adaptive_sample
 
     report = adaptive_sample(
-        load_space(args.space), load_device(args.device), args.db, budget=args.budget,
-        target_mape=args.target_mape, per_round=args.per_round, seed=args.seed,
+        load_space(args.space),
+        load_device(args.device),
+        args.db,
+        budget=args.budget,
+        target_mape=args.target_mape,
+        per_round=args.per_round,
+        seed=args.seed,
         progress=not args.no_progress,
-    )  # fmt: skip
+    )
     for r in report["rounds"]:
-        print(f"round {r['round']}: {r['train']} entries, cross-validated MAPE {r['cv_mape']:.2%}"
-              + (f", profiled {r['added']} more" if r.get("added") else ""))  # fmt: skip
+        print(
+            f"round {r['round']}: {r['train']} entries, cross-validated MAPE {r['cv_mape']:.2%}"
+            + (f", profiled {r['added']} more" if r.get("added") else "")
+        )
     print(f"{report['stopped']}; predictor saved to {report['predictor']}")
     return 0
 
@@ -60,18 +73,26 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     lat = sub.add_parser("latency", help="the latency model: validate, predict, sample")
     lsub = lat.add_subparsers(dest="latency_command", required=True)
 
-    val = lsub.add_parser("validate", help="measure random models end to end and score the "
-                          "calibrated LUT prediction on them")  # fmt: skip
+    val = lsub.add_parser(
+        "validate",
+        help="measure random models end to end and score the calibrated LUT prediction on them",
+    )
     val.add_argument("--space", required=True, help="built-in space name or TOML file")
     val.add_argument("--device", required=True, help="device spec TOML file or example name")
     val.add_argument("--n", type=int, default=100, help="held-out models (default: %(default)s)")
-    val.add_argument("--calibration", type=int, default=30,
-                     help="models to fit the calibration on (default: %(default)s)")  # fmt: skip
+    val.add_argument(
+        "--calibration",
+        type=int,
+        default=30,
+        help="models to fit the calibration on (default: %(default)s)",
+    )
     val.add_argument("--seed", type=int, default=0)
     val.add_argument("--db", default=DEFAULT_DB, help="LUT database (default: %(default)s)")
-    val.add_argument("--out", default=None,
-                     help="folder for validation.json and scatter.png "
-                          "(default: runs/latency/DEVICE-SPACE)")  # fmt: skip
+    val.add_argument(
+        "--out",
+        default=None,
+        help="folder for validation.json and scatter.png (default: runs/latency/DEVICE-SPACE)",
+    )
     val.add_argument("--no-progress", action="store_true")
     val.set_defaults(func=_validate)
 
@@ -82,8 +103,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     pred.add_argument("arch", nargs="+", help="architecture strings")
     pred.set_defaults(func=_predict)
 
-    samp = lsub.add_parser("sample", help="profile extra operator configurations where the "
-                           "operator predictor errs most (nn-Meter style)")  # fmt: skip
+    samp = lsub.add_parser(
+        "sample",
+        help="profile extra operator configurations where the "
+        "operator predictor errs most (nn-Meter style)",
+    )
     samp.add_argument("--space", required=True)
     samp.add_argument("--device", required=True)
     samp.add_argument("--db", default=DEFAULT_DB)

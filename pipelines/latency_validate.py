@@ -40,8 +40,10 @@ def sample_distinct(
         seen.setdefault(str(a), a)
     need = n if at_least is None else at_least
     if len(seen) < need:
-        raise UserError(f"space {space.name!r} has fewer than {need} distinct architectures; "
-                        "ask for fewer with --n / --calibration")  # fmt: skip
+        raise UserError(
+            f"space {space.name!r} has fewer than {need} distinct architectures; "
+            "ask for fewer with --n / --calibration"
+        )
     return list(seen.values())
 
 
@@ -100,9 +102,11 @@ def validate_latency(
     calib = [a for a in calib if str(a) in usable]
     held = [a for a in held if str(a) in usable]
     if len(calib) < 2 or not held:
-        raise UserError(f"{spec.name}: only {len(usable)} of {len(archs)} models could be "
-                        f"measured ({next(iter(failed.values()), '')}); see hurricane devices "
-                        f"check {spec.source}")  # fmt: skip
+        raise UserError(
+            f"{spec.name}: only {len(usable)} of {len(archs)} models could be "
+            f"measured ({next(iter(failed.values()), '')}); see hurricane devices "
+            f"check {spec.source}"
+        )
     summed_c = lut.predict(calib)
     summed_h = lut.predict(held)
     measured_c = np.array([usable[str(a)] for a in calib])
@@ -113,24 +117,47 @@ def validate_latency(
     plot = out / "scatter.png"
     metrics = accuracy(predicted, measured_h)
     result = {
-        "device": spec.name, "space": space.name, "space_hash": space.structure_hash(),
-        **metrics, "uncalibrated": accuracy(summed_h, measured_h),
-        "calibration": cal.to_json(), "n_calibration": len(calib),
-        "predicted_entries": len(predicted_keys), "failed_models": len(failed), "seed": seed,
-        "protocol": {"warmup": spec.measure.warmup, "rounds": spec.measure.rounds,
-                     "runs": spec.measure.runs, "min_round_ms": spec.measure.min_round_ms,
-                     "statistic": f"{spec.measure.statistic} of round medians",
-                     "drift_threshold": spec.measure.drift_threshold, "batch": 1,
-                     "passes": spec.measure.passes},
-        "plot": str(plot), "seconds": round(time.perf_counter() - t0, 1),
-        "models": [{"arch": str(a), "role": role, "summed_ms": float(s), "measured_ms": float(m),
-                    "predicted_ms": float(cal(s))}
-                   for role, group, sums, meas in (("calibration", calib, summed_c, measured_c),
-                                                   ("held_out", held, summed_h, measured_h))
-                   for a, s, m in zip(group, sums, meas)],
-    }  # fmt: skip
-    title = (f"{spec.name}, space {space.name}: {metrics['within_10pct']:.0%} within ±10%, "
-             f"MAPE {metrics['mape']:.1%}, n={metrics['n']}")  # fmt: skip
+        "device": spec.name,
+        "space": space.name,
+        "space_hash": space.structure_hash(),
+        **metrics,
+        "uncalibrated": accuracy(summed_h, measured_h),
+        "calibration": cal.to_json(),
+        "n_calibration": len(calib),
+        "predicted_entries": len(predicted_keys),
+        "failed_models": len(failed),
+        "seed": seed,
+        "protocol": {
+            "warmup": spec.measure.warmup,
+            "rounds": spec.measure.rounds,
+            "runs": spec.measure.runs,
+            "min_round_ms": spec.measure.min_round_ms,
+            "statistic": f"{spec.measure.statistic} of round medians",
+            "drift_threshold": spec.measure.drift_threshold,
+            "batch": 1,
+            "passes": spec.measure.passes,
+        },
+        "plot": str(plot),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "models": [
+            {
+                "arch": str(a),
+                "role": role,
+                "summed_ms": float(s),
+                "measured_ms": float(m),
+                "predicted_ms": float(cal(s)),
+            }
+            for role, group, sums, meas in (
+                ("calibration", calib, summed_c, measured_c),
+                ("held_out", held, summed_h, measured_h),
+            )
+            for a, s, m in zip(group, sums, meas)
+        ],
+    }
+    title = (
+        f"{spec.name}, space {space.name}: {metrics['within_10pct']:.0%} within ±10%, "
+        f"MAPE {metrics['mape']:.1%}, n={metrics['n']}"
+    )
     scatter_plot(plot, measured_h, summed_h, predicted, title)
     (out / "validation.json").write_text(json.dumps(result, indent=1))
     with LutDB(db_path) as db:
@@ -146,9 +173,11 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         f"{r['failed_models']} models failed)",
         f"  {'':<12} {'within ±5%':>10} {'within ±10%':>11} {'RMSE ms':>9} {'MAPE':>7} "
         f"{'Spearman':>9}",
-        *(f"  {name:<12} {m['within_5pct']:>10.1%} {m['within_10pct']:>11.1%} "
-          f"{m['rmse_ms']:>9.4f} {m['mape']:>7.2%} {m['spearman']:>9.4f}"
-          for name, m in (("LUT sum", u), ("calibrated", r))),
+        *(
+            f"  {name:<12} {m['within_5pct']:>10.1%} {m['within_10pct']:>11.1%} "
+            f"{m['rmse_ms']:>9.4f} {m['mape']:>7.2%} {m['spearman']:>9.4f}"
+            for name, m in (("LUT sum", u), ("calibrated", r))
+        ),
         f"  calibration: measured = {c['scale']:.4f} x sum + {c['offset_ms']:.4f} ms",
         f"  plot: {r['plot']}",
-    ]  # fmt: skip
+    ]

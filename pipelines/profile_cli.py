@@ -30,8 +30,10 @@ def _devices_check(args: argparse.Namespace) -> int:
     with AgentSession(spec) as session:
         fp = session.fingerprint
         print(f"  connected; agent on Python {fp.get('agent_python')}")
-        print(f"  cpu: {fp.get('cpu_model')} ({fp.get('cores')} cores); governors: "
-              f"{', '.join(fp.get('governors') or []) or 'not readable'}")  # fmt: skip
+        print(
+            f"  cpu: {fp.get('cpu_model')} ({fp.get('cores')} cores); governors: "
+            f"{', '.join(fp.get('governors') or []) or 'not readable'}"
+        )
         runtimes = fp.get("runtimes") or {}
         print(f"  runtimes: {', '.join(f'{k} {v}' for k, v in runtimes.items()) or 'none'}")
         module = build_op("mb_k3_e3", 8, 8, 1).eval()
@@ -45,8 +47,10 @@ def _devices_check(args: argparse.Namespace) -> int:
                     ok = False
                     print(f"  tiny model: FAILED: {res['error']}")
                 else:
-                    print(f"  tiny model: {res['median_ms']:.3f} ms median, delegate "
-                          f"{res.get('delegate')}")  # fmt: skip
+                    print(
+                        f"  tiny model: {res['median_ms']:.3f} ms median, delegate "
+                        f"{res.get('delegate')}"
+                    )
         except Exception as exc:  # a check reports every failure instead of stopping
             ok = False
             print(f"  FAILED: {exc}")
@@ -75,11 +79,15 @@ def _profile(args: argparse.Namespace) -> int:
         raise UserError(f"two device specs share the name {names[0]!r}; names key the LUT")
     t0 = time.perf_counter()
     kws = [
-        {"progress": not args.no_progress, "retry_errors": args.retry_errors,
-         "remeasure_noisy": args.remeasure_noisy,
-         "limit": args.limit, "position": i}
+        {
+            "progress": not args.no_progress,
+            "retry_errors": args.retry_errors,
+            "remeasure_noisy": args.remeasure_noisy,
+            "limit": args.limit,
+            "position": i,
+        }
         for i in range(len(specs))
-    ]  # fmt: skip
+    ]
     if len(specs) == 1:
         reports = [_profile_one(args.space, args.device[0], args.db, kws[0])]
     else:  # a lab of boards: one process per device, each with its own connection
@@ -96,8 +104,12 @@ def _profile(args: argparse.Namespace) -> int:
             f"stored, {r['measured']} measured, {r['noisy']} noisy (flagged), {r['errors']} "
             f"errors, {r['remeasured']} re-measurements; {r['seconds']:.1f}s"
             + (f" ({r['entries_per_min']} entries/min)" if r["entries_per_min"] else "")
-            + (f"; {r['repeated']} timed again in passes 2-{r['passes']} (one pass alone off "
-               f"by {100 * r['pass_spread']:.1f}% median)" if r.get("repeated") else "")
+            + (
+                f"; {r['repeated']} timed again in passes 2-{r['passes']} (one pass alone off "
+                f"by {100 * r['pass_spread']:.1f}% median)"
+                if r.get("repeated")
+                else ""
+            )
         )
     print(f"LUT: {args.db} ({time.perf_counter() - t0:.1f}s)")
     return 0
@@ -137,17 +149,21 @@ def _lut_show(args: argparse.Namespace) -> int:
                 continue
             counts = db.count(d["id"])
             fp = d["fingerprint"] or {}
-            print(f"{d['name']} ({d['kind']}, {d['runtime']}): "
-                  f"{', '.join(f'{n} {s}' for s, n in sorted(counts.items())) or 'no entries'}; "
-                  f"cpu {fp.get('cpu_model', '?')}")  # fmt: skip
+            print(
+                f"{d['name']} ({d['kind']}, {d['runtime']}): "
+                f"{', '.join(f'{n} {s}' for s, n in sorted(counts.items())) or 'no entries'}; "
+                f"cpu {fp.get('cpu_model', '?')}"
+            )
     shown = rows[: args.limit] if args.limit else rows
     if shown:
         print(f"{'device':<16} {'key':<44} {'median_ms':>10} {'cv':>6} {'n':>4}  status")
         for r in shown:
             med = f"{r['median_ms']:.4f}" if r["median_ms"] is not None else "-"
             cv = f"{r['cv']:.3f}" if r["cv"] is not None else "-"
-            print(f"{r['device']:<16} {r['key']:<44} {med:>10} {cv:>6} {r['n'] or 0:>4}  "
-                  f"{r['status']}{': ' + r['error'] if r['error'] else ''}")  # fmt: skip
+            print(
+                f"{r['device']:<16} {r['key']:<44} {med:>10} {cv:>6} {r['n'] or 0:>4}  "
+                f"{r['status']}{': ' + r['error'] if r['error'] else ''}"
+            )
         if len(rows) > len(shown):
             print(f"... {len(rows) - len(shown)} more (--limit 0 shows all)")
     return 0

@@ -250,7 +250,8 @@ def _chosen_point(dev: dict, model: dict) -> tuple[float, float] | None:
             f
             for e in _dicts(dev.get("history"))
             for c in _dicts(e.get("population"))
-            if arch is not None and c.get("arch") == arch
+            if arch is not None
+            and c.get("arch") == arch
             and (f := _num(c.get("fitness"))) is not None
         ]
         y = max(fits) if fits else None
@@ -279,11 +280,24 @@ def plot_pareto(path: Path, dev: dict) -> str | None:
         ax.axvline(b, ls="--", color="0.45", lw=0.9, label="budget" if i == 0 else None)
     for k, (m, (x, y)) in enumerate(chosen):
         bad = m.get("accepted") is False
-        ax.scatter([x], [y], s=170, marker="*", zorder=5, edgecolors="black", linewidths=0.6,
-                   color="tab:red" if bad else "gold",
-                   label="chosen model" if k == 0 else None)  # fmt: skip
-        ax.annotate(f"{_fmt_ms(m.get('budget_ms'))} ms", (x, y), textcoords="offset points",
-                    xytext=(6, 6), fontsize=8)  # fmt: skip
+        ax.scatter(
+            [x],
+            [y],
+            s=170,
+            marker="*",
+            zorder=5,
+            edgecolors="black",
+            linewidths=0.6,
+            color="tab:red" if bad else "gold",
+            label="chosen model" if k == 0 else None,
+        )
+        ax.annotate(
+            f"{_fmt_ms(m.get('budget_ms'))} ms",
+            (x, y),
+            textcoords="offset points",
+            xytext=(6, 6),
+            fontsize=8,
+        )
     ax.set_xlabel("latency (ms) — candidates predicted, chosen models measured")
     ax.set_ylabel("validation fitness")
     ax.set_title(_str(dev.get("name"), "?"), fontsize=10)
@@ -337,8 +351,15 @@ def plot_lut(path: Path, dev: dict) -> str | None:
     if n_ops <= ANNOTATE_MAX_OPS and n_layers <= ANNOTATE_MAX_LAYERS:
         for i, j in zip(*np.nonzero(np.isfinite(grid))):
             dark = im.norm(math.log10(grid[i, j])) < 0.55
-            ax.text(j, i, f"{grid[i, j]:.3g}", ha="center", va="center", fontsize=7,
-                    color="white" if dark else "black")  # fmt: skip
+            ax.text(
+                j,
+                i,
+                f"{grid[i, j]:.3g}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if dark else "black",
+            )
     for i, j in _kept_cells(ops, layers, dev.get("reduced_ops")):
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.8))
     small = 8 if n_ops <= 40 else 5
@@ -397,8 +418,15 @@ def plot_history(path: Path, dev: dict) -> str | None:
     for k, stage in enumerate(series.stages):
         if k:
             ax.axvline(stage.start - 0.5, color="0.4", lw=1, ls=":")
-        ax.text((stage.start + stage.end) / 2, 1.01, f"stage {stage.name}", transform=top,
-                ha="center", va="bottom", fontsize=9)  # fmt: skip
+        ax.text(
+            (stage.start + stage.end) / 2,
+            1.01,
+            f"stage {stage.name}",
+            transform=top,
+            ha="center",
+            va="bottom",
+            fontsize=9,
+        )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("generation (numbered consecutively across stages)")
     ax.set_ylabel("fitness")
@@ -471,11 +499,21 @@ def section_summary(data: dict) -> str:
                 f"{_accepted_cell(m.get('accepted'))}"
                 f"<td>{_bundle_cell(m.get('bundle'), prefix)}</td></tr>"
             )
-    intro = ("One row per device and latency budget. Measured latency was timed on the device "
-             "itself; a model that missed its budget there is flagged in red. The bundle link "
-             "opens the handoff folder (model, manifest).")  # fmt: skip
-    head = ["device", "budget (ms)", "architecture", "predicted (ms)", "measured (ms)",
-            "test accuracy", "accepted", "bundle"]  # fmt: skip
+    intro = (
+        "One row per device and latency budget. Measured latency was timed on the device "
+        "itself; a model that missed its budget there is flagged in red. The bundle link "
+        "opens the handoff folder (model, manifest)."
+    )
+    head = [
+        "device",
+        "budget (ms)",
+        "architecture",
+        "predicted (ms)",
+        "measured (ms)",
+        "test accuracy",
+        "accepted",
+        "bundle",
+    ]
     body = _table(head, rows) if rows else _na("Chosen models", "the run recorded none")
     return _section("summary", intro, body)
 
@@ -497,10 +535,12 @@ def section_pareto(data: dict, out_dir: Path) -> str:
         cap = f"{n} evaluated candidates; stars are the chosen models (red: missed the budget)."
         return _figure(src, f"Pareto front, {_str(dev.get('name'))}", cap, "Search history")
 
-    intro = ("Each faint dot is a candidate evaluated during the search, at its predicted latency "
-             "and validation fitness; the step line joins the non-dominated ones (nothing else "
-             "is both faster and fitter). Stars are the chosen models at their measured latency, "
-             "dashed lines the budgets.")  # fmt: skip
+    intro = (
+        "Each faint dot is a candidate evaluated during the search, at its predicted latency "
+        "and validation fitness; the step line joins the non-dominated ones (nothing else "
+        "is both faster and fitter). Stars are the chosen models at their measured latency, "
+        "dashed lines the budgets."
+    )
     return _section("pareto", intro, _per_device(data, "Pareto front", render))
 
 
@@ -527,8 +567,10 @@ def _op_cell(op: Any, width: Any) -> str:
 
 def _family_legend(ops: list[Any]) -> str:
     fams = sorted({op_family(str(o)) for o in ops if o is not None})
-    items = "".join(f'<span class="swatch" style="background:{family_color(f)}"></span>'
-                    f"{html.escape(f)}" for f in fams)  # fmt: skip
+    items = "".join(
+        f'<span class="swatch" style="background:{family_color(f)}"></span>{html.escape(f)}'
+        for f in fams
+    )
     return f"<p>Families:{items}</p>"
 
 
@@ -536,9 +578,11 @@ def section_ops(data: dict) -> str:
     """Layer-by-layer operator choices of every chosen model, side by side."""
     cols = [(d, m) for d in _dicts(data.get("devices")) for m in _dicts(d.get("models"))]
     cols = [(d, m) for d, m in cols if isinstance(m.get("ops"), list)]
-    intro = ("One column per chosen model, one row per layer of the search space. A cell is the "
-             "operator chosen at that layer, with @w when the layer runs at width multiplier w "
-             "rather than 1; the color groups operator families.")  # fmt: skip
+    intro = (
+        "One column per chosen model, one row per layer of the search space. A cell is the "
+        "operator chosen at that layer, with @w when the layer runs at width multiplier w "
+        "rather than 1; the color groups operator families."
+    )
     if not cols:
         missing = _na("Per-layer operator choices", "the run recorded no chosen models")
         return _section("ops", intro, missing)
@@ -550,8 +594,11 @@ def section_ops(data: dict) -> str:
             widths = m.get("widths") if isinstance(m.get("widths"), list) else []
             op = m["ops"][k] if k < len(m["ops"]) else None
             cells.append(_op_cell(op, widths[k] if k < len(widths) else None))
-        rows.append(f'<tr><td class="num">{idx}</td><td>{size}</td><td class="num">{cout}</td>'
-                    + "".join(cells) + "</tr>")  # fmt: skip
+        rows.append(
+            f'<tr><td class="num">{idx}</td><td>{size}</td><td class="num">{cout}</td>'
+            + "".join(cells)
+            + "</tr>"
+        )
     head = ["layer", "input", "cout"] + [html.escape(_model_label(d, m)) for d, m in cols]
     legend = _family_legend([op for _, m in cols for op in m["ops"]])
     return _section("ops", intro, _table(head, rows) + "\n" + legend)
@@ -562,15 +609,19 @@ def section_lut(data: dict, out_dir: Path) -> str:
 
     def render(i: int, dev: dict) -> str:
         src = plot_lut(out_dir / f"lut_{i}_{_slug(_str(dev.get('name')))}.png", dev)
-        boxed = ("red boxes mark the operators stage one kept"
-                 if isinstance(dev.get("reduced_ops"), list)
-                 else "stage-one reduction not available")  # fmt: skip
+        boxed = (
+            "red boxes mark the operators stage one kept"
+            if isinstance(dev.get("reduced_ops"), list)
+            else "stage-one reduction not available"
+        )
         cap = f"Latency in ms at full width; gray: not a candidate or not measured; {boxed}."
         return _figure(src, f"LUT, {_str(dev.get('name'))}", cap, "Latency lookup table")
 
-    intro = ("Latency of every candidate operator (rows) at every layer (columns), measured on "
-             "the device at full width. Color is log10 of the milliseconds, so each color step "
-             "is a factor; gray cells were not candidates there or were not measured.")  # fmt: skip
+    intro = (
+        "Latency of every candidate operator (rows) at every layer (columns), measured on "
+        "the device at full width. Color is log10 of the milliseconds, so each color step "
+        "is a factor; gray cells were not candidates there or were not measured."
+    )
     return _section("lut", intro, _per_device(data, "Latency lookup table", render))
 
 
@@ -582,14 +633,23 @@ def section_predictor(data: dict, out_dir: Path) -> str:
         pairs = _scatter_pairs(dev)
         err = mape(pairs)
         within = sum(abs(p - m) <= 0.1 * m for p, m in pairs)
-        cap = (f"MAPE {err:.1f}% over {len(pairs)} architectures; {within} within ±10%."
-               if err is not None else "")  # fmt: skip
-        return _figure(src, f"Predicted vs measured, {_str(dev.get('name'))}", cap,
-                       "Predicted-vs-measured latency")  # fmt: skip
+        cap = (
+            f"MAPE {err:.1f}% over {len(pairs)} architectures; {within} within ±10%."
+            if err is not None
+            else ""
+        )
+        return _figure(
+            src,
+            f"Predicted vs measured, {_str(dev.get('name'))}",
+            cap,
+            "Predicted-vs-measured latency",
+        )
 
-    intro = ("Each dot is a whole architecture: its latency as timed on the device (x) against "
-             "the latency model's prediction (y). Dots in the shaded band are within ±10%; "
-             "MAPE is the mean absolute percentage error.")  # fmt: skip
+    intro = (
+        "Each dot is a whole architecture: its latency as timed on the device (x) against "
+        "the latency model's prediction (y). Dots in the shaded band are within ±10%; "
+        "MAPE is the mean absolute percentage error."
+    )
     return _section("predictor", intro, _per_device(data, "Latency predictor check", render))
 
 
@@ -600,14 +660,19 @@ def section_history(data: dict, out_dir: Path) -> str:
         src = plot_history(out_dir / f"history_{i}_{_slug(_str(dev.get('name')))}.png", dev)
         s = history_series(dev.get("history"))
         per = ", ".join(f"stage {st.name}: {st.evaluated}" for st in s.stages)
-        cap = (f"{s.evaluated} candidates evaluated ({per}) over {len(s.x)} generations; "
-               f"{s.distinct} distinct architectures.")  # fmt: skip
-        return _figure(src, f"Evolution, {_str(dev.get('name'))}", html.escape(cap),
-                       "Evolution history")  # fmt: skip
+        cap = (
+            f"{s.evaluated} candidates evaluated ({per}) over {len(s.x)} generations; "
+            f"{s.distinct} distinct architectures."
+        )
+        return _figure(
+            src, f"Evolution, {_str(dev.get('name'))}", html.escape(cap), "Evolution history"
+        )
 
-    intro = ("Best and mean fitness of each generation's population, the stages one after the "
-             "other along x. A best line that rises and then flattens means the search "
-             "converged; a mean far below it means the population is still diverse.")  # fmt: skip
+    intro = (
+        "Best and mean fitness of each generation's population, the stages one after the "
+        "other along x. A best line that rises and then flattens means the search "
+        "converged; a mean far below it means the population is still diverse."
+    )
     return _section("history", intro, _per_device(data, "Evolution history", render))
 
 

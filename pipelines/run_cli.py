@@ -16,8 +16,10 @@ from pipelines.profile_cli import DEFAULT_DB
 
 
 def summary_lines(run, seconds: float) -> list[str]:
-    lines = [f"pipeline {run.p.name}: {len(run.steps.log.ran)} steps run, "
-             f"{len(run.steps.log.skipped)} skipped, {seconds:.0f}s"]  # fmt: skip
+    lines = [
+        f"pipeline {run.p.name}: {len(run.steps.log.ran)} steps run, "
+        f"{len(run.steps.log.skipped)} skipped, {seconds:.0f}s"
+    ]
     for dev, res in run.results.items():
         for label, b in res["budgets"].items():
             fin, hand = b["final"], b.get("handoff") or {}
@@ -28,7 +30,8 @@ def summary_lines(run, seconds: float) -> list[str]:
                 f"  {dev} @ {b['budget_ms']:g} ms ({label}): {fin['arch']}; test accuracy "
                 f"{'-' if acc is None else f'{acc:.4f}'}, measured "
                 f"{'-' if ms is None else f'{ms:.4f} ms'}"
-                f"{'' if accepted in (True, None) else ', NOT ACCEPTED'}")  # fmt: skip
+                f"{'' if accepted in (True, None) else ', NOT ACCEPTED'}"
+            )
             if hand.get("bundle"):
                 lines.append(f"    bundle: {hand['bundle']}")
     if getattr(run, "report_path", None):
@@ -44,12 +47,18 @@ def execute(p: Pipeline, progress: bool = True) -> int:
     try:
         run.run()
     except KeyboardInterrupt:
-        print(f"hurricane: interrupted; finished steps are kept in {p.out}/steps, run the "
-              "same command again to resume", file=sys.stderr)  # fmt: skip
+        print(
+            f"hurricane: interrupted; finished steps are kept in {p.out}/steps, run the "
+            "same command again to resume",
+            file=sys.stderr,
+        )
         return 130
     print("\n".join(summary_lines(run, time.perf_counter() - t0)))
-    accepted = [b.get("handoff", {}).get("accepted", True) for r in run.results.values()
-                for b in r["budgets"].values()]  # fmt: skip
+    accepted = [
+        b.get("handoff", {}).get("accepted", True)
+        for r in run.results.values()
+        for b in r["budgets"].values()
+    ]
     return 0 if all(a is not False for a in accepted) else 3
 
 
@@ -62,17 +71,34 @@ def _run(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from pipelines.config import parse_pipeline
 
-    gen = {"k": args.k, "two_stage": not args.single_stage, "steps": args.steps,
-           "distill": args.distill, "population": args.population,
-           "generations": args.generations, "verify_top": args.verify_top,
-           "final_steps": args.final_steps, "final_from": args.final_from}  # fmt: skip
+    gen = {
+        "k": args.k,
+        "two_stage": not args.single_stage,
+        "steps": args.steps,
+        "distill": args.distill,
+        "population": args.population,
+        "generations": args.generations,
+        "verify_top": args.verify_top,
+        "final_steps": args.final_steps,
+        "final_from": args.final_from,
+    }
     optional = {"split": args.split, "steps_b": args.steps_b, "train_limit": args.train_limit}
     gen.update({k: v for k, v in optional.items() if v is not None})
-    p = parse_pipeline({"name": Path(args.out).name or "generate", "space": args.space,
-                        "devices": args.device, "budgets": [_number(b) for b in args.budget],
-                        "data": args.data, "db": args.db, "out": args.out, "seed": args.seed,
-                        "generate": gen, "handoff": {"enabled": False}},
-                       "command line")  # fmt: skip
+    p = parse_pipeline(
+        {
+            "name": Path(args.out).name or "generate",
+            "space": args.space,
+            "devices": args.device,
+            "budgets": [_number(b) for b in args.budget],
+            "data": args.data,
+            "db": args.db,
+            "out": args.out,
+            "seed": args.seed,
+            "generate": gen,
+            "handoff": {"enabled": False},
+        },
+        "command line",
+    )
     return execute(p, progress=not args.no_progress)
 
 
@@ -88,23 +114,32 @@ def _handoff(args: argparse.Namespace) -> int:
 
     if args.target == "verify":
         if not args.bundle:
-            raise UserError("handoff verify: give the bundle folder (hurricane handoff verify "
-                            "runs/NAME/bundles/DEVICE-BUDGET [--device SPEC])")  # fmt: skip
+            raise UserError(
+                "handoff verify: give the bundle folder (hurricane handoff verify "
+                "runs/NAME/bundles/DEVICE-BUDGET [--device SPEC])"
+            )
         res = verify_bundle(args.bundle, args.device)
         for p in res["problems"]:
             print(f"  {p}")
-        print(f"{res['bundle']}: {res['files']} files, "
-              f"{'checksums match' if not res['problems'] else 'CHECKSUMS FAIL'}; "
-              f"manifest says {'accepted' if res['accepted'] else 'NOT ACCEPTED'}")  # fmt: skip
+        print(
+            f"{res['bundle']}: {res['files']} files, "
+            f"{'checksums match' if not res['problems'] else 'CHECKSUMS FAIL'}; "
+            f"manifest says {'accepted' if res['accepted'] else 'NOT ACCEPTED'}"
+        )
         if "measured_ms" in res:
             o = res["outputs"]
-            print(f"  on {res['device']}: {res['measured_ms']:.4f} ms (manifest: "
-                  f"{res['manifest_measured_ms']:.4f} ms, budget {res['budget_ms']} ms) "
-                  f"{'within budget' if res['within_budget'] else 'OVER BUDGET'}; outputs "
-                  f"{'match' if o['passed'] else 'DIFFER'} (relative error "
-                  f"{o['relative_error']:.2g}, top-1 agreement {o['top1_agreement']:.0%})")
-        ok = not res["problems"] and res.get("within_budget", True) and \
-            res.get("outputs", {}).get("passed", True)  # fmt: skip
+            print(
+                f"  on {res['device']}: {res['measured_ms']:.4f} ms (manifest: "
+                f"{res['manifest_measured_ms']:.4f} ms, budget {res['budget_ms']} ms) "
+                f"{'within budget' if res['within_budget'] else 'OVER BUDGET'}; outputs "
+                f"{'match' if o['passed'] else 'DIFFER'} (relative error "
+                f"{o['relative_error']:.2g}, top-1 agreement {o['top1_agreement']:.0%})"
+            )
+        ok = (
+            not res["problems"]
+            and res.get("within_budget", True)
+            and res.get("outputs", {}).get("passed", True)
+        )
         return 0 if ok else 1
     if not args.device:
         raise UserError("handoff: give --device SPEC (the device to export for and verify on)")
@@ -113,22 +148,39 @@ def _handoff(args: argparse.Namespace) -> int:
     target = Path(args.target)
     final_json = target / "final.json" if target.is_dir() else target
     if not final_json.is_file():
-        raise UserError(f"{target}: no final.json; give the folder 'hurricane generate' wrote "
-                        "for one device and budget (RUN/DEVICE/BUDGET)")  # fmt: skip
+        raise UserError(
+            f"{target}: no final.json; give the folder 'hurricane generate' wrote "
+            "for one device and budget (RUN/DEVICE/BUDGET)"
+        )
     fin = json.loads(final_json.read_text())
     if not fin.get("model"):
         raise UserError(f"{final_json}: no trained final model (final_steps was 0)")
     spec = load_device(args.device)
     budget = args.budget_ms if args.budget_ms is not None else fin.get("budget_ms")
     out = Path(args.out or final_json.parent / "bundle")
-    acc = {"test_acc": fin.get("test_acc"), "test_images": fin.get("test_images"),
-           "val_acc": fin.get("fitness")}  # fmt: skip
-    m = make_bundle(fin["space"], fin["model"], spec, out, budget, fin.get("predicted_ms"), acc,
-                    args.data, args.samples, args.seed)  # fmt: skip
+    acc = {
+        "test_acc": fin.get("test_acc"),
+        "test_images": fin.get("test_images"),
+        "val_acc": fin.get("fitness"),
+    }
+    m = make_bundle(
+        fin["space"],
+        fin["model"],
+        spec,
+        out,
+        budget,
+        fin.get("predicted_ms"),
+        acc,
+        args.data,
+        args.samples,
+        args.seed,
+    )
     print(f"bundle {out}: {', '.join(m['files'])}")
-    print(f"  {spec.name}: measured {m['latency']['measured_ms']:.4f} ms (budget {budget} ms); "
-          f"outputs vs PyTorch: relative error "
-          f"{m['verification']['device']['relative_error']:.2g}")  # fmt: skip
+    print(
+        f"  {spec.name}: measured {m['latency']['measured_ms']:.4f} ms (budget {budget} ms); "
+        f"outputs vs PyTorch: relative error "
+        f"{m['verification']['device']['relative_error']:.2g}"
+    )
     if not m["accepted"]:
         print(f"WARNING: NOT ACCEPTED: {'; '.join(m['reasons'])}", file=sys.stderr)
         return 3
@@ -144,12 +196,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=_run)
 
-    g = sub.add_parser("generate", help="stage one, supernet training and constrained search "
-                       "for one or several devices and budgets")  # fmt: skip
+    g = sub.add_parser(
+        "generate",
+        help="stage one, supernet training and constrained search "
+        "for one or several devices and budgets",
+    )
     g.add_argument("--space", required=True)
     g.add_argument("--device", action="append", required=True, help="device spec (repeatable)")
-    g.add_argument("--budget", action="append", required=True,
-                   help="latency budget: ms, or a percentile like 40%% (repeatable)")  # fmt: skip
+    g.add_argument(
+        "--budget",
+        action="append",
+        required=True,
+        help="latency budget: ms, or a percentile like 40%% (repeatable)",
+    )
     g.add_argument("--data", default="fashion-mnist")
     g.add_argument("--db", default=DEFAULT_DB)
     g.add_argument("--out", default="runs/generate")
@@ -163,15 +222,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--generations", type=int, default=10)
     g.add_argument("--verify-top", type=int, default=5)
     g.add_argument("--final-steps", type=int, default=400)
-    g.add_argument("--final-from", choices=("inherited", "scratch"), default="inherited",
-                   help="fine-tune the chosen model from its supernet weights, or retrain it")
+    g.add_argument(
+        "--final-from",
+        choices=("inherited", "scratch"),
+        default="inherited",
+        help="fine-tune the chosen model from its supernet weights, or retrain it",
+    )
     g.add_argument("--train-limit", type=int, default=None)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-progress", action="store_true")
     g.set_defaults(func=_generate)
 
-    h = sub.add_parser("handoff", help="export, verify on the device and bundle a final model; "
-                       "'handoff verify BUNDLE' re-checks a bundle")  # fmt: skip
+    h = sub.add_parser(
+        "handoff",
+        help="export, verify on the device and bundle a final model; "
+        "'handoff verify BUNDLE' re-checks a bundle",
+    )
     h.add_argument("target", help="RUN/DEVICE/BUDGET folder (with final.json), or 'verify'")
     h.add_argument("bundle", nargs="?", help="with 'verify': the bundle folder")
     h.add_argument("--device", default=None, help="device spec (with verify: re-measure there)")

@@ -20,8 +20,10 @@ from pipelines.steps import digest
 def lut_grid(space: SearchSpace, table: dict[str, float]) -> dict[str, Any]:
     """Each candidate's latency at each layer, every layer at its widest width."""
     ops = list(dict.fromkeys(op for layer in space.layers for op in layer.ops))
-    widest = Arch(tuple(layer.ops[0] for layer in space.layers),
-                  tuple(max(layer.widths) for layer in space.layers))  # fmt: skip
+    widest = Arch(
+        tuple(layer.ops[0] for layer in space.layers),
+        tuple(max(layer.widths) for layer in space.layers),
+    )
     channels = space.arch_channels(widest)
     grid: list[list[float | None]] = [[None] * len(space.layers) for _ in ops]
     for i, (layer, (cin, cout)) in enumerate(zip(space.layers, channels)):
@@ -55,8 +57,10 @@ def measured_models(space: SearchSpace, db: str, device: str) -> list[dict[str, 
     if not archs:
         return []
     predicted = LatencyModel.from_db(space, db, device).predict(archs)
-    return [{"arch": str(a), "predicted_ms": float(p), "measured_ms": float(m)}
-            for a, p, m in zip(archs, predicted, measured)]
+    return [
+        {"arch": str(a), "predicted_ms": float(p), "measured_ms": float(m)}
+        for a, p, m in zip(archs, predicted, measured)
+    ]
 
 
 def device_data(run: Any, res: dict[str, Any]) -> dict[str, Any]:
@@ -65,25 +69,39 @@ def device_data(run: Any, res: dict[str, Any]) -> dict[str, Any]:
     history, models = [], []
     for label, b in res["budgets"].items():
         work = run.root / dev / label
-        history += _history(work / "search_a", f"{label} A") + _history(work / "search_b",
-                                                                       f"{label} B")  # fmt: skip
+        history += _history(work / "search_a", f"{label} A") + _history(
+            work / "search_b", f"{label} B"
+        )
         history += _history(work / "search", label)
         fin, hand = b["final"], b.get("handoff") or {}
         arch = Arch.parse(fin["arch"])
         bundle = hand.get("bundle")
-        models.append({
-            "budget_ms": b["budget_ms"], "arch": fin["arch"], "ops": list(arch.ops),
-            "widths": list(arch.widths), "predicted_ms": fin.get("predicted_ms"),
-            "measured_ms": hand.get("measured_ms", fin.get("measured_ms")),
-            "test_acc": fin.get("test_acc"), "val_acc": fin.get("fitness"),
-            "accepted": hand.get("accepted", fin.get("accepted")),
-            "bundle": str(Path(bundle).relative_to(run.root)) if bundle else None,
-        })  # fmt: skip
+        models.append(
+            {
+                "budget_ms": b["budget_ms"],
+                "arch": fin["arch"],
+                "ops": list(arch.ops),
+                "widths": list(arch.widths),
+                "predicted_ms": fin.get("predicted_ms"),
+                "measured_ms": hand.get("measured_ms", fin.get("measured_ms")),
+                "test_acc": fin.get("test_acc"),
+                "val_acc": fin.get("fitness"),
+                "accepted": hand.get("accepted", fin.get("accepted")),
+                "bundle": str(Path(bundle).relative_to(run.root)) if bundle else None,
+            }
+        )
     scatter = measured_models(run.space, run.p.db, dev)
     rt = spec.runtime
-    return {"name": dev, "kind": spec.kind, "runtime": f"{rt.name} {rt.precision}",
-            "lut": lut_grid(run.space, table), "reduced_ops": res["shrink"].get("kept"),
-            "history": history, "scatter": scatter, "models": models}  # fmt: skip
+    return {
+        "name": dev,
+        "kind": spec.kind,
+        "runtime": f"{rt.name} {rt.precision}",
+        "lut": lut_grid(run.space, table),
+        "reduced_ops": res["shrink"].get("kept"),
+        "history": history,
+        "scatter": scatter,
+        "models": models,
+    }
 
 
 def build_report(run: Any) -> dict[str, Any]:
@@ -92,13 +110,24 @@ def build_report(run: Any) -> dict[str, Any]:
 
     space = run.space
     data = {
-        "title": f"Hurricane run {run.p.name}", "pipeline": run.p.name,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "provenance": provenance(),
-        "space": {"name": space.name, "layers": [
-            {"index": i, "cout": lay.cout, "stride": lay.stride,
-             "input_hw": list(space.input_shape(i))} for i, lay in enumerate(space.layers)]},
+        "title": f"Hurricane run {run.p.name}",
+        "pipeline": run.p.name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "provenance": provenance(),
+        "space": {
+            "name": space.name,
+            "layers": [
+                {
+                    "index": i,
+                    "cout": lay.cout,
+                    "stride": lay.stride,
+                    "input_hw": list(space.input_shape(i)),
+                }
+                for i, lay in enumerate(space.layers)
+            ],
+        },
         "devices": [device_data(run, res) for res in run.results.values()],
-    }  # fmt: skip
+    }
     out = run.root / "report"
     index = write_report(out, data)
     (out / "report.json").write_text(json.dumps(data, indent=1, default=str))

@@ -24,9 +24,12 @@ def _latency_model(space, db: str, device: str):
     model = LatencyModel.from_db(space, db, spec.name)
     if model.predicted_keys:  # filled, not measured: say which, and how to measure them
         keys = model.predicted_keys
-        print(f"note: {len(keys)} LUT entries this space needs are not measured on {spec.name} "
-              f"({', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}); using the operator "
-              f"predictor's estimates; {model.lut.hint}", file=sys.stderr)  # fmt: skip
+        print(
+            f"note: {len(keys)} LUT entries this space needs are not measured on {spec.name} "
+            f"({', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}); using the operator "
+            f"predictor's estimates; {model.lut.hint}",
+            file=sys.stderr,
+        )
     return spec, model
 
 
@@ -36,16 +39,29 @@ def _shrink(args: argparse.Namespace) -> int:
     from pipelines.jobs import shrink_for_device
 
     space = load_space(args.space)
-    made_by = (f"Made by: hurricane shrink --space {args.space} --device {args.device} "
-               f"--k {args.k} --rule {args.rule} --skip {args.skip} from {args.db}")  # fmt: skip
-    res = shrink_for_device(space, load_device(args.device), args.db, args.k, args.rule,
-                            args.exclude or [], args.out, made_by, args.skip)  # fmt: skip
+    made_by = (
+        f"Made by: hurricane shrink --space {args.space} --device {args.device} "
+        f"--k {args.k} --rule {args.rule} --skip {args.skip} from {args.db}"
+    )
+    res = shrink_for_device(
+        space,
+        load_device(args.device),
+        args.db,
+        args.k,
+        args.rule,
+        args.exclude or [],
+        args.out,
+        made_by,
+        args.skip,
+    )
     for i, ops in enumerate(res["kept"]):
         print(f"layer {i:>2}: {', '.join(ops)}")
     out = Path(res["space"])
     before, after = res["log10_size"]
-    print(f"reduced space: {out} (log10 size {before:.1f} -> {after:.1f}); scores: "
-          f"{out.with_suffix('.scores.json')}")  # fmt: skip
+    print(
+        f"reduced space: {out} (log10 size {before:.1f} -> {after:.1f}); scores: "
+        f"{out.with_suffix('.scores.json')}"
+    )
     return 0
 
 
@@ -54,10 +70,16 @@ def _search_config(args: argparse.Namespace):
 
     if not 0 <= args.min_budget_fraction < 1:
         raise UserError(f"--min-budget-fraction must be in [0, 1), got {args.min_budget_fraction}")
-    return SearchConfig(budget_ms=args.latency_ms, population=args.population,
-                        generations=args.generations, parents=args.parents,
-                        mutations=args.mutations, crossovers=args.crossovers,
-                        min_fraction=args.min_budget_fraction, seed=args.seed)  # fmt: skip
+    return SearchConfig(
+        budget_ms=args.latency_ms,
+        population=args.population,
+        generations=args.generations,
+        parents=args.parents,
+        mutations=args.mutations,
+        crossovers=args.crossovers,
+        min_fraction=args.min_budget_fraction,
+        seed=args.seed,
+    )
 
 
 def _supernet_pt(path: str) -> Path:
@@ -89,15 +111,19 @@ def _search(args: argparse.Namespace) -> int:
     if args.random:
         res = random_search(space, model.predict, fitness, cfg, out=out / "search")
     else:
-        res = EvolutionSearch(space, model.predict, fitness, cfg, out / "search",
-                              min_latency=model.fastest).run()  # fmt: skip
-    print(f"best: {res['best']}\n  validation accuracy {res['fitness']:.4f}, predicted "
-          f"{res['latency_ms']:.3f} ms on {spec.name} (budget {args.latency_ms} ms); "
-          f"{res['evaluated']} evaluated, {res['rejected']} over budget never evaluated; "
-          f"history in {out / 'search'}")  # fmt: skip
+        res = EvolutionSearch(
+            space, model.predict, fitness, cfg, out / "search", min_latency=model.fastest
+        ).run()
+    print(
+        f"best: {res['best']}\n  validation accuracy {res['fitness']:.4f}, predicted "
+        f"{res['latency_ms']:.3f} ms on {spec.name} (budget {args.latency_ms} ms); "
+        f"{res['evaluated']} evaluated, {res['rejected']} over budget never evaluated; "
+        f"history in {out / 'search'}"
+    )
     final = _finalize(args, space, spec, res["top"], pt, out)
-    (out / "result.json").write_text(json.dumps({**res, "device": spec.name, "final": final},
-                                                indent=1))  # fmt: skip
+    (out / "result.json").write_text(
+        json.dumps({**res, "device": spec.name, "final": final}, indent=1)
+    )
     return 0
 
 
@@ -105,13 +131,26 @@ def _finalize(args, space, spec, ranked, supernet_pt: Path, out: Path) -> dict |
     """Device check of the best candidates, then the final training (``jobs.final_model``)."""
     from pipelines.jobs import final_model
 
-    final = final_model(space_ref(space), spec, ranked, args.latency_ms, args.db, supernet_pt,
-                        out, args.verify_top, args.final_steps, args.data, args.seed,
-                        measure=not args.no_measure)  # fmt: skip
+    final = final_model(
+        space_ref(space),
+        spec,
+        ranked,
+        args.latency_ms,
+        args.db,
+        supernet_pt,
+        out,
+        args.verify_top,
+        args.final_steps,
+        args.data,
+        args.seed,
+        measure=not args.no_measure,
+    )
     m = final.get("measured_ms")
-    print(f"latency on {spec.name}: predicted {final['predicted_ms']:.3f} ms, measured "
-          f"{'not measured' if m is None else f'{m:.3f} ms'}, budget {args.latency_ms} ms"
-          f"{'' if final['accepted'] in (True, None) else ' — NOT ACCEPTED'}")  # fmt: skip
+    print(
+        f"latency on {spec.name}: predicted {final['predicted_ms']:.3f} ms, measured "
+        f"{'not measured' if m is None else f'{m:.3f} ms'}, budget {args.latency_ms} ms"
+        f"{'' if final['accepted'] in (True, None) else ' — NOT ACCEPTED'}"
+    )
     return final
 
 
@@ -136,13 +175,25 @@ def two_stage_command(args: argparse.Namespace, cfg) -> int:
     steps_b = args.steps_b if args.steps_b is not None else steps_a
     out = Path(args.out)
     fixed = stage_a_base(model, split, args.latency_ms)  # as `hurricane run` does
-    res = two_stage(cfg, split, model.predict, _search_config(args), out, steps_a, steps_b,
-                    fixed=fixed, min_latency=model.fastest)  # fmt: skip
-    print(f"two-stage (split at layer {split}): {res['supernet_steps']} supernet steps in "
-          f"{res['supernet_seconds']:.1f}s; best {res['arch']} validation accuracy "
-          f"{res['fitness']:.4f}, predicted {res['latency_ms']:.3f} ms")  # fmt: skip
-    res["final"] = _finalize(args, space, spec, res["stage_b"]["top"],
-                             out / "stage_b" / "supernet.pt", out)  # fmt: skip
+    res = two_stage(
+        cfg,
+        split,
+        model.predict,
+        _search_config(args),
+        out,
+        steps_a,
+        steps_b,
+        fixed=fixed,
+        min_latency=model.fastest,
+    )
+    print(
+        f"two-stage (split at layer {split}): {res['supernet_steps']} supernet steps in "
+        f"{res['supernet_seconds']:.1f}s; best {res['arch']} validation accuracy "
+        f"{res['fitness']:.4f}, predicted {res['latency_ms']:.3f} ms"
+    )
+    res["final"] = _finalize(
+        args, space, spec, res["stage_b"]["top"], out / "stage_b" / "supernet.pt", out
+    )
     (out / "result.json").write_text(json.dumps(res, indent=1))
     return 0
 
@@ -153,30 +204,47 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parents", type=int, default=5)
     p.add_argument("--mutations", type=int, default=10)
     p.add_argument("--crossovers", type=int, default=10)
-    p.add_argument("--min-budget-fraction", type=float, default=0.0, metavar="F",
-                   help="make no candidate predicted under F x the budget (0.9: search "
-                        "between 90%% and 100%% of it; default: %(default)s)")  # fmt: skip
-    p.add_argument("--verify-top", type=int, default=5,
-                   help="measure the best N candidates on the device; keep the best within "
-                        "budget (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--min-budget-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="make no candidate predicted under F x the budget (0.9: search "
+        "between 90%% and 100%% of it; default: %(default)s)",
+    )
+    p.add_argument(
+        "--verify-top",
+        type=int,
+        default=5,
+        help="measure the best N candidates on the device; keep the best within "
+        "budget (default: %(default)s)",
+    )
     p.add_argument(
         "--no-measure",
         action="store_true",
         help="trust the prediction: do not measure candidates on the device",
     )
-    p.add_argument("--final-steps", type=int, default=400,
-                   help="fine-tune the chosen model this many steps from its inherited "
-                        "weights, then score it on the test split; 0 skips it")  # fmt: skip
+    p.add_argument(
+        "--final-steps",
+        type=int,
+        default=400,
+        help="fine-tune the chosen model this many steps from its inherited "
+        "weights, then score it on the test split; 0 skips it",
+    )
 
 
 def add_two_stage_args(p: argparse.ArgumentParser) -> None:
     """``hurricane train --two-stage`` options (the train options come from cli.py)."""
     g = p.add_argument_group("two-stage (HURRICANE)")
-    g.add_argument("--two-stage", action="store_true",
-                   help="stage A samples layers from --split on, a search fixes them, stage B "
-                        "samples the earlier ones; then the search and final model")  # fmt: skip
-    g.add_argument("--split", type=int, default=None, help="first layer of stage A "
-                   "(default: half the layers)")  # fmt: skip
+    g.add_argument(
+        "--two-stage",
+        action="store_true",
+        help="stage A samples layers from --split on, a search fixes them, stage B "
+        "samples the earlier ones; then the search and final model",
+    )
+    g.add_argument(
+        "--split", type=int, default=None, help="first layer of stage A (default: half the layers)"
+    )
     g.add_argument(
         "--steps-b",
         type=int,
@@ -193,11 +261,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--device", required=True, help="device spec (its LUT must be profiled)")
     sh.add_argument("--db", default=DEFAULT_DB)
     sh.add_argument("--k", type=int, default=4, help="ops kept per layer (default: %(default)s)")
-    sh.add_argument("--rule", default="pareto",
-                    help="pareto | flops_per_ms | params_per_ms | fastest")  # fmt: skip
+    sh.add_argument(
+        "--rule", default="pareto", help="pareto | flops_per_ms | params_per_ms | fastest"
+    )
     sh.add_argument("--exclude", action="append", help="op pattern to drop (repeatable)")
-    sh.add_argument("--skip", default="identity", choices=SKIP_RULES,
-                    help="keep skip where it is an identity (default) or everywhere")  # fmt: skip
+    sh.add_argument(
+        "--skip",
+        default="identity",
+        choices=SKIP_RULES,
+        help="keep skip where it is an identity (default) or everywhere",
+    )
     sh.add_argument("--out", default=None, help="reduced space file (default: runs/spaces/)")
     sh.set_defaults(func=_shrink)
 

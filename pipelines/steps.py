@@ -105,10 +105,17 @@ class Steps:
         t0 = time.perf_counter()
         outputs = fn()
         seconds = round(time.perf_counter() - t0, 2)
-        _write_json(self.dir / f"{name}.json", {
-            "step": name, "inputs_digest": key, "inputs": inputs, "outputs": outputs,
-            "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        })  # fmt: skip
+        _write_json(
+            self.dir / f"{name}.json",
+            {
+                "step": name,
+                "inputs_digest": key,
+                "inputs": inputs,
+                "outputs": outputs,
+                "seconds": seconds,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
         started.unlink(missing_ok=True)
         self.log.actions[name] = "ran"
         self.echo(f"[{name}] finished in {seconds:.1f}s")

@@ -59,8 +59,11 @@ def cross_validated_errors(
 
 
 def _nearest(target: OpInstance, pool: list[OpInstance]) -> list[OpInstance]:
-    same = [p for p in pool if (p.op, p.h, p.w, p.stride) == (target.op, target.h, target.w,
-                                                               target.stride)]  # fmt: skip
+    same = [
+        p
+        for p in pool
+        if (p.op, p.h, p.w, p.stride) == (target.op, target.h, target.w, target.stride)
+    ]
     return sorted(same, key=lambda p: abs(p.cin - target.cin) + abs(p.cout - target.cout))
 
 
@@ -87,8 +90,12 @@ def adaptive_sample(
         keys = sorted(k for k in table if not is_pair_key(k))  # pairs: not one operator
         errors = cross_validated_errors(keys, table, folds, seed)
         cv_mape = float(errors.mean())
-        entry = {"round": len(rounds), "train": len(keys), "cv_mape": cv_mape,
-                 "cv_within_10pct": float(np.mean(errors <= 0.1))}  # fmt: skip
+        entry = {
+            "round": len(rounds),
+            "train": len(keys),
+            "cv_mape": cv_mape,
+            "cv_within_10pct": float(np.mean(errors <= 0.1)),
+        }
         rounds.append(entry)
         pool = [p for p in candidate_pool(space) if p.key not in table]
         if cv_mape <= target_mape:
@@ -112,8 +119,9 @@ def adaptive_sample(
         for i in rng.permutation(len(rest))[: take - len(chosen)]:
             chosen.setdefault(rest[i])
         batch = list(chosen)[:take]
-        report = Campaign(space, spec, db_path, instances=batch, progress=progress,
-                          **campaign_kw).run()  # fmt: skip
+        report = Campaign(
+            space, spec, db_path, instances=batch, progress=progress, **campaign_kw
+        ).run()
         entry["added"] = report.new_entries
         added_total += len(batch)
         if not report.new_entries:

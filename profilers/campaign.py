@@ -137,8 +137,14 @@ def convert_all(
     per_task = max(1, min(cap, len(instances) // (workers * 2)))
     chunks = [instances[i : i + per_task] for i in range(0, len(instances), per_task)]
     ctx = multiprocessing.get_context("spawn")  # JAX (LiteRT's converter) does not survive fork
-    bar = tqdm(total=len(instances), desc=f"convert {runtime}", unit="op", disable=not progress,
-               position=position, dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=len(instances),
+        desc=f"convert {runtime}",
+        unit="op",
+        disable=not progress,
+        position=position,
+        dynamic_ncols=True,
+    )
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         futures = [
             pool.submit(_convert_chunk, chunk, runtime, precision, str(cache.root))
@@ -201,12 +207,17 @@ class Campaign:
         rt = self.spec.runtime
         return self.cache.get(module, example, rt.name, rt.precision)
 
-    def _entry(self, inst: OpInstance, res: dict[str, Any], status: str, attempts: int,
-               old: Entry | None) -> Entry:  # fmt: skip
+    def _entry(
+        self, inst: OpInstance, res: dict[str, Any], status: str, attempts: int, old: Entry | None
+    ) -> Entry:
         before = None if old is None else (old.passes, old.median_ms, old.status, old.samples)
-        passes, samples, status = merged(before, self._pass,
-                                         latency_of(res, self.spec.measure.statistic),
-                                         res["samples_ms"], status)  # fmt: skip
+        passes, samples, status = merged(
+            before,
+            self._pass,
+            latency_of(res, self.spec.measure.statistic),
+            res["samples_ms"],
+            status,
+        )
         return entry_from_samples(
             inst,
             samples,
@@ -222,8 +233,11 @@ class Campaign:
     # --- the run --------------------------------------------------------------------------
     def run(self) -> CampaignReport:
         spec, space = self.spec, self.space
-        instances = (self.instances if self.instances is not None
-                     else space_instances(space, spec.measure.pairs))  # fmt: skip
+        instances = (
+            self.instances
+            if self.instances is not None
+            else space_instances(space, spec.measure.pairs)
+        )
         dev = self.db.upsert_device(spec.name, spec.kind, spec.runtime.name, _spec_json(spec))
         done = self.db.done_keys(dev)
         if self.retry_errors:
@@ -234,8 +248,14 @@ class Campaign:
         already = len(instances) - len(pending)
         if self.limit is not None:
             pending = pending[: self.limit]
-        report = CampaignReport(spec.name, space.name, str(self.db.path), len(instances), already,
-                                passes=spec.measure.passes)  # fmt: skip
+        report = CampaignReport(
+            spec.name,
+            space.name,
+            str(self.db.path),
+            len(instances),
+            already,
+            passes=spec.measure.passes,
+        )
         # An interrupted run, or a spec that now asks for more passes, leaves entries short.
         chosen = {i.key for i in pending} | (done if self.limit is None else set())
         mine = [i for i in instances if i.key in chosen]
@@ -243,20 +263,34 @@ class Campaign:
             return report
         run_id = self.db.start_run(dev, space.name, {"pending": len(pending)})
         t0 = time.perf_counter()
-        bar = tqdm(total=len(pending), desc=f"{spec.name}", unit="op", disable=not self.progress,
-                   position=self.position, dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(
+            total=len(pending),
+            desc=f"{spec.name}",
+            unit="op",
+            disable=not self.progress,
+            position=self.position,
+            dynamic_ncols=True,
+        )
         status = "interrupted"
         session = self.session_factory(spec)
         try:
             t = time.perf_counter()
-            failed = convert_all(pending, spec.runtime.name, spec.runtime.precision, self.cache,
-                                 self.convert_workers, self.progress, self.position)  # fmt: skip
+            failed = convert_all(
+                pending,
+                spec.runtime.name,
+                spec.runtime.precision,
+                self.cache,
+                self.convert_workers,
+                self.progress,
+                self.position,
+            )
             report.convert_seconds += time.perf_counter() - t
             self.failed_conversions = failed
             session.open()
             report.fingerprint = session.fingerprint
-            self.db.upsert_device(spec.name, spec.kind, spec.runtime.name, _spec_json(spec),
-                                  session.fingerprint)  # fmt: skip
+            self.db.upsert_device(
+                spec.name, spec.kind, spec.runtime.name, _spec_json(spec), session.fingerprint
+            )
             self.guard = DriftGuard.for_spec(spec, self.cache)
             session = self._pass_loop(session, dev, run_id, pending, report, bar)
             for p in range(1, spec.measure.passes):
@@ -271,8 +305,9 @@ class Campaign:
                 bar.set_description(f"{spec.name} pass {p + 1}/{spec.measure.passes}")
                 session = self._pass_loop(session, dev, run_id, todo, report, bar)
             if spec.measure.passes > 1:
-                report.pass_spread = spread(e.passes for e in self.db.entries(dev, USABLE)
-                                            if e.key in chosen)  # fmt: skip
+                report.pass_spread = spread(
+                    e.passes for e in self.db.entries(dev, USABLE) if e.key in chosen
+                )
             status = "done"
         finally:
             bar.close()
@@ -287,8 +322,9 @@ class Campaign:
 
     def _short(self, dev: int, instances: list[OpInstance], wanted: int) -> list[OpInstance]:
         """Of ``instances``, the stored usable ones with fewer than ``wanted`` passes."""
-        have = {e.key: len(prior(e.passes, e.median_ms, e.status)) for e in
-                self.db.entries(dev, USABLE)}  # fmt: skip
+        have = {
+            e.key: len(prior(e.passes, e.median_ms, e.status)) for e in self.db.entries(dev, USABLE)
+        }
         return [i for i in instances if 0 < have.get(i.key, 0) < wanted]
 
     def _pass_loop(self, session, dev, run_id, pending, report, bar):

@@ -29,10 +29,12 @@ def reference_module() -> tuple[nn.Module, torch.Tensor]:
     enough to cost little in every batch. Seeded, so its artifact is cached once per runtime."""
     gen = torch.Generator().manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(16, 32, 1), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.ReLU(),
+        nn.Conv2d(16, 32, 1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, groups=32),
+        nn.ReLU(),
         nn.Conv2d(32, 16, 1),
-    )  # fmt: skip
+    )
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
@@ -106,8 +108,11 @@ class DriftGuard:
             return []
         self.rechecked = True
         limit = self.best_ms * (1 + self.threshold)
-        return [i for i, ms in self.accepted_ms.items()
-                if ms > limit and self.tries.get(i, 0) < self.retries]  # fmt: skip
+        return [
+            i
+            for i, ms in self.accepted_ms.items()
+            if ms > limit and self.tries.get(i, 0) < self.retries
+        ]
 
     def to_json(self) -> dict[str, Any]:
         refs = sorted(self.refs_ms)

@@ -56,8 +56,13 @@ def _convert_all(space, archs, spec, cache, workers, progress) -> dict[str, str]
     per = 4
     chunks = [archs[i : i + per] for i in range(0, len(archs), per)]
     errors: dict[str, str] = {}
-    bar = tqdm(total=len(archs), desc=f"convert {len(archs)} models", unit="model",
-               disable=not progress, dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=len(archs),
+        desc=f"convert {len(archs)} models",
+        unit="model",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     if workers <= 1:
         results = (_convert_archs(space, c, rt.name, rt.precision, str(cache.root)) for c in chunks)
         for res in results:
@@ -66,8 +71,10 @@ def _convert_all(space, archs, spec, cache, workers, progress) -> dict[str, str]
     else:
         ctx = multiprocessing.get_context("spawn")  # the LiteRT converter does not survive fork
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = [pool.submit(_convert_archs, space, c, rt.name, rt.precision,
-                                   str(cache.root)) for c in chunks]  # fmt: skip
+            futures = [
+                pool.submit(_convert_archs, space, c, rt.name, rt.precision, str(cache.root))
+                for c in chunks
+            ]
             for fut in futures:
                 res = fut.result()
                 errors.update({a: e for a, e in res if e})
@@ -111,8 +118,20 @@ def measure_archs(
             have = {a: prior(r["passes"], r["median_ms"], r["status"]) for a, r in stored.items()}
             again = [a for a in wanted if 0 < len(have.get(a, [])) <= p]
             if again:  # each pass in its own agent process
-                _measure(space, spec, again, db, dev, h, cache, progress, batch, seed + p,
-                         {a: stored[a] for a in again}, p)  # fmt: skip
+                _measure(
+                    space,
+                    spec,
+                    again,
+                    db,
+                    dev,
+                    h,
+                    cache,
+                    progress,
+                    batch,
+                    seed + p,
+                    {a: stored[a] for a in again},
+                    p,
+                )
         stored = db.models(dev, h)
     return {a: stored[a] for a in wanted if a in stored}
 
@@ -127,8 +146,7 @@ def _measure(space, spec, archs, db, dev, h, cache, progress, batch, seed, old, 
     attempts: dict[str, int] = {}
     done: set[str] = set()
     desc = f"measure on {spec.name}" + (f" (pass {index + 1})" if index else "")
-    bar = tqdm(total=len(archs), desc=desc, unit="model",
-               disable=not progress, dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(total=len(archs), desc=desc, unit="model", disable=not progress, dynamic_ncols=True)
     queue = [(a, 1) for a in archs]
     guard = DriftGuard.for_spec(spec, cache)
     with AgentSession(spec) as session:
@@ -142,8 +160,11 @@ def _measure(space, spec, archs, db, dev, h, cache, progress, batch, seed, old, 
                 results = list(session.measure(items, seed=seed + step))
             except AgentCrashed as crash:
                 session.restart_agent()
-                results = [{"type": "error", "id": a, "error": str(crash)}
-                           for a in crash.pending if a != REFERENCE_ID]  # fmt: skip
+                results = [
+                    {"type": "error", "id": a, "error": str(crash)}
+                    for a in crash.pending
+                    if a != REFERENCE_ID
+                ]
             results, again = guard.judge(results, lambda r: latency_of(r, m.statistic))
             queue.extend((a, attempts[a]) for a in again)
             for res in results:
@@ -154,8 +175,13 @@ def _measure(space, spec, archs, db, dev, h, cache, progress, batch, seed, old, 
                     done.add(a)
                     continue
                 if res["type"] == "error":
-                    db.put_model(dev, space.name, h, a, {"status": "error", "error": res["error"],
-                                                         "attempts": attempts[a]})  # fmt: skip
+                    db.put_model(
+                        dev,
+                        space.name,
+                        h,
+                        a,
+                        {"status": "error", "error": res["error"], "attempts": attempts[a]},
+                    )
                     bar.update(a not in done)
                     done.add(a)
                     continue
@@ -164,16 +190,39 @@ def _measure(space, spec, archs, db, dev, h, cache, progress, batch, seed, old, 
                 if noisy and attempts[a] <= m.max_remeasure:
                     queue.append((a, attempts[a] + 1))
                     continue
-                row = None if not before else (before["passes"], before["median_ms"],
-                                               before["status"], before["samples"])  # fmt: skip
-                passes, samples, status = merged(row, index, latency_of(res, m.statistic),
-                                                 res["samples_ms"], "noisy" if noisy else "ok")
-                db.put_model(dev, space.name, h, a, {
-                    "median_ms": combined(passes), "round_cv": cv, "passes": passes,
-                    "samples_ms": samples, "status": status,
-                    "attempts": attempts[a], "delegate": res.get("delegate"),
-                    "runtime": f"{res.get('runtime')} {res.get('runtime_version', '')}".strip(),
-                })  # fmt: skip
+                row = (
+                    None
+                    if not before
+                    else (
+                        before["passes"],
+                        before["median_ms"],
+                        before["status"],
+                        before["samples"],
+                    )
+                )
+                passes, samples, status = merged(
+                    row,
+                    index,
+                    latency_of(res, m.statistic),
+                    res["samples_ms"],
+                    "noisy" if noisy else "ok",
+                )
+                db.put_model(
+                    dev,
+                    space.name,
+                    h,
+                    a,
+                    {
+                        "median_ms": combined(passes),
+                        "round_cv": cv,
+                        "passes": passes,
+                        "samples_ms": samples,
+                        "status": status,
+                        "attempts": attempts[a],
+                        "delegate": res.get("delegate"),
+                        "runtime": f"{res.get('runtime')} {res.get('runtime_version', '')}".strip(),
+                    },
+                )
                 bar.update(a not in done)
                 done.add(a)
             bar.set_postfix(remeasured_batches=guard.rejected)
@@ -191,11 +240,13 @@ def warn_if_slower(spec: DeviceSpec, profiled_ms: float | None, guard: DriftGuar
     ratio = guard.best_ms / profiled_ms
     if ratio <= 1 + guard.threshold:
         return False
-    print(f"WARNING: {spec.name} ran its drift reference {100 * (ratio - 1):.0f}% slower in this "
-          f"session ({guard.best_ms:.4g} ms) than while its LUT was profiled "
-          f"({profiled_ms:.4g} ms); these model timings are slow against the LUT: let the "
-          "device settle, delete them from the models table and measure again",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"WARNING: {spec.name} ran its drift reference {100 * (ratio - 1):.0f}% slower in this "
+        f"session ({guard.best_ms:.4g} ms) than while its LUT was profiled "
+        f"({profiled_ms:.4g} ms); these model timings are slow against the LUT: let the "
+        "device settle, delete them from the models table and measure again",
+        file=sys.stderr,
+    )
     return True
 
 
@@ -215,14 +266,21 @@ def choose_measured(
     over. When none of them fits, the fastest measured one is returned, marked not accepted.
     """
     top = list(ranked)[:n]
-    rows = measure_archs(space, spec, [space.parse_arch(c["arch"]) for c in top], db,
-                         progress=progress)  # fmt: skip
+    rows = measure_archs(
+        space, spec, [space.parse_arch(c["arch"]) for c in top], db, progress=progress
+    )
     measured = []
     for c in top:
         row = rows.get(c["arch"], {})
         ms = row.get("median_ms") if row.get("status") in USABLE else None
-        measured.append({**c, "predicted_ms": c["latency_ms"], "measured_ms": ms,
-                         "accepted": ms is not None and ms <= budget_ms})  # fmt: skip
+        measured.append(
+            {
+                **c,
+                "predicted_ms": c["latency_ms"],
+                "measured_ms": ms,
+                "accepted": ms is not None and ms <= budget_ms,
+            }
+        )
     for c in measured:
         if c["accepted"]:
             return {**c, "candidates": measured}

@@ -42,6 +42,9 @@ echo "setup: installing hurricane-nas and its dependencies"
 case "${1:-}" in
   "") echo "setup: done; run .venv/bin/hurricane --help" ;;
   demo) shift; exec .venv/bin/hurricane demo "$@" ;;
-  test) shift; .venv/bin/ruff check . && exec .venv/bin/python -m pytest -q "$@" ;;
+  test) shift
+    .venv/bin/ruff check .
+    .venv/bin/ruff format --check .
+    exec .venv/bin/python -m pytest -q "$@" ;;
   *) echo "setup: unknown action '$1' (expected demo or test)" >&2; exit 2 ;;
 esac

@@ -38,8 +38,17 @@ def test_fbnet_names_and_error_falls_with_more_models() -> None:
     assert errors[200] < errors[10]
     assert errors[200] < 0.03, errors
     # FBNet's own op names, one per layer, at the widest widths.
-    fbnet_names = ["k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6",
-                   "skip"]  # fmt: skip
+    fbnet_names = [
+        "k3_e1",
+        "k3_e1_g2",
+        "k3_e3",
+        "k3_e6",
+        "k5_e1",
+        "k5_e1_g2",
+        "k5_e3",
+        "k5_e6",
+        "skip",
+    ]
     names = [fbnet_names[i % 9] for i in range(len(space.layers))]
     canonical = Arch.of(["mb_" + n if n != "skip" else n for n in names])
     assert model.predict(names) == pytest.approx(model.predict(canonical))
@@ -80,8 +89,9 @@ def test_calibration_is_not_tilted_by_one_outlier() -> None:
     assert cal.n_outliers == 1
     assert cal.scale == pytest.approx(0.8, rel=0.02)
     assert cal.offset_ms == pytest.approx(0.3, abs=0.05)
-    plain = np.linalg.lstsq(np.stack([summed, np.ones(20)], 1) / measured[:, None],
-                            np.ones(20), rcond=None)[0]  # fmt: skip
+    plain = np.linalg.lstsq(
+        np.stack([summed, np.ones(20)], 1) / measured[:, None], np.ones(20), rcond=None
+    )[0]
     assert abs(plain[0] - 0.8) > 3 * abs(cal.scale - 0.8)  # the plain fit is tilted
 
 

@@ -62,8 +62,10 @@ def test_local_campaign_resumes_without_duplicates(tmp_path: Path, cache, single
     # Entries flagged noisy (say, while something else loaded the CPU) can be measured again.
     conn = sqlite3.connect(db)
     with conn:
-        conn.execute("UPDATE entries SET status = 'noisy' WHERE key IN "
-                     "(SELECT key FROM entries ORDER BY key LIMIT 3)")  # fmt: skip
+        conn.execute(
+            "UPDATE entries SET status = 'noisy' WHERE key IN "
+            "(SELECT key FROM entries ORDER BY key LIMIT 3)"
+        )
     fourth = profile(space, spec, db, cache=cache, progress=False, remeasure_noisy=True)
     assert fourth.new_entries == 3 and len(rows(db)) == n
 

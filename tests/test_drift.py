@@ -72,8 +72,11 @@ class SlowSecondBatch(AgentSession):
         cls.seen.append([i for i, _ in items])
         for res in super().measure(items, seed):
             if cls.calls == 2 and res.get("type") == "result":
-                res = {**res, "median_ms": res["median_ms"] * 2,
-                       "round_medians_ms": [m * 2 for m in res["round_medians_ms"]]}  # fmt: skip
+                res = {
+                    **res,
+                    "median_ms": res["median_ms"] * 2,
+                    "round_medians_ms": [m * 2 for m in res["round_medians_ms"]],
+                }
             yield res
 
 
@@ -88,8 +91,15 @@ def test_campaign_remeasures_a_slow_batch(tmp_path: Path, slow_second, single_th
     spec = load_device(tmp_path / "dev.toml")
     db = tmp_path / "lut.sqlite"
     cache = ArtifactCache(tmp_path / "art")
-    report = profile(load_space(TINY), spec, db, cache=cache, progress=False, limit=18,
-                     session_factory=slow_second)  # fmt: skip
+    report = profile(
+        load_space(TINY),
+        spec,
+        db,
+        cache=cache,
+        progress=False,
+        limit=18,
+        session_factory=slow_second,
+    )
     seen = slow_second.seen
     assert all(batch[-1] == REFERENCE_ID for batch in seen)
     slowed = set(seen[1][:-1])
@@ -110,11 +120,27 @@ def test_models_remeasure_a_slow_batch(tmp_path: Path, slow_second, monkeypatch)
     space = load_space(TINY)
     # Three batches: if the first (cold) batch's reference was slow too, the slowed second
     # one is still caught, by the recheck against the third's.
-    archs = [space.parse_arch(a) for a in ("skip-skip-ds_k3", "ds_k3-skip-skip",
-             "mb_k3_e3-skip-ds_k3", "skip-mb_k3_e3-ds_k3", "ds_k3-ds_k3-ds_k3",
-             "mb_k3_e3-mb_k3_e3-mb_k3_e3")]  # fmt: skip
-    rows = measure_archs(space, spec, archs, tmp_path / "m.sqlite", progress=False, batch=2,
-                         cache=ArtifactCache(tmp_path / "art"), workers=0)  # fmt: skip
+    archs = [
+        space.parse_arch(a)
+        for a in (
+            "skip-skip-ds_k3",
+            "ds_k3-skip-skip",
+            "mb_k3_e3-skip-ds_k3",
+            "skip-mb_k3_e3-ds_k3",
+            "ds_k3-ds_k3-ds_k3",
+            "mb_k3_e3-mb_k3_e3-mb_k3_e3",
+        )
+    ]
+    rows = measure_archs(
+        space,
+        spec,
+        archs,
+        tmp_path / "m.sqlite",
+        progress=False,
+        batch=2,
+        cache=ArtifactCache(tmp_path / "art"),
+        workers=0,
+    )
     seen = slow_second.seen
     slowed = set(seen[1][:-1])
     assert len(slowed) == 2 and all(sum(k in b for b in seen) >= 2 for k in slowed)
@@ -140,13 +166,16 @@ def test_a_session_slower_than_the_profile_is_named(ort_lut, tmp_path: Path, cap
 
     def measure(arch: str, stored_best_ms: float) -> str:
         with sqlite3.connect(db) as conn:
-            n = conn.execute("UPDATE runs SET info = json_set(info, '$.drift.reference_best_ms', "
-                             "?, '$.drift.reference_best_ms_by_pass', json('[]'))",
-                             (stored_best_ms,)).rowcount  # fmt: skip
+            n = conn.execute(
+                "UPDATE runs SET info = json_set(info, '$.drift.reference_best_ms', "
+                "?, '$.drift.reference_best_ms_by_pass', json('[]'))",
+                (stored_best_ms,),
+            ).rowcount
         assert n >= 1
         capsys.readouterr()
-        rows = measure_archs(space, spec, [space.parse_arch(arch)], db, cache=ort_lut[2],
-                             progress=False, workers=0)  # fmt: skip
+        rows = measure_archs(
+            space, spec, [space.parse_arch(arch)], db, cache=ort_lut[2], progress=False, workers=0
+        )
         assert rows[arch]["status"] in ("ok", "noisy")  # measured and stored all the same
         return capsys.readouterr().err
 

@@ -39,8 +39,23 @@ def copy_db(lut, tmp_path: Path) -> Path:
 def test_validate_cli_stores_results_and_reuses_measurements(lut, tmp_path, capsys) -> None:
     db, spec = copy_db(lut, tmp_path), lut[1]
     out = tmp_path / "val"
-    argv = ["latency", "validate", "--space", str(TINY), "--device", str(spec), "--n", "12",
-            "--calibration", "5", "--db", str(db), "--out", str(out), "--no-progress"]  # fmt: skip
+    argv = [
+        "latency",
+        "validate",
+        "--space",
+        str(TINY),
+        "--device",
+        str(spec),
+        "--n",
+        "12",
+        "--calibration",
+        "5",
+        "--db",
+        str(db),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "12 held-out models (calibrated on 5" in text and "calibrated" in text
@@ -81,8 +96,22 @@ def test_validate_cli_stores_results_and_reuses_measurements(lut, tmp_path, caps
     assert model.predict(arch) == pytest.approx(
         cal["scale"] * model.predict_sum(arch) + cal["offset_ms"]
     )
-    assert main(["latency", "predict", "--space", str(TINY), "--device", "ort", "--db", str(db),
-                 str(arch)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "latency",
+                "predict",
+                "--space",
+                str(TINY),
+                "--device",
+                "ort",
+                "--db",
+                str(db),
+                str(arch),
+            ]
+        )
+        == 0
+    )
     assert "ms  (LUT sum" in capsys.readouterr().out
 
 
@@ -115,8 +144,20 @@ def test_missing_entries_are_predicted_not_zero(lut, tmp_path) -> None:
 
 def test_no_table_for_the_device_is_one_clear_error(lut, tmp_path, capsys) -> None:
     db = copy_db(lut, tmp_path)
-    code = main(["latency", "validate", "--space", str(TINY), "--device", "local-onnxruntime",
-                 "--db", str(db), "--n", "3"])  # fmt: skip
+    code = main(
+        [
+            "latency",
+            "validate",
+            "--space",
+            str(TINY),
+            "--device",
+            "local-onnxruntime",
+            "--db",
+            str(db),
+            "--n",
+            "3",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "no latency table for device 'local-onnxruntime'" in err and "hurricane profile" in err
@@ -141,9 +182,18 @@ def test_adaptive_sampling_profiles_unmeasured_channel_counts(lut, tmp_path) -> 
     before = set(read_table(space, db, "ort"))
     pool = candidate_pool(space)
     assert {p.key for p in pool} - before  # off-grid channel counts exist
-    report = adaptive_sample(space, load_device(spec), db, budget=6, per_round=3,
-                             target_mape=0.0, folds=3, progress=False,
-                             out=tmp_path / "p.json", cache=cache)  # fmt: skip
+    report = adaptive_sample(
+        space,
+        load_device(spec),
+        db,
+        budget=6,
+        per_round=3,
+        target_mape=0.0,
+        folds=3,
+        progress=False,
+        out=tmp_path / "p.json",
+        cache=cache,
+    )
     after = set(read_table(space, db, "ort"))
     new = after - before
     assert len(new) == 6 and report["added"] == 6 and "budget" in report["stopped"]
@@ -161,30 +211,110 @@ def test_shrink_and_search_cli(lut, tmp_path, capsys) -> None:
     spec = tmp_path / "ort.toml"  # same device name, plus a device rule
     spec.write_text(spec_path.read_text() + '\n[search]\nexclude_ops = ["ds_*"]\n')
     out = tmp_path / "reduced.toml"
-    assert main(["shrink", "--space", str(TINY), "--device", str(spec), "--db", str(db),
-                 "--k", "2", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "shrink",
+                "--space",
+                str(TINY),
+                "--device",
+                str(spec),
+                "--db",
+                str(db),
+                "--k",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     reduced = load_space(out)
     assert all("ds_k3" not in layer.ops for layer in reduced.layers)
     # skip only where it is an identity: tiny's layer 1 (16 -> 16, stride 1)
     assert [("skip" in lay.ops, len(lay.ops)) for lay in reduced.layers] == [
-        (False, 2), (True, 3), (False, 2)]  # fmt: skip
+        (False, 2),
+        (True, 3),
+        (False, 2),
+    ]
     assert out.with_suffix(".scores.json").exists()
     every = tmp_path / "every.toml"
-    assert main(["shrink", "--space", str(TINY), "--device", str(spec), "--db", str(db),
-                 "--k", "2", "--skip", "all", "--out", str(every)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "shrink",
+                "--space",
+                str(TINY),
+                "--device",
+                str(spec),
+                "--db",
+                str(db),
+                "--k",
+                "2",
+                "--skip",
+                "all",
+                "--out",
+                str(every),
+            ]
+        )
+        == 0
+    )
     assert all("skip" in lay.ops and len(lay.ops) == 3 for lay in load_space(every).layers)
     assert "skip=all" in every.read_text()
     # A supernet to search, trained for a few steps on the reduced space.
     run = tmp_path / "run"
-    assert main(["train", "--space", str(out), "--out", str(run), "--steps", "3",
-                 "--batch-size", "32", "--train-limit", "256", "--eval-paths", "0",
-                 "--no-progress", "--threads", "1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--space",
+                str(out),
+                "--out",
+                str(run),
+                "--steps",
+                "3",
+                "--batch-size",
+                "32",
+                "--train-limit",
+                "256",
+                "--eval-paths",
+                "0",
+                "--no-progress",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     model = LatencyModel.from_db(reduced, db, "ort")
     lo, _ = model.fastest()
-    base = ["search", "--space", str(out), "--device", str(spec), "--db", str(db),
-            "--supernet", str(run), "--population", "4", "--generations", "2", "--parents",
-            "2", "--mutations", "2", "--crossovers", "2", "--eval-limit", "200",
-            "--verify-top", "2", "--final-steps", "2"]  # fmt: skip
+    base = [
+        "search",
+        "--space",
+        str(out),
+        "--device",
+        str(spec),
+        "--db",
+        str(db),
+        "--supernet",
+        str(run),
+        "--population",
+        "4",
+        "--generations",
+        "2",
+        "--parents",
+        "2",
+        "--mutations",
+        "2",
+        "--crossovers",
+        "2",
+        "--eval-limit",
+        "200",
+        "--verify-top",
+        "2",
+        "--final-steps",
+        "2",
+    ]
     capsys.readouterr()
     assert main([*base, "--latency-ms", str(lo * 0.5), "--out", str(tmp_path / "s0")]) == 2
     err = capsys.readouterr().err
@@ -202,17 +332,57 @@ def test_shrink_and_search_cli(lut, tmp_path, capsys) -> None:
 def test_search_names_unmeasured_entries_and_the_profile_command(lut, tmp_path, capsys) -> None:
     db, spec = copy_db(lut, tmp_path), lut[1]
     run = tmp_path / "run"
-    assert main(["train", "--space", str(TINY), "--out", str(run), "--steps", "1",
-                 "--batch-size", "32", "--train-limit", "64", "--eval-paths", "0",
-                 "--no-progress", "--threads", "1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--space",
+                str(TINY),
+                "--out",
+                str(run),
+                "--steps",
+                "1",
+                "--batch-size",
+                "32",
+                "--train-limit",
+                "64",
+                "--eval-paths",
+                "0",
+                "--no-progress",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     conn = sqlite3.connect(db)
     gone = sorted(k for (k,) in conn.execute("SELECT key FROM entries WHERE key LIKE 'ds_k3:%'"))
     conn.execute("DELETE FROM entries WHERE key LIKE 'ds_k3:%'")
     conn.commit()
-    args = ["search", "--space", str(TINY), "--device", str(spec), "--db", str(db),
-            "--supernet", str(run), "--latency-ms", "1000", "--population", "2",
-            "--generations", "1", "--eval-limit", "64", "--no-measure", "--final-steps", "0",
-            "--out", str(tmp_path / "s")]  # fmt: skip
+    args = [
+        "search",
+        "--space",
+        str(TINY),
+        "--device",
+        str(spec),
+        "--db",
+        str(db),
+        "--supernet",
+        str(run),
+        "--latency-ms",
+        "1000",
+        "--population",
+        "2",
+        "--generations",
+        "1",
+        "--eval-limit",
+        "64",
+        "--no-measure",
+        "--final-steps",
+        "0",
+        "--out",
+        str(tmp_path / "s"),
+    ]
     capsys.readouterr()
     assert main(args) == 0
     err = capsys.readouterr().err

@@ -33,11 +33,21 @@ def conv_macs(module: nn.Module, x: torch.Tensor) -> int:
 
 @pytest.mark.parametrize(
     "op,cin,cout,stride",
-    [("mb_k3_e6", 16, 24, 2), ("mb_k5_e3", 24, 24, 1), ("mb_k3_e1_g2", 16, 16, 1),
-     ("ds_k5", 16, 32, 2), ("fmb_k3_e3", 16, 24, 1), ("shuffle_k3", 24, 24, 1),
-     ("shuffle_k5", 16, 32, 2), ("shufflex", 24, 24, 1), ("conv_k3", 16, 32, 2),
-     ("res_k3", 16, 32, 2), ("res_k3", 16, 16, 1), ("skip", 16, 32, 2)],
-)  # fmt: skip
+    [
+        ("mb_k3_e6", 16, 24, 2),
+        ("mb_k5_e3", 24, 24, 1),
+        ("mb_k3_e1_g2", 16, 16, 1),
+        ("ds_k5", 16, 32, 2),
+        ("fmb_k3_e3", 16, 24, 1),
+        ("shuffle_k3", 24, 24, 1),
+        ("shuffle_k5", 16, 32, 2),
+        ("shufflex", 24, 24, 1),
+        ("conv_k3", 16, 32, 2),
+        ("res_k3", 16, 32, 2),
+        ("res_k3", 16, 16, 1),
+        ("skip", 16, 32, 2),
+    ],
+)
 def test_analytic_cost_matches_the_module(op, cin, cout, stride) -> None:
     """The FLOPs feature is the real conv work of the block (SE aside)."""
     x = torch.randn(1, cin, 14, 14)
@@ -63,8 +73,17 @@ def test_records_fill_defaults_and_parse_names() -> None:
 
 def synthetic(records: list[dict]) -> np.ndarray:
     """A made-up device: a dispatch cost, then compute and memory at family-specific rates."""
-    rate = {"mb": 1.0, "ds": 1.6, "fmb": 0.7, "shuffle": 1.3, "shufflex": 1.5, "conv": 0.8,
-            "res": 0.9, "skip": 1.0, "head": 1.0}  # fmt: skip
+    rate = {
+        "mb": 1.0,
+        "ds": 1.6,
+        "fmb": 0.7,
+        "shuffle": 1.3,
+        "shufflex": 1.5,
+        "conv": 0.8,
+        "res": 0.9,
+        "skip": 1.0,
+        "head": 1.0,
+    }
     out = []
     for rec in records:
         r = normalise(rec)
@@ -110,8 +129,10 @@ def test_predicts_channel_counts_nobody_profiled() -> None:
 
 
 def test_save_load_round_trip(tmp_path) -> None:
-    recs = [record_from_instance(OpInstance("mb_k3_e3", c, c, 8, 8, 1, "relu"))
-            for c in (8, 16, 24, 32, 40)]  # fmt: skip
+    recs = [
+        record_from_instance(OpInstance("mb_k3_e3", c, c, 8, 8, 1, "relu"))
+        for c in (8, 16, 24, 32, 40)
+    ]
     model = OpPredictor().fit(recs, synthetic(recs))
     model.save(tmp_path / "p.json")
     loaded = OpPredictor.load(tmp_path / "p.json")

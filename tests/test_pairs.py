@@ -37,8 +37,14 @@ def test_pair_instances_cover_every_strided_skip() -> None:
         assert p.second.stride == 2 and (p.first.h, p.second.h) == (7, 7)  # 28 -> 14 -> 7
     # A pair's module is exactly those two layers of a subnet: same output shape.
     arch = Arch.of(["ds_k3", "mb_k3_e3", "skip"], [1.0, 0.5, 1.0])
-    pair = next(p for p in pairs if p.first.op == "mb_k3_e3" and p.first.cout == 8
-                and p.second.cout == 24 and p.first.cin == 16)  # fmt: skip
+    pair = next(
+        p
+        for p in pairs
+        if p.first.op == "mb_k3_e3"
+        and p.first.cout == 8
+        and p.second.cout == 24
+        and p.first.cin == 16
+    )
     module, x = instance_module(pair)
     net = build_subnet(space, arch).eval()
     with torch.no_grad():
@@ -57,8 +63,12 @@ def test_a_pair_saving_beyond_its_widths_typical_one_is_used() -> None:
     assert plain.pairs == {}  # no pairs timed: the plain sum
     pairs = space.pair_instances()
     pair = pairs[0]
-    same_widths = [p for p in pairs if (p.first.cin, p.first.cout, p.second.cout)
-                   == (pair.first.cin, pair.first.cout, pair.second.cout)]  # fmt: skip
+    same_widths = [
+        p
+        for p in pairs
+        if (p.first.cin, p.first.cout, p.second.cout)
+        == (pair.first.cin, pair.first.cout, pair.second.cout)
+    ]
     assert len(same_widths) == len(space.layers[1].ops)
     for p in same_widths:  # parts sum to 2.0: one call fewer saves 0.1 whatever the op
         table[p.key] = 1.9
@@ -95,8 +105,13 @@ def test_the_operator_predictor_leaves_pairs_out() -> None:
 def test_campaign_times_pairs_when_the_spec_asks(tmp_path: Path, single_thread) -> None:
     space, db = load_space(TINY), tmp_path / "lut.sqlite"
     (tmp_path / "dev.toml").write_text(SPEC + "pairs = true\n")
-    report = profile(space, load_device(tmp_path / "dev.toml"), db,
-                     cache=ArtifactCache(tmp_path / "art"), progress=False)  # fmt: skip
+    report = profile(
+        space,
+        load_device(tmp_path / "dev.toml"),
+        db,
+        cache=ArtifactCache(tmp_path / "art"),
+        progress=False,
+    )
     table = read_table(space, db, "dev")
     pair_keys = [k for k in table if is_pair_key(k)]
     assert len(pair_keys) == len(space.pair_instances()) == 32

@@ -71,8 +71,9 @@ def test_pass_values() -> None:
 def test_campaign_times_each_entry_in_every_pass(tmp_path: Path, counting, single_thread) -> None:
     space, db = load_space(TINY), tmp_path / "lut.sqlite"
     cache = ArtifactCache(tmp_path / "art")
-    report = profile(space, spec_with(tmp_path, 2), db, cache=cache, progress=False,
-                     session_factory=counting)  # fmt: skip
+    report = profile(
+        space, spec_with(tmp_path, 2), db, cache=cache, progress=False, session_factory=counting
+    )
     n = report.instances
     assert report.measured == n and report.repeated == n and report.pass_spread is not None
     assert counting.starts == 2  # the second pass ran in a fresh agent process
@@ -84,14 +85,16 @@ def test_campaign_times_each_entry_in_every_pass(tmp_path: Path, counting, singl
         assert len(e.passes) == 2 and e.median_ms == pytest.approx(statistics.median(e.passes))
     # Asking for three passes later times each entry exactly once more; four, once more again.
     counting.timed = []
-    again = profile(space, spec_with(tmp_path, 3), db, cache=cache, progress=False,
-                    session_factory=counting)  # fmt: skip
+    again = profile(
+        space, spec_with(tmp_path, 3), db, cache=cache, progress=False, session_factory=counting
+    )
     assert again.measured == 0 and again.repeated == n and len(counting.timed) == n
     with LutDB(db) as lut:
         assert {len(e.passes) for e in lut.entries(lut.device_id("dev"))} == {3}
     counting.timed = []
-    profile(space, spec_with(tmp_path, 3), db, cache=cache, progress=False,
-            session_factory=counting)  # fmt: skip
+    profile(
+        space, spec_with(tmp_path, 3), db, cache=cache, progress=False, session_factory=counting
+    )
     assert counting.timed == []  # nothing short of its passes: nothing timed
 
 
@@ -102,8 +105,9 @@ def test_a_failed_pass_keeps_the_earlier_one(tmp_path: Path, counting, single_th
     with LutDB(db) as lut:
         first = {e.key: e.median_ms for e in lut.entries(lut.device_id("dev"))}
     counting.fail_from_start = 1  # every item of the second pass fails
-    profile(space, spec_with(tmp_path, 2), db, cache=cache, progress=False,
-            session_factory=counting)  # fmt: skip
+    profile(
+        space, spec_with(tmp_path, 2), db, cache=cache, progress=False, session_factory=counting
+    )
     assert len(counting.timed) == len(first)
     with LutDB(db) as lut:
         after = lut.entries(lut.device_id("dev"))
@@ -127,8 +131,9 @@ def test_rows_from_before_passes_count_as_one(tmp_path: Path, counting, single_t
     profile(space, spec_with(tmp_path, 1), db, cache=cache, progress=False)
     with sqlite3.connect(db) as conn:  # as the old code stored them: no passes
         conn.execute("UPDATE entries SET passes = NULL, median_ms = 1000.0")
-    profile(space, spec_with(tmp_path, 2), db, cache=cache, progress=False,
-            session_factory=counting)  # fmt: skip
+    profile(
+        space, spec_with(tmp_path, 2), db, cache=cache, progress=False, session_factory=counting
+    )
     with LutDB(db) as lut:
         entries = lut.entries(lut.device_id("dev"))
     assert len(counting.timed) == len(entries) > 0
@@ -141,8 +146,9 @@ def test_models_are_timed_in_every_pass(tmp_path: Path, counting, monkeypatch) -
 
     monkeypatch.setattr(models, "AgentSession", counting)
     space = load_space(TINY)
-    archs = [space.parse_arch(a) for a in ("skip-skip-ds_k3", "ds_k3-skip-skip",
-                                           "mb_k3_e3-skip-ds_k3")]  # fmt: skip
+    archs = [
+        space.parse_arch(a) for a in ("skip-skip-ds_k3", "ds_k3-skip-skip", "mb_k3_e3-skip-ds_k3")
+    ]
     kw = {"progress": False, "cache": ArtifactCache(tmp_path / "art"), "workers": 0}
     db = tmp_path / "m.sqlite"
     rows = measure_archs(space, spec_with(tmp_path, 3), archs, db, **kw)
@@ -161,18 +167,27 @@ def test_passes_field_in_the_spec(tmp_path: Path) -> None:
         load_device(tmp_path / "bad.toml")
 
 
-def test_handoff_times_the_bundle_in_every_pass(tmp_path: Path, counting, monkeypatch,
-                                                single_thread) -> None:  # fmt: skip
+def test_handoff_times_the_bundle_in_every_pass(
+    tmp_path: Path, counting, monkeypatch, single_thread
+) -> None:
     import json
 
     import pipelines.handoff as handoff
     from hurricane.final import train_final
 
     monkeypatch.setattr(handoff, "AgentSession", counting)
-    res = train_final(str(TINY), "mb_k3_e3-ds_k3@0.5-shuffle_k3", tmp_path / "final", 5,
-                      seed=0, batch_size=64, progress=False)  # fmt: skip
-    m = handoff.make_bundle(str(TINY), res["model"], spec_with(tmp_path, 3),
-                            tmp_path / "bundle", 1000.0, samples=4)  # fmt: skip
+    res = train_final(
+        str(TINY),
+        "mb_k3_e3-ds_k3@0.5-shuffle_k3",
+        tmp_path / "final",
+        5,
+        seed=0,
+        batch_size=64,
+        progress=False,
+    )
+    m = handoff.make_bundle(
+        str(TINY), res["model"], spec_with(tmp_path, 3), tmp_path / "bundle", 1000.0, samples=4
+    )
     lat = m["latency"]
     assert counting.starts == 3 and len(lat["passes_ms"]) == 3
     assert lat["measured_ms"] == statistics.median(lat["passes_ms"])

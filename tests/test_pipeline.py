@@ -67,11 +67,20 @@ def board_spec(folder: Path, server: SSHServer) -> Path:
 
 # Milliseconds far above what the tiny space takes, so acceptance does not hang on how busy
 # the machine is; a budget a model misses is tested with make_bundle below.
-def write_pipeline(folder: Path, budget: str = "5.0", steps: int = 20,
-                   final_steps: int = 10) -> Path:  # fmt: skip
+def write_pipeline(
+    folder: Path, budget: str = "5.0", steps: int = 20, final_steps: int = 10
+) -> Path:
     path = folder / "tiny.toml"
-    path.write_text(PIPELINE.format(space=TINY, db=folder / "lut.sqlite", out=folder / "run",
-                                    budget=budget, steps=steps, final_steps=final_steps))
+    path.write_text(
+        PIPELINE.format(
+            space=TINY,
+            db=folder / "lut.sqlite",
+            out=folder / "run",
+            budget=budget,
+            steps=steps,
+            final_steps=final_steps,
+        )
+    )
     return path
 
 
@@ -92,10 +101,16 @@ def test_tiny_pipeline_over_ssh_bundles_and_reruns_nothing(tmp_path, sshd, singl
     first = PipelineRun(p, progress=False)
     results = first.run()
     dev = "board"
-    assert set(first.steps.log.ran) == {"profile-board", "validate-board", "shrink-board",
-                                        "supernet-board", "search-board-5ms",
-                                        "final-board-5ms", "handoff-board-5ms",
-                                        "report"}  # fmt: skip
+    assert set(first.steps.log.ran) == {
+        "profile-board",
+        "validate-board",
+        "shrink-board",
+        "supernet-board",
+        "search-board-5ms",
+        "final-board-5ms",
+        "handoff-board-5ms",
+        "report",
+    }
     bundle = Path(results[dev]["budgets"]["5ms"]["handoff"]["bundle"])
     manifest = json.loads((bundle / MANIFEST).read_text())
     # What a deployer needs is there, and every file is what the manifest says it is.
@@ -135,8 +150,9 @@ def test_tiny_pipeline_over_ssh_bundles_and_reruns_nothing(tmp_path, sshd, singl
 
     # A tampered bundle fails its check, and the next run makes it again (and nothing else).
     (bundle / "arch.txt").write_text("skip-skip-skip\n")
-    assert check_files(bundle) == ["arch.txt: sha256 differs from the manifest (changed or "
-                                   "corrupt)"]  # fmt: skip
+    assert check_files(bundle) == [
+        "arch.txt: sha256 differs from the manifest (changed or corrupt)"
+    ]
     fourth = PipelineRun(p3, progress=False)
     fourth.run()
     assert "handoff-board-5ms" in fourth.steps.log.ran
@@ -149,8 +165,9 @@ def test_killed_run_resumes_and_finishes(tmp_path, sshd) -> None:
     path = write_pipeline(tmp_path, steps=300)
     cmd = [sys.executable, "-m", "pipelines.cli", "run", str(path), "--no-progress"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     seen = []
     for line in proc.stdout:
         seen.append(line)
@@ -183,6 +200,7 @@ def test_steps_skip_rerun_and_clear_stale_work(tmp_path) -> None:
         def fn():
             calls.append(tag)
             return {"digest": tag}
+
         return fn
 
     s = Steps(tmp_path, echo=lambda _: None)
@@ -196,8 +214,9 @@ def test_steps_skip_rerun_and_clear_stale_work(tmp_path) -> None:
     s.run("a", {"x": 2}, make("a3"), workdir=work)
     assert calls == ["a1", "a3"] and not work.exists()  # changed inputs: stale work cleared
     # An interrupted step (marker, no record) resumes with its work kept...
-    (tmp_path / "steps" / "b.started").write_text(__import__("pipelines.steps").steps.digest(
-        {"y": 1}) + "\n")  # fmt: skip
+    (tmp_path / "steps" / "b.started").write_text(
+        __import__("pipelines.steps").steps.digest({"y": 1}) + "\n"
+    )
     work.mkdir()
     s.run("b", {"y": 1}, make("b1"), workdir=work)
     assert work.exists()
@@ -216,23 +235,39 @@ def test_example_pipelines_load() -> None:
     assert load_pipeline("demo").devices == ("local-litert",)
 
 
-@pytest.mark.parametrize("body, words", [
-    ('space = "demo"\ndevices = ["local-litert"]\nbudgets = [-1]', "budgets"),
-    ('space = "demo"\ndevices = ["local-litert"]\nbudgets = ["fast"]', "percentile"),
-    ('space = "demo"\ndevices = []\nbudgets = [1.0]', "devices"),
-    ('space = "demo"\ndevices = ["nowhere.toml"]\nbudgets = [1.0]', "nowhere.toml"),
-    ('space = "nospace"\ndevices = ["local-litert"]\nbudgets = [1.0]', "space"),
-    ('space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0]\nbudget = 2', "unknown field"),
-    ('space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0]\n[generate]\nsplit = 9',
-     "generate.split"),
-    ('space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0]\n[generate]\nsteps = "x"',
-     "generate.steps"),
-    ('space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0, 1]', "twice"),
-    ('space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0]\n[generate]\n'
-     'min_budget_fraction = 1.2', "generate.min_budget_fraction"),
-    ('space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0]\n[generate]\nskip = "some"',
-     "generate.skip"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ('space = "demo"\ndevices = ["local-litert"]\nbudgets = [-1]', "budgets"),
+        ('space = "demo"\ndevices = ["local-litert"]\nbudgets = ["fast"]', "percentile"),
+        ('space = "demo"\ndevices = []\nbudgets = [1.0]', "devices"),
+        ('space = "demo"\ndevices = ["nowhere.toml"]\nbudgets = [1.0]', "nowhere.toml"),
+        ('space = "nospace"\ndevices = ["local-litert"]\nbudgets = [1.0]', "space"),
+        (
+            'space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0]\nbudget = 2',
+            "unknown field",
+        ),
+        (
+            'space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0]\n[generate]\nsplit = 9',
+            "generate.split",
+        ),
+        (
+            'space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0]\n[generate]\nsteps = "x"',
+            "generate.steps",
+        ),
+        ('space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0, 1]', "twice"),
+        (
+            'space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0]\n[generate]\n'
+            "min_budget_fraction = 1.2",
+            "generate.min_budget_fraction",
+        ),
+        (
+            'space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0]\n'
+            '[generate]\nskip = "some"',
+            "generate.skip",
+        ),
+    ],
+)
 def test_bad_pipeline_files_say_what_and_where(tmp_path, body, words) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(body + "\n")
@@ -245,33 +280,49 @@ def test_bad_pipeline_files_say_what_and_where(tmp_path, body, words) -> None:
 def _trained_final(tmp_path: Path) -> Path:
     from hurricane.final import train_final
 
-    res = train_final(str(TINY), "mb_k3_e3-ds_k3@0.5-shuffle_k3", tmp_path / "final", 30,
-                      seed=0, batch_size=64, progress=False)  # fmt: skip
+    res = train_final(
+        str(TINY),
+        "mb_k3_e3-ds_k3@0.5-shuffle_k3",
+        tmp_path / "final",
+        30,
+        seed=0,
+        batch_size=64,
+        progress=False,
+    )
     return Path(res["model"])
 
 
-@pytest.mark.parametrize("runtime, precision, files", [
-    ("litert", "fp32", {"model.tflite"}),
-    ("litert", "int8", {"model.tflite"}),
-    ("openvino", "fp16", {"model.xml", "model.bin"}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "runtime, precision, files",
+    [
+        ("litert", "fp32", {"model.tflite"}),
+        ("litert", "int8", {"model.tflite"}),
+        ("openvino", "fp16", {"model.xml", "model.bin"}),
+    ],
+)
 def test_bundle_in_each_device_format(tmp_path, runtime, precision, files, single_thread) -> None:
     """Mobile CPU (LiteRT fp32), DSP (full int8; here on the CPU, the delegate being absent
     and fallback allowed) and VPU (OpenVINO FP16 on device CPU) through the same handoff."""
     from devices.spec import parse_device
     from pipelines.handoff import make_bundle
 
-    body = {"name": f"{runtime}-{precision}", "kind": "cpu",
-            "runtime": {"name": runtime, "precision": precision},
-            "measure": {"warmup": 1, "rounds": 3, "runs": 3, "min_round_ms": 0}}  # fmt: skip
+    body = {
+        "name": f"{runtime}-{precision}",
+        "kind": "cpu",
+        "runtime": {"name": runtime, "precision": precision},
+        "measure": {"warmup": 1, "rounds": 3, "runs": 3, "min_round_ms": 0},
+    }
     if precision == "int8":
         body["kind"] = "dsp"
-        body["runtime"]["delegate"] = {"library": "/nonexistent/libQnnTFLiteDelegate.so",
-                                       "allow_cpu_fallback": True}  # fmt: skip
+        body["runtime"]["delegate"] = {
+            "library": "/nonexistent/libQnnTFLiteDelegate.so",
+            "allow_cpu_fallback": True,
+        }
     spec = parse_device(body, f"{runtime}.toml")
     model = _trained_final(tmp_path)
-    m = make_bundle(str(TINY), model, spec, tmp_path / "bundle", 1000.0, 0.05,
-                    {"test_acc": 0.5}, samples=16)  # fmt: skip
+    m = make_bundle(
+        str(TINY), model, spec, tmp_path / "bundle", 1000.0, 0.05, {"test_acc": 0.5}, samples=16
+    )
     assert files | {"model.onnx", "model.pt", "arch.txt", "space.toml"} == set(m["files"])
     assert check_files(tmp_path / "bundle") == []
     check = m["verification"]["device"]
@@ -295,14 +346,41 @@ def test_generate_handoff_and_verify_commands(tmp_path, capsys, single_thread) -
     specs = []
     for name in ("ort", "ort2"):  # two devices, two budgets: one stage A per device
         spec = tmp_path / f"{name}.toml"
-        spec.write_text(f'name = "{name}"\nkind = "cpu"\n[runtime]\nname = "onnxruntime"\n'
-                        "[measure]\nwarmup = 1\nrounds = 3\nruns = 3\nmin_round_ms = 0\n")
+        spec.write_text(
+            f'name = "{name}"\nkind = "cpu"\n[runtime]\nname = "onnxruntime"\n'
+            "[measure]\nwarmup = 1\nrounds = 3\nruns = 3\nmin_round_ms = 0\n"
+        )
         specs += ["--device", str(spec)]
     out = tmp_path / "gen"
-    args = ["generate", "--space", str(TINY), *specs, "--budget", "95%", "--budget", "99%",
-            "--db", str(tmp_path / "lut.sqlite"), "--out", str(out), "--k", "2", "--steps", "10",
-            "--population", "4", "--generations", "1", "--verify-top", "1", "--final-steps",
-            "5", "--train-limit", "512", "--no-progress"]  # fmt: skip
+    args = [
+        "generate",
+        "--space",
+        str(TINY),
+        *specs,
+        "--budget",
+        "95%",
+        "--budget",
+        "99%",
+        "--db",
+        str(tmp_path / "lut.sqlite"),
+        "--out",
+        str(out),
+        "--k",
+        "2",
+        "--steps",
+        "10",
+        "--population",
+        "4",
+        "--generations",
+        "1",
+        "--verify-top",
+        "1",
+        "--final-steps",
+        "5",
+        "--train-limit",
+        "512",
+        "--no-progress",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "pipeline gen: 15 steps run, 0 skipped" in printed  # 2 x (3 + 2 x 2) + report
@@ -313,8 +391,21 @@ def test_generate_handoff_and_verify_commands(tmp_path, capsys, single_thread) -
             assert f"{dev} @ {final['budget_ms']:g} ms ({b})" in printed
     assert "report:" in printed and "bundle:" not in printed
     spec = tmp_path / "ort.toml"
-    assert main(["handoff", str(out / "ort" / "p95"), "--device", str(spec), "--samples",
-                 "4", "--out", str(tmp_path / "b")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "handoff",
+                str(out / "ort" / "p95"),
+                "--device",
+                str(spec),
+                "--samples",
+                "4",
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 0
+    )
     assert "accepted" in capsys.readouterr().out
     assert main(["handoff", "verify", str(tmp_path / "b"), "--device", str(spec)]) == 0
     assert "checksums match" in capsys.readouterr().out

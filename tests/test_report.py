@@ -18,8 +18,20 @@ HEADINGS = [
     "Evolution history",
     "Provenance",
 ]
-OPS = ["mb_k3_e3", "mb_k3_e6", "mb_k5_e3", "mb_k5_e6", "mb_k7_e6", "ds_k3", "ds_k5",
-       "fmb_k3_e4", "fmb_k5_e4", "shuffle_k3", "shuffle_k5", "skip"]  # fmt: skip
+OPS = [
+    "mb_k3_e3",
+    "mb_k3_e6",
+    "mb_k5_e3",
+    "mb_k5_e6",
+    "mb_k7_e6",
+    "ds_k3",
+    "ds_k5",
+    "fmb_k3_e4",
+    "fmb_k5_e4",
+    "shuffle_k3",
+    "shuffle_k5",
+    "skip",
+]
 VOID = {"meta", "img", "br", "hr", "link", "input"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -82,16 +94,23 @@ def make_device(name: str, seed: int, budgets=(0.08, 0.12), rejected_budget=None
     """A device as the runner writes it: 12-op x 6-layer LUT with holes, two stages of
     evolution, a predictor scatter and one model per budget."""
     rng = random.Random(seed)
-    ms = [[None if (i + j) % 5 == 0 else round(rng.uniform(0.002, 0.05), 4) for j in range(6)]
-          for i in range(len(OPS))]  # fmt: skip
+    ms = [
+        [None if (i + j) % 5 == 0 else round(rng.uniform(0.002, 0.05), 4) for j in range(6)]
+        for i in range(len(OPS))
+    ]
     history = []
     for stage, gens in (("A", 3), ("B", 4)):
         for g in range(gens):
             pop = []
             for _ in range(10):
                 ops = [rng.choice(OPS) for _ in range(6)]
-                pop.append({"arch": "-".join(ops), "fitness": round(rng.uniform(0.4, 0.7), 3),
-                            "latency_ms": round(rng.uniform(0.04, 0.15), 4)})  # fmt: skip
+                pop.append(
+                    {
+                        "arch": "-".join(ops),
+                        "fitness": round(rng.uniform(0.4, 0.7), 3),
+                        "latency_ms": round(rng.uniform(0.04, 0.15), 4),
+                    }
+                )
             history.append({"stage": stage, "generation": g, "population": pop})
     scatter = []
     for _ in range(15):
@@ -102,18 +121,30 @@ def make_device(name: str, seed: int, budgets=(0.08, 0.12), rejected_budget=None
         ops = [OPS[(seed + k + j) % len(OPS)] for j in range(6)]
         widths = [1.0, 0.5, 1.0, 0.75, 1.0, 1.0]
         arch = f"{name}-arch{k}-" + "-".join(ops)
-        models.append({
-            "budget_ms": b, "arch": arch, "ops": ops, "widths": widths,
-            "predicted_ms": b * 0.9, "measured_ms": b * (1.2 if b == rejected_budget else 0.95),
-            "test_acc": 0.86 - 0.01 * k, "val_acc": 0.62, "accepted": b != rejected_budget,
-            "bundle": f"bundles/{name}-{b}ms",
-        })  # fmt: skip
+        models.append(
+            {
+                "budget_ms": b,
+                "arch": arch,
+                "ops": ops,
+                "widths": widths,
+                "predicted_ms": b * 0.9,
+                "measured_ms": b * (1.2 if b == rejected_budget else 0.95),
+                "test_acc": 0.86 - 0.01 * k,
+                "val_acc": 0.62,
+                "accepted": b != rejected_budget,
+                "bundle": f"bundles/{name}-{b}ms",
+            }
+        )
     return {
-        "name": name, "kind": "cpu", "runtime": "litert fp32",
+        "name": name,
+        "kind": "cpu",
+        "runtime": "litert fp32",
         "lut": {"ops": OPS, "layers": list(range(6)), "ms": ms},
         "reduced_ops": [[OPS[j], OPS[(j + 3) % len(OPS)], "skip"] for j in range(6)],
-        "history": history, "scatter": scatter, "models": models,
-    }  # fmt: skip
+        "history": history,
+        "scatter": scatter,
+        "models": models,
+    }
 
 
 def make_data(devices) -> dict:
@@ -121,11 +152,19 @@ def make_data(devices) -> dict:
         "title": "Hurricane run demo",
         "pipeline": "demo",
         "created": "2026-12-01T12:00:00+0000",
-        "provenance": {"hurricane": "0.1.0", "git_commit": "abc1234", "torch": "2.13.0",
-                       "seeds": [0, 1]},  # fmt: skip
-        "space": {"name": "demo", "layers": [
-            {"index": i, "cout": 16 * (1 + i // 2), "stride": 1 + i % 2, "input_hw": [14, 14]}
-            for i in range(6)]},  # fmt: skip
+        "provenance": {
+            "hurricane": "0.1.0",
+            "git_commit": "abc1234",
+            "torch": "2.13.0",
+            "seeds": [0, 1],
+        },
+        "space": {
+            "name": "demo",
+            "layers": [
+                {"index": i, "cout": 16 * (1 + i // 2), "stride": 1 + i % 2, "input_hw": [14, 14]}
+                for i in range(6)
+            ],
+        },
         "devices": devices,
     }
 
@@ -134,8 +173,9 @@ def make_data(devices) -> dict:
 def demo(tmp_path_factory):
     """The report of a two-device run, written once; the 0.08 ms model of the DSP is the only
     one that missed its budget."""
-    data = make_data([make_device("local-litert", 1),
-                      make_device("hexagon-dsp", 2, rejected_budget=0.08)])  # fmt: skip
+    data = make_data(
+        [make_device("local-litert", 1), make_device("hexagon-dsp", 2, rejected_budget=0.08)]
+    )
     out = tmp_path_factory.mktemp("run") / "report"
     path = write_report(out, data)
     return data, out, path, path.read_text(encoding="utf-8")
@@ -231,14 +271,34 @@ def test_text_from_data_is_escaped(tmp_path):
         {"title": None, "devices": None, "provenance": None, "space": None},
         make_data([]),
         make_data([{"name": "bare"}]),
-        make_data([{"name": "holes", "lut": {"ops": ["skip"], "layers": [0], "ms": [[None]]},
-                    "reduced_ops": None, "history": [], "scatter": [],
-                    "models": [{"budget_ms": None, "arch": None, "ops": None, "widths": None,
-                                "predicted_ms": None, "measured_ms": None, "test_acc": None,
-                                "val_acc": None, "accepted": None, "bundle": None}]}]),
+        make_data(
+            [
+                {
+                    "name": "holes",
+                    "lut": {"ops": ["skip"], "layers": [0], "ms": [[None]]},
+                    "reduced_ops": None,
+                    "history": [],
+                    "scatter": [],
+                    "models": [
+                        {
+                            "budget_ms": None,
+                            "arch": None,
+                            "ops": None,
+                            "widths": None,
+                            "predicted_ms": None,
+                            "measured_ms": None,
+                            "test_acc": None,
+                            "val_acc": None,
+                            "accepted": None,
+                            "bundle": None,
+                        }
+                    ],
+                }
+            ]
+        ),
     ],
     ids=["empty", "all-none", "no-devices", "bare-device", "all-optional-none"],
-)  # fmt: skip
+)
 def test_sparse_data_still_renders_and_says_not_available(tmp_path, data):
     text = write_report(tmp_path / "report", data).read_text(encoding="utf-8")
     p = parse(text)
@@ -264,8 +324,18 @@ def test_partial_device_plots_what_it_has(tmp_path):
 
 
 def test_pareto_front_keeps_exactly_the_non_dominated_points():
-    pts = [(1.0, 0.5), (2.0, 0.6), (2.0, 0.55), (3.0, 0.6), (0.5, 0.4), (4.0, 0.9),
-           (1.0, 0.5), (1.5, 0.45), (5.0, 0.85), (float("nan"), 1.0)]  # fmt: skip
+    pts = [
+        (1.0, 0.5),
+        (2.0, 0.6),
+        (2.0, 0.55),
+        (3.0, 0.6),
+        (0.5, 0.4),
+        (4.0, 0.9),
+        (1.0, 0.5),
+        (1.5, 0.45),
+        (5.0, 0.85),
+        (float("nan"), 1.0),
+    ]
     assert pareto_front(pts) == [(0.5, 0.4), (1.0, 0.5), (2.0, 0.6), (4.0, 0.9)]
     assert pareto_front([]) == []
     assert pareto_front([(3.0, 0.2)]) == [(3.0, 0.2)]
@@ -273,18 +343,26 @@ def test_pareto_front_keeps_exactly_the_non_dominated_points():
 
 def test_history_numbers_generations_across_stages():
     hist = [
-        {"stage": "A", "generation": 1, "population": [{"arch": "a", "fitness": 0.5},
-                                                       {"arch": "b", "fitness": 0.7}]},
+        {
+            "stage": "A",
+            "generation": 1,
+            "population": [{"arch": "a", "fitness": 0.5}, {"arch": "b", "fitness": 0.7}],
+        },
         {"stage": "A", "generation": 0, "population": [{"arch": "a", "fitness": 0.3}]},
-        {"stage": "B", "generation": 0, "population": [{"arch": "c", "fitness": 0.9},
-                                                       {"arch": "a", "fitness": None}]},
-    ]  # fmt: skip
+        {
+            "stage": "B",
+            "generation": 0,
+            "population": [{"arch": "c", "fitness": 0.9}, {"arch": "a", "fitness": None}],
+        },
+    ]
     s = history_series(hist)
     assert s.x == [0, 1, 2]
     assert s.best == [0.3, 0.7, 0.9]
     assert s.mean == pytest.approx([0.3, 0.6, 0.9])
     assert [(st.name, st.start, st.end, st.evaluated) for st in s.stages] == [
-        ("A", 0, 1, 3), ("B", 2, 2, 2)]  # fmt: skip
+        ("A", 0, 1, 3),
+        ("B", 2, 2, 2),
+    ]
     assert s.evaluated == 5 and s.distinct == 3
 
 

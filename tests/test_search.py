@@ -47,8 +47,14 @@ def test_fastest_is_the_true_minimum() -> None:
     assert ms == pytest.approx(lat.min()) and lut.predict(arch) == pytest.approx(ms)
     fixed = Arch.of(["mb_k3_e3", "ds_k3", "mb_k3_e3"])
     ms2, arch2 = lut.fastest(layers=[1], fixed=fixed)
-    sub = [a for a in archs if a.ops[0] == "mb_k3_e3" and a.ops[2] == "mb_k3_e3"
-           and a.widths[0] == 1.0 and a.widths[2] == 1.0]  # fmt: skip
+    sub = [
+        a
+        for a in archs
+        if a.ops[0] == "mb_k3_e3"
+        and a.ops[2] == "mb_k3_e3"
+        and a.widths[0] == 1.0
+        and a.widths[2] == 1.0
+    ]
     assert ms2 == pytest.approx(lut.predict(sub).min())
     assert (arch2.ops[0], arch2.ops[2]) == ("mb_k3_e3", "mb_k3_e3")
 
@@ -57,8 +63,10 @@ def test_reduction_keeps_the_front_and_differs_per_device(tmp_path) -> None:
     space = load_space("demo")
     fast_dw = table_for(space)
     # A runtime that runs large depthwise kernels badly (as XNNPACK does 7x7 here).
-    slow_dw = table_for(space, {op: 3.0 for op in ("mb_k5_e3", "mb_k5_e6", "mb_k7_e3",
-                                                    "mb_k7_e6", "ds_k5", "ds_k7")})  # fmt: skip
+    slow_dw = table_for(
+        space,
+        {op: 3.0 for op in ("mb_k5_e3", "mb_k5_e6", "mb_k7_e3", "mb_k7_e6", "ds_k5", "ds_k7")},
+    )
     a, scores = reduce_space(space, fast_dw, k=3, name="a", skip="all")
     b, _ = reduce_space(space, slow_dw, k=3, name="b", skip="all")
     assert a.layers != b.layers
@@ -78,8 +86,9 @@ def test_reduction_keeps_the_front_and_differs_per_device(tmp_path) -> None:
     assert again.layers == a.layers and again.structure_hash() == a.structure_hash()
     # Device rules as patterns.
     c, _ = reduce_space(space, fast_dw, k=2, exclude=["*_se", "fmb_*"])
-    assert all(not op.endswith("_se") and not op.startswith("fmb") for lay in c.layers
-               for op in lay.ops)  # fmt: skip
+    assert all(
+        not op.endswith("_se") and not op.startswith("fmb") for lay in c.layers for op in lay.ops
+    )
     with pytest.raises(UserError, match="layer 0: every candidate is excluded"):
         reduce_space(space, fast_dw, exclude=["*"])
     with pytest.raises(UserError, match="unknown reduction rule"):
@@ -136,10 +145,18 @@ def test_no_candidate_over_budget_is_ever_evaluated(tmp_path) -> None:
         seen.append(float(lut.predict(arch)))
         return flops_fitness(space)(arch)
 
-    cfg = SearchConfig(budget_ms=budget, population=12, generations=4, parents=4, mutations=6,
-                       crossovers=6, seed=1)  # fmt: skip
-    res = EvolutionSearch(space, lut.predict, fitness, cfg, tmp_path / "s",
-                          min_latency=lut.fastest, log=lambda m: None).run()  # fmt: skip
+    cfg = SearchConfig(
+        budget_ms=budget, population=12, generations=4, parents=4, mutations=6, crossovers=6, seed=1
+    )
+    res = EvolutionSearch(
+        space,
+        lut.predict,
+        fitness,
+        cfg,
+        tmp_path / "s",
+        min_latency=lut.fastest,
+        log=lambda m: None,
+    ).run()
     assert seen and max(seen) <= budget and res["latency_ms"] <= budget
     assert res["rejected"] > 0  # the budget did bite
     assert (
@@ -166,15 +183,25 @@ def test_budget_band_keeps_candidates_near_the_budget(tmp_path) -> None:
         seen.append(float(lut.predict(arch)))
         return -seen[-1]
 
-    cfg = SearchConfig(budget_ms=budget, population=12, generations=3, parents=4, mutations=6,
-                       crossovers=6, seed=1, min_fraction=0.95)  # fmt: skip
+    cfg = SearchConfig(
+        budget_ms=budget,
+        population=12,
+        generations=3,
+        parents=4,
+        mutations=6,
+        crossovers=6,
+        seed=1,
+        min_fraction=0.95,
+    )
     logs: list[str] = []
-    res = EvolutionSearch(space, lut.predict, smallest_wins, cfg, tmp_path / "band",
-                          log=logs.append).run()  # fmt: skip
+    res = EvolutionSearch(
+        space, lut.predict, smallest_wins, cfg, tmp_path / "band", log=logs.append
+    ).run()
     assert seen and min(seen) >= 0.95 * budget and max(seen) <= budget
     assert res["below_band"] > 0 and not res["band_dropped"] and "under the band" in logs[-1]
-    free = EvolutionSearch(space, lut.predict, smallest_wins, replace(cfg, min_fraction=0.0),
-                           log=lambda m: None).run()  # fmt: skip
+    free = EvolutionSearch(
+        space, lut.predict, smallest_wins, replace(cfg, min_fraction=0.0), log=lambda m: None
+    ).run()
     assert free["latency_ms"] < 0.95 * budget  # without the band the bias wins
     # A band nothing can reach (every architecture is far under the budget) is dropped.
     wide = replace(cfg, budget_ms=100 * float(lat.max()), min_fraction=0.99, generations=1)
@@ -199,9 +226,17 @@ def test_search_resumes_after_a_kill_with_the_same_result(tmp_path) -> None:
     space = load_space("demo")
     lut = LutPredictor(space, table_for(space))
     lo, _ = lut.fastest()
-    cfg = SearchConfig(budget_ms=lo * 3, population=8, generations=5, parents=3, mutations=4,
-                       crossovers=4, seed=3, layers=[3, 4, 5],
-                       fixed=str(space.default_arch()))  # fmt: skip
+    cfg = SearchConfig(
+        budget_ms=lo * 3,
+        population=8,
+        generations=5,
+        parents=3,
+        mutations=4,
+        crossovers=4,
+        seed=3,
+        layers=[3, 4, 5],
+        fixed=str(space.default_arch()),
+    )
     fit = flops_fitness(space)
     whole = EvolutionSearch(space, lut.predict, fit, cfg, tmp_path / "a", log=lambda m: None).run()
     calls = []
@@ -218,8 +253,9 @@ def test_search_resumes_after_a_kill_with_the_same_result(tmp_path) -> None:
     assert resumed._resume() is None and resumed.state.generation == 2
     again = EvolutionSearch(space, lut.predict, fit, cfg, tmp_path / "b", log=lambda m: None).run()
     assert again["best"] == whole["best"] and again["evaluated"] == whole["evaluated"]
-    assert ((tmp_path / "a" / "history.jsonl").read_text()
-            == (tmp_path / "b" / "history.jsonl").read_text())  # fmt: skip
+    assert (tmp_path / "a" / "history.jsonl").read_text() == (
+        tmp_path / "b" / "history.jsonl"
+    ).read_text()
     # Only layers 3-5 were searched; the others are the fixed architecture's.
     default = space.default_arch()
     for line in (tmp_path / "a" / "history.jsonl").read_text().splitlines():

@@ -61,11 +61,24 @@ def shrink_cfg(ort_lut, tmp_path):
     db, spec, _ = ort_lut
 
     def cfg(out: str, **kw) -> TrainConfig:
-        return TrainConfig(space=TINY, out=str(tmp_path / out), steps=6, batch_size=32,
-                           train_limit=512, eval_limit=128, eval_paths=0, bn_batches=1,
-                           progress=False, threads=1, shrink_every=2, shrink_paths=6,
-                           shrink_keep=2, latency_db=str(db), latency_device="ort",
-                           **kw)  # fmt: skip
+        return TrainConfig(
+            space=TINY,
+            out=str(tmp_path / out),
+            steps=6,
+            batch_size=32,
+            train_limit=512,
+            eval_limit=128,
+            eval_paths=0,
+            bn_batches=1,
+            progress=False,
+            threads=1,
+            shrink_every=2,
+            shrink_paths=6,
+            shrink_keep=2,
+            latency_db=str(db),
+            latency_device="ort",
+            **kw,
+        )
 
     return cfg
 
@@ -110,8 +123,23 @@ def test_progressive_shrinking_trains_and_resumes(shrink_cfg, tmp_path) -> None:
 
 
 def test_shrinking_needs_a_latency_table(tmp_path, capsys) -> None:
-    assert main(["train", "--space", TINY, "--out", str(tmp_path / "r"), "--steps", "2",
-                 "--shrink-every", "1", "--no-progress"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--space",
+                TINY,
+                "--out",
+                str(tmp_path / "r"),
+                "--steps",
+                "2",
+                "--shrink-every",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--latency-device" in err or "--device" in err
     assert len(err.strip().splitlines()) == 1
@@ -129,8 +157,9 @@ def test_final_model_from_inherited_weights(tmp_path) -> None:
     # Fine-tuning from the run above (its supernet holds the trained path) starts where it
     # ended: a few steps at a small rate keep its accuracy instead of starting from chance.
     init = tmp_path / "scratch" / "train" / "supernet.pt"
-    tuned = train_final(TINY, a, tmp_path / "tuned", steps=2, init=init, lr=1e-4, seed=1,
-                        progress=False)  # fmt: skip
+    tuned = train_final(
+        TINY, a, tmp_path / "tuned", steps=2, init=init, lr=1e-4, seed=1, progress=False
+    )
     assert tuned["from"] == "inherited weights"
     assert abs(tuned["test_acc"] - res["test_acc"]) < 0.05
 
@@ -138,13 +167,17 @@ def test_final_model_from_inherited_weights(tmp_path) -> None:
 def test_device_check_keeps_the_fittest_within_budget(ort_lut, tmp_path) -> None:
     db = copy_db(ort_lut[0], tmp_path)
     spec, space = load_device(ort_lut[1]), load_space(TINY)
-    big, small = space.parse_arch("mb_k3_e3-mb_k3_e3-mb_k3_e3"), space.parse_arch(
-        "skip@0.5-ds_k3@0.5-skip@0.5")  # fmt: skip
+    big, small = (
+        space.parse_arch("mb_k3_e3-mb_k3_e3-mb_k3_e3"),
+        space.parse_arch("skip@0.5-ds_k3@0.5-skip@0.5"),
+    )
     rows = measure_archs(space, spec, [big, small], db, cache=ort_lut[2], progress=False)
     ms_big, ms_small = rows[str(big)]["median_ms"], rows[str(small)]["median_ms"]
     assert ms_small < ms_big
-    ranked = [{"arch": str(big), "fitness": 0.9, "latency_ms": 0.0},  # a wrong prediction
-              {"arch": str(small), "fitness": 0.8, "latency_ms": 0.0}]  # fmt: skip
+    ranked = [
+        {"arch": str(big), "fitness": 0.9, "latency_ms": 0.0},  # a wrong prediction
+        {"arch": str(small), "fitness": 0.8, "latency_ms": 0.0},
+    ]
     budget = (ms_big * ms_small) ** 0.5
     got = choose_measured(space, spec, ranked, budget, db, progress=False)
     assert got["arch"] == str(small) and got["accepted"] and got["measured_ms"] == ms_small
@@ -159,12 +192,51 @@ def test_two_stage_cli_with_final_model(ort_lut, tmp_path, capsys) -> None:
     space = load_space(TINY)
     lo, _ = LatencyModel.from_db(space, db, "ort").fastest()
     out = tmp_path / "two"
-    args = ["train", "--two-stage", "--space", TINY, "--device", str(spec), "--db", str(db),
-            "--latency-ms", str(lo * 3), "--split", "1", "--steps", "4", "--steps-b", "3",
-            "--batch-size", "32", "--train-limit", "256", "--eval-limit", "128",
-            "--eval-paths", "0", "--no-progress", "--threads", "1", "--population", "4",
-            "--generations", "2", "--parents", "2", "--mutations", "2", "--crossovers", "2",
-            "--verify-top", "2", "--final-steps", "3", "--out", str(out)]  # fmt: skip
+    args = [
+        "train",
+        "--two-stage",
+        "--space",
+        TINY,
+        "--device",
+        str(spec),
+        "--db",
+        str(db),
+        "--latency-ms",
+        str(lo * 3),
+        "--split",
+        "1",
+        "--steps",
+        "4",
+        "--steps-b",
+        "3",
+        "--batch-size",
+        "32",
+        "--train-limit",
+        "256",
+        "--eval-limit",
+        "128",
+        "--eval-paths",
+        "0",
+        "--no-progress",
+        "--threads",
+        "1",
+        "--population",
+        "4",
+        "--generations",
+        "2",
+        "--parents",
+        "2",
+        "--mutations",
+        "2",
+        "--crossovers",
+        "2",
+        "--verify-top",
+        "2",
+        "--final-steps",
+        "3",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "7 supernet steps" in printed and "final model:" in printed

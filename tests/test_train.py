@@ -26,17 +26,25 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 def cli_args(out: Path, steps: int, *extra: str) -> list[str]:
     return [
         "train",
-        "--space", TINY,
-        "--out", str(out),
-        "--steps", str(steps),
-        "--batch-size", "32",
-        "--train-limit", "640",
-        "--eval-limit", "200",
-        "--eval-paths", "1",
-        "--threads", "1",
+        "--space",
+        TINY,
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "32",
+        "--train-limit",
+        "640",
+        "--eval-limit",
+        "200",
+        "--eval-paths",
+        "1",
+        "--threads",
+        "1",
         "--no-progress",
         *extra,
-    ]  # fmt: skip
+    ]
 
 
 def run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
@@ -165,8 +173,15 @@ def test_ctrl_c_saves_and_resumes(tmp_path: Path) -> None:
 
 
 def test_changed_config_is_refused(tmp_path: Path, single_thread) -> None:
-    base = dict(space=TINY, out=str(tmp_path / "r"), steps=2, batch_size=32, train_limit=128,
-                eval_paths=0, progress=False)  # fmt: skip
+    base = dict(
+        space=TINY,
+        out=str(tmp_path / "r"),
+        steps=2,
+        batch_size=32,
+        train_limit=128,
+        eval_paths=0,
+        progress=False,
+    )
     train(TrainConfig(**base))
     with pytest.raises(UserError, match=r"lr: 0.1 there, 0.2 now.*--fresh"):
         train(TrainConfig(**{**base, "lr": 0.2}))
@@ -178,8 +193,15 @@ def test_ddp_two_processes(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     steps, seed = 6, 3
     torchrun = str(Path(sys.executable).parent / "torchrun")
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "pipelines.cli",
-           *cli_args(out, steps, "--seed", str(seed), "--eval-paths", "0")]  # fmt: skip
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "pipelines.cli",
+        *cli_args(out, steps, "--seed", str(seed), "--eval-paths", "0"),
+    ]
     res = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -192,8 +214,9 @@ def test_ddp_two_processes(tmp_path: Path) -> None:
     torch.manual_seed(seed)
     init = Supernet(space).state_dict()
     final = load_state(out)
-    cfg = TrainConfig(space=TINY, out=str(tmp_path / "x"), steps=steps, batch_size=32,
-                      train_limit=640, seed=seed)  # fmt: skip
+    cfg = TrainConfig(
+        space=TINY, out=str(tmp_path / "x"), steps=steps, batch_size=32, train_limit=640, seed=seed
+    )
     trainer = Trainer(cfg)
     used = {(i, op) for s in range(steps) for i, op in enumerate(trainer.path_at(s).ops)}
     moved = unmoved = 0
@@ -218,8 +241,10 @@ def test_git_state_names_the_commit_and_says_when_the_tree_differs(tmp_path) -> 
     from hurricane.train import git_state
 
     assert git_state(tmp_path) == (None, None)  # not a checkout
-    run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True,  # noqa: E731
-                                    capture_output=True)  # fmt: skip
+
+    def run(*a):
+        return subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+
     run("init", "-q")
     (tmp_path / "f.txt").write_text("one\n")
     run("add", "f.txt")

@@ -21,18 +21,42 @@ TINY = str(Path(__file__).parent / "spaces" / "tiny.toml")
 
 
 def base_cfg(out: Path, **kw) -> TrainConfig:
-    return TrainConfig(space=TINY, out=str(out), batch_size=32, train_limit=512, eval_limit=256,
-                       eval_paths=0, bn_batches=2, progress=False, threads=1, **kw)  # fmt: skip
+    return TrainConfig(
+        space=TINY,
+        out=str(out),
+        batch_size=32,
+        train_limit=512,
+        eval_limit=256,
+        eval_paths=0,
+        bn_batches=2,
+        progress=False,
+        threads=1,
+        **kw,
+    )
 
 
 def test_two_stage_schedule(tmp_path: Path) -> None:
     space = load_space(TINY)
     lut = LutPredictor(space, table_for(space))
     lo, _ = lut.fastest()
-    search = SearchConfig(budget_ms=lo * 2.5, population=4, generations=2, parents=2,
-                          mutations=2, crossovers=2, seed=0)  # fmt: skip
-    kw = dict(split=1, latency=lut.predict, search=search, out=tmp_path / "two", steps_a=6,
-              steps_b=4, min_latency=lut.fastest)  # fmt: skip
+    search = SearchConfig(
+        budget_ms=lo * 2.5,
+        population=4,
+        generations=2,
+        parents=2,
+        mutations=2,
+        crossovers=2,
+        seed=0,
+    )
+    kw = dict(
+        split=1,
+        latency=lut.predict,
+        search=search,
+        out=tmp_path / "two",
+        steps_a=6,
+        steps_b=4,
+        min_latency=lut.fastest,
+    )
     res = two_stage(base_cfg(tmp_path / "x"), **kw)
     final = space.parse_arch(res["arch"])
     a_best = space.parse_arch(res["stage_a"]["best"])
@@ -89,10 +113,12 @@ def test_stage_budget_too_low_names_the_stage_minimum(tmp_path: Path) -> None:
     stage_lo, _ = lut.fastest([2], space.default_arch())
     assert f"{stage_lo:.4g}" != f"{lo:.4g}"
     budget = (lo + stage_lo) / 2
-    search = SearchConfig(budget_ms=budget, population=4, generations=1, parents=2,
-                          mutations=2, crossovers=2, seed=0)  # fmt: skip
-    kw = dict(split=2, latency=lut.predict, search=search, steps_a=2, steps_b=2,
-              min_latency=lut.fastest)  # fmt: skip
+    search = SearchConfig(
+        budget_ms=budget, population=4, generations=1, parents=2, mutations=2, crossovers=2, seed=0
+    )
+    kw = dict(
+        split=2, latency=lut.predict, search=search, steps_a=2, steps_b=2, min_latency=lut.fastest
+    )
     with pytest.raises(BudgetTooLow, match=f"fastest in this space is {stage_lo:.4g} ms"):
         two_stage(base_cfg(tmp_path / "x"), out=tmp_path / "two", **kw)
     fixed = stage_a_base(LatencyModel(lut), 2, budget)
