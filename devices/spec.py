@@ -7,7 +7,7 @@ and stops at the first problem with one line naming the file and the field.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,9 @@ class DeviceSpec:
     @property
     def is_local(self) -> bool:
         return self.transport.type == "local"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
     def python_command(self) -> str:
         if self.python:

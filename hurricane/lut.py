@@ -309,23 +309,13 @@ class LutDB:
         return {r["status"]: r["n"] for r in rows}
 
     # --- whole models and validations ---------------------------------------------------
-    def reference_best(self, device_id: int) -> float | None:
-        """The fastest the drift guard's reference model ran in this device's profile runs:
-        what a later session's reference is held against (profilers/models.py)."""
-        best = []
-        for row in self.conn.execute(
-            "SELECT info FROM runs WHERE device_id = ? AND info IS NOT NULL", (device_id,)
-        ):
-            drift = json.loads(row["info"]).get("drift") or {}
-            best += [
-                v
-                for v in (
-                    drift.get("reference_best_ms"),
-                    *(drift.get("reference_best_ms_by_pass") or []),
-                )
-                if v
-            ]
-        return min(best) if best else None
+    def run_infos(self, device_id: int) -> list[dict[str, Any]]:
+        """The ``info`` of every run on this device that recorded one, oldest first."""
+        rows = self.conn.execute(
+            "SELECT info FROM runs WHERE device_id = ? AND info IS NOT NULL ORDER BY id",
+            (device_id,),
+        )
+        return [json.loads(r["info"]) for r in rows]
 
     def put_model(
         self, device_id: int, space: str, space_hash: str, arch: str, result: dict[str, Any]
@@ -356,18 +346,26 @@ class LutDB:
                 ),
             )
 
+    def model(self, device_id: int, space_hash: str, arch: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT * FROM models WHERE device_id = ? AND space_hash = ? AND arch = ?",
+            (device_id, space_hash, arch),
+        ).fetchone()
+        return None if row is None else self._model(row)
+
     def models(self, device_id: int, space_hash: str) -> dict[str, dict[str, Any]]:
         """arch string -> its stored measurement, for one device and space."""
         rows = self.conn.execute(
             "SELECT * FROM models WHERE device_id = ? AND space_hash = ?", (device_id, space_hash)
         ).fetchall()
+        return {r["arch"]: self._model(r) for r in rows}
+
+    @staticmethod
+    def _model(r: sqlite3.Row) -> dict[str, Any]:
         return {
-            r["arch"]: {
-                **dict(r),
-                "samples": json.loads(r["samples"] or "[]"),
-                "passes": json.loads(r["passes"] or "[]"),
-            }
-            for r in rows
+            **dict(r),
+            "samples": json.loads(r["samples"] or "[]"),
+            "passes": json.loads(r["passes"] or "[]"),
         }
 
     def add_validation(self, device_id: int, space: str, result: dict[str, Any]) -> int:

@@ -17,6 +17,7 @@ import platform
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,8 @@ from hurricane.errors import UserError
 from hurricane.space import SearchSpace, load_space, space_to_toml
 from hurricane.subnet import build_subnet
 from pipelines.steps import file_sha256
-from profilers.campaign import latency_of, round_cv
-from profilers.passes import combined
-from profilers.session import AgentSession
+from profilers.measure import Engine, MemorySink, judge_budget, row_noise
+from profilers.session import AgentCrashed, AgentSession
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -145,47 +145,47 @@ def _onnx_outputs(path: Path, batch: np.ndarray) -> np.ndarray:
     return np.concatenate([sess.run(None, {name: batch[i : i + 1]})[0] for i in range(len(batch))])
 
 
-def _measure(session: AgentSession, spec: DeviceSpec, art: Artifact, seed: int) -> dict[str, Any]:
-    """The device's latency for the bundle's model, with its spec's protocol (noisy results
-    are measured again up to ``max_remeasure`` times, then kept and flagged)."""
-    m = spec.measure
-    for attempt in range(1, m.max_remeasure + 2):
-        (res,) = list(session.measure([("bundle", art)], seed=seed + attempt))
-        if res["type"] == "error":
-            raise BundleError(f"{spec.name}: the exported model failed to run: {res['error']}")
-        cv = round_cv(res, m.statistic)
-        if cv <= m.cv_threshold or attempt > m.max_remeasure:
-            break
-    return {
-        "latency_ms": latency_of(res, m.statistic),
-        "round_cv": cv,
-        "noisy": cv > m.cv_threshold,
-        "attempts": attempt,
-        "samples_ms": res["samples_ms"],
-        "runtime": res.get("runtime"),
-        "runtime_version": res.get("runtime_version"),
-        "delegate": res.get("delegate"),
-    }
+def _infer(session: AgentSession, art: Artifact, batch: torch.Tensor) -> np.ndarray:
+    try:
+        return session.infer("bundle", art, batch.numpy())
+    except AgentCrashed as exc:
+        raise BundleError(f"the exported model crashed the device's runtime: {exc}") from None
 
 
-def _over_passes(
-    spec: DeviceSpec, art: Artifact, seed: int, first: dict[str, Any]
+def time_on_device(
+    spec: DeviceSpec,
+    art: Artifact,
+    item: str,
+    seed: int,
+    check: Callable[[AgentSession], None] | None = None,
 ) -> dict[str, Any]:
-    """``first`` and the spec's further passes, each in a fresh agent process, as one figure:
-    their median (``profilers/passes.py`` says why), noisy if any pass was, every pass kept."""
-    runs = [first]
-    for p in range(1, spec.measure.passes):
-        with AgentSession(spec) as session:
-            runs.append(_measure(session, spec, art, seed + 1000 * p))
-    out = dict(first)
-    values = [r["latency_ms"] for r in runs]
-    out["latency_ms"] = combined(values)
-    out["noisy"] = any(r["noisy"] for r in runs)
-    out["attempts"] = sum(r["attempts"] for r in runs)
-    out["round_cv"] = max(r["round_cv"] for r in runs)
-    out["samples_ms"] = [x for r in runs for x in r["samples_ms"]]
-    out["passes_ms"] = values
-    return out
+    """The model's latency on the device, timed by the measurement engine exactly as the
+    final step timed the chosen model (batched with the drift reference, the spec's passes,
+    noisy ones measured again), so both give the same figure within the device's noise.
+    ``check`` runs once in the first agent session, before any timing (the output check)."""
+    sink = MemorySink()
+    engine = Engine(spec, progress=False, on_open=check)
+    rep = engine.run([item], lambda _: art, sink, seed=seed)
+    row = sink.rows.get(item)
+    if row is None or row["status"] == "error":
+        why = row["error"] if row else "no timing came back"
+        raise BundleError(f"{spec.name}: the exported model failed to run: {why}")
+    noise = row_noise(row, rep.noise_floor)
+    return {
+        "latency_ms": row["median_ms"],
+        "round_cv": row["round_cv"],
+        "noisy": row["status"] == "noisy",
+        "attempts": row["attempts"],
+        "samples_ms": row["samples_ms"],
+        "passes_ms": row["passes"],
+        "runtime": spec.runtime.name,
+        "runtime_version": row.get("runtime_version"),
+        "delegate": row.get("delegate"),
+        "noise": round(noise, 4),
+        "noise_floor": rep.noise_floor,
+        "drift": rep.drift,
+        "fingerprint": rep.fingerprint,
+    }
 
 
 def protocol(spec: DeviceSpec) -> dict[str, Any]:
@@ -240,19 +240,23 @@ def make_bundle(
         )
         (work / "arch.txt").write_text(arch + "\n")
         (work / "space.toml").write_text(space_to_toml(space, f"The space of {arch}"))
-        with AgentSession(spec) as session:
-            fingerprint = session.fingerprint
-            got = session.infer("bundle", art, batch.numpy())
-            first = _measure(session, spec, art, seed)
-        measured = _over_passes(spec, art, seed, first)
+        outputs: dict[str, np.ndarray] = {}
+        measured = time_on_device(
+            spec, art, "bundle", seed, lambda s: outputs.update(got=_infer(s, art, batch))
+        )
+        got, fingerprint = outputs["got"], measured.pop("fingerprint")
         device_check = compare_outputs(reference, got, spec.runtime.precision)
         onnx_check = compare_outputs(
             reference, _onnx_outputs(work / "model.onnx", batch.numpy()), "fp32"
         )
         ms = measured["latency_ms"]
+        decision = judge_budget(ms, budget_ms, measured["noise"])
         reasons = []
-        if budget_ms is not None and ms > budget_ms:
-            reasons.append(f"measured {ms:.4g} ms on {spec.name}, over the {budget_ms:g} ms budget")
+        if not decision["accepted"]:
+            reasons.append(
+                f"measured {ms:.4g} ms on {spec.name}, over the {budget_ms:g} ms budget by more "
+                f"than its noise ({decision['noise']:.1%})"
+            )
         if not device_check["passed"]:
             reasons.append(
                 f"{spec.runtime.name} outputs differ from PyTorch "
@@ -298,6 +302,7 @@ def make_bundle(
                 "budget_ms": budget_ms,
                 "predicted_ms": predicted_ms,
                 "measured_ms": ms,
+                "decision": decision,
                 "protocol": protocol(spec),
                 **{k: v for k, v in measured.items() if k != "latency_ms"},
             },
@@ -393,17 +398,20 @@ def verify_bundle(bundle: str | Path, device: str | None = None, seed: int = 1) 
             key,
             Path(tmp) / f"{key}{Path(names[0]).suffix}",
         )
-        with AgentSession(spec) as session:
-            got = session.infer("verify", art, x.numpy())
-            first = _measure(session, spec, art, seed)
-        measured = _over_passes(spec, art, seed, first)
+        outputs: dict[str, np.ndarray] = {}
+        measured = time_on_device(
+            spec, art, "bundle", seed, lambda s: outputs.update(got=_infer(s, art, x))
+        )
     budget = manifest["latency"].get("budget_ms")
+    decision = judge_budget(measured["latency_ms"], budget, measured["noise"])
     result.update(
         device=spec.name,
         measured_ms=measured["latency_ms"],
         manifest_measured_ms=manifest["latency"]["measured_ms"],
         budget_ms=budget,
-        within_budget=budget is None or measured["latency_ms"] <= budget,
-        outputs=compare_outputs(reference, got, spec.runtime.precision),
+        within_budget=decision["accepted"],
+        decision=decision,
+        noise=measured["noise"],
+        outputs=compare_outputs(reference, outputs["got"], spec.runtime.precision),
     )
     return result

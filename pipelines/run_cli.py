@@ -131,7 +131,8 @@ def _handoff(args: argparse.Namespace) -> int:
             print(
                 f"  on {res['device']}: {res['measured_ms']:.4f} ms (manifest: "
                 f"{res['manifest_measured_ms']:.4f} ms, budget {res['budget_ms']} ms) "
-                f"{'within budget' if res['within_budget'] else 'OVER BUDGET'}; outputs "
+                f"{res['decision']['verdict'] if res['within_budget'] else 'OVER BUDGET'} "
+                f"(noise {res['noise']:.1%}); outputs "
                 f"{'match' if o['passed'] else 'DIFFER'} (relative error "
                 f"{o['relative_error']:.2g}, top-1 agreement {o['top1_agreement']:.0%})"
             )

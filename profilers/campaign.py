@@ -4,14 +4,13 @@ Enumerate the space's operator instances (plus stem and head), convert each into
 artifact (cached), ship them in batches to the device's agent, and store every result the
 moment it arrives. Running again skips what is stored, so an interrupted campaign (Ctrl-C, a
 dropped connection, a rebooted board) continues where it stopped with nothing lost or
-duplicated. Noisy entries are re-measured, then flagged; failures are stored with their error.
+duplicated. How items are timed is the measurement engine's (``profilers/measure.py``).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -25,13 +24,12 @@ from tqdm import tqdm
 
 from devices.convert import Artifact, ArtifactCache, ConversionError
 from devices.spec import DeviceSpec
-from devices.transport import DeviceUnreachable
-from hurricane.lut import Entry, LutDB, entry_from_samples, error_entry
+from hurricane.lut import LutDB, entry_from_samples, error_entry
 from hurricane.space import OpInstance, PairInstance, SearchSpace
 from hurricane.subnet import instance_module
-from profilers.drift import REFERENCE_ID, DriftGuard
-from profilers.passes import USABLE, combined, merged, prior, spread
-from profilers.session import AgentCrashed, AgentSession
+from profilers.measure import Engine, MemorySink
+from profilers.passes import USABLE, prior
+from profilers.session import AgentSession
 
 
 @dataclass
@@ -48,6 +46,8 @@ class CampaignReport:
     passes: int = 1  # what the spec asked for (profilers/passes.py)
     repeated: int = 0  # entries timed in a pass after the first
     pass_spread: float | None = None  # median distance of one pass from the median of all
+    noise_floor: float | None = None  # the drift reference's own round spread (relative)
+    noisy_at_floor: int = 0  # noisy entries not re-measured: no noisier than the device
     drift: dict[str, Any] = field(default_factory=dict)  # see profilers/drift.py
     seconds: float = 0.0
     convert_seconds: float = 0.0
@@ -68,36 +68,6 @@ class CampaignReport:
             round(self.seconds / self.timed_seconds, 2) if self.timed_seconds else None
         )
         return d
-
-
-NOISE_FLOOR_MS = 0.002  # below this spread the clock and the agent's loop dominate anyway
-
-
-def latency_of(result: dict[str, Any], statistic: str = "median") -> float:
-    """An item's latency from the agent's round medians: their median (DESIGN's convention)
-    or their minimum. Measured here (12 demo models, 4 sessions each, this 2-core VM):
-    other tenants slow whole 20-60 ms stretches by up to 60%, so the median of 5 rounds of
-    50 ms moved 4-13% between sessions while the minimum of 20-25 rounds of 10 ms moved 1%."""
-    meds = result.get("round_medians_ms") or []
-    if statistic == "min" and meds:
-        return float(min(meds))
-    return float(result["median_ms"])
-
-
-def round_cv(result: dict[str, Any], statistic: str = "median") -> float:
-    """How far the reported statistic would move if measured again. For the median: the
-    spread of the round medians relative to their mean. For the minimum: how far the
-    lowest quarter of the rounds sits above it (a steady minimum is reached by many rounds).
-    A spread under ``NOISE_FLOOR_MS`` counts as steady, so microsecond ops are not
-    re-measured forever."""
-    meds = sorted(result.get("round_medians_ms") or [])
-    if len(meds) < 2 or statistics.fmean(meds) <= 0:
-        return 0.0
-    if statistic == "min":
-        spread = meds[len(meds) // 4] - meds[0]
-        return 0.0 if spread < NOISE_FLOOR_MS else spread / meds[0]
-    spread = statistics.pstdev(meds)
-    return 0.0 if spread < NOISE_FLOOR_MS else spread / statistics.fmean(meds)
 
 
 def _convert_chunk(
@@ -176,7 +146,7 @@ class Campaign:
         retry_errors: bool = False,
         remeasure_noisy: bool = False,
         limit: int | None = None,
-        session_factory: Callable[[DeviceSpec], AgentSession] = AgentSession,
+        session_factory: Callable[[DeviceSpec], AgentSession] | None = None,
         position: int = 0,
         convert_workers: int | None = None,
         instances: list[OpInstance] | None = None,
@@ -190,16 +160,11 @@ class Campaign:
         self.remeasure_noisy = remeasure_noisy
         self.session_factory = session_factory
         self.position = position
-        self.guard = DriftGuard(None, 0.0, 0)
-        self._pass = 0  # 0-based index of the pass being measured
-        self._guards: list[DriftGuard] = []  # of the passes before this one
-        self._stored: set[str] = set()
         if convert_workers is None:  # ONNX export is fast enough in-process
             convert_workers = 0 if spec.runtime.name == "onnxruntime" else (os.cpu_count() or 1)
         self.convert_workers = convert_workers
         self.failed_conversions: dict[str, str] = {}
 
-    # --- helpers --------------------------------------------------------------------------
     def _convert(self, inst: OpInstance) -> Artifact:
         if inst.key in self.failed_conversions:  # a worker tried already
             raise ConversionError(self.failed_conversions[inst.key])
@@ -207,30 +172,6 @@ class Campaign:
         rt = self.spec.runtime
         return self.cache.get(module, example, rt.name, rt.precision)
 
-    def _entry(
-        self, inst: OpInstance, res: dict[str, Any], status: str, attempts: int, old: Entry | None
-    ) -> Entry:
-        before = None if old is None else (old.passes, old.median_ms, old.status, old.samples)
-        passes, samples, status = merged(
-            before,
-            self._pass,
-            latency_of(res, self.spec.measure.statistic),
-            res["samples_ms"],
-            status,
-        )
-        return entry_from_samples(
-            inst,
-            samples,
-            status=status,
-            median_ms=combined(passes),
-            passes=tuple(passes),
-            runtime=f"{res.get('runtime')} {res.get('runtime_version', '')}".strip(),
-            precision=self.spec.runtime.precision,
-            delegate=res.get("delegate"),
-            attempts=attempts,
-        )
-
-    # --- the run --------------------------------------------------------------------------
     def run(self) -> CampaignReport:
         spec, space = self.spec, self.space
         instances = (
@@ -238,7 +179,7 @@ class Campaign:
             if self.instances is not None
             else space_instances(space, spec.measure.pairs)
         )
-        dev = self.db.upsert_device(spec.name, spec.kind, spec.runtime.name, _spec_json(spec))
+        dev = self.db.upsert_device(spec.name, spec.kind, spec.runtime.name, spec.to_json())
         done = self.db.done_keys(dev)
         if self.retry_errors:
             done -= {e.key for e in self.db.entries(dev, ["error"])}
@@ -259,23 +200,31 @@ class Campaign:
         # An interrupted run, or a spec that now asks for more passes, leaves entries short.
         chosen = {i.key for i in pending} | (done if self.limit is None else set())
         mine = [i for i in instances if i.key in chosen]
+        sink = LutSink(self.db, dev, mine, spec.runtime.precision)
         if not pending and not self._short(dev, mine, spec.measure.passes):
             return report
         run_id = self.db.start_run(dev, space.name, {"pending": len(pending)})
+        sink.run_id = run_id
         t0 = time.perf_counter()
-        bar = tqdm(
-            total=len(pending),
-            desc=f"{spec.name}",
-            unit="op",
-            disable=not self.progress,
-            position=self.position,
-            dynamic_ncols=True,
-        )
         status = "interrupted"
-        session = self.session_factory(spec)
+
+        def opened(session: AgentSession) -> None:
+            self.db.upsert_device(
+                spec.name, spec.kind, spec.runtime.name, spec.to_json(), session.fingerprint
+            )
+
+        engine = Engine(
+            spec,
+            self.cache,
+            self.session_factory,
+            self.progress,
+            self.position,
+            unit="op",
+            on_open=opened,
+        )
         try:
             t = time.perf_counter()
-            failed = convert_all(
+            self.failed_conversions = convert_all(
                 pending,
                 spec.runtime.name,
                 spec.runtime.precision,
@@ -285,39 +234,24 @@ class Campaign:
                 self.position,
             )
             report.convert_seconds += time.perf_counter() - t
-            self.failed_conversions = failed
-            session.open()
-            report.fingerprint = session.fingerprint
-            self.db.upsert_device(
-                spec.name, spec.kind, spec.runtime.name, _spec_json(spec), session.fingerprint
+            by_key = {i.key: i for i in mine}
+            engine.run(
+                [i.key for i in pending],
+                lambda k: self._convert(by_key[k]),
+                sink,
+                again=[i.key for i in mine],
             )
-            self.guard = DriftGuard.for_spec(spec, self.cache)
-            session = self._pass_loop(session, dev, run_id, pending, report, bar)
-            for p in range(1, spec.measure.passes):
-                todo = self._short(dev, mine, p + 1)
-                if not todo:
-                    continue
-                session.restart_agent()  # a fresh process: what the pass is for
-                self._pass, self._stored = p, set()
-                self._guards.append(self.guard)
-                self.guard = DriftGuard.for_spec(spec, self.cache)
-                bar.total += len(todo)
-                bar.set_description(f"{spec.name} pass {p + 1}/{spec.measure.passes}")
-                session = self._pass_loop(session, dev, run_id, todo, report, bar)
-            if spec.measure.passes > 1:
-                report.pass_spread = spread(
-                    e.passes for e in self.db.entries(dev, USABLE) if e.key in chosen
-                )
             status = "done"
         finally:
-            bar.close()
-            report.drift = _drift_json([*self._guards, self.guard])
+            m = engine.report
+            report.fingerprint = m.fingerprint
+            report.measured, report.noisy, report.errors = m.measured, m.noisy, m.errors
+            report.remeasured, report.repeated = m.remeasured, m.repeated
+            report.timed_seconds, report.pass_spread = m.timed_seconds, m.pass_spread
+            report.noise_floor, report.noisy_at_floor = m.noise_floor, m.noisy_at_floor
+            report.drift = m.drift
             report.seconds = time.perf_counter() - t0
             self.db.finish_run(run_id, status, report.to_json())
-            try:
-                session.close()
-            except Exception:  # closing a lost connection must not hide the real error
-                pass
         return report
 
     def _short(self, dev: int, instances: list[OpInstance], wanted: int) -> list[OpInstance]:
@@ -327,118 +261,47 @@ class Campaign:
         }
         return [i for i in instances if 0 < have.get(i.key, 0) < wanted]
 
-    def _pass_loop(self, session, dev, run_id, pending, report, bar):
-        queue: list[tuple[OpInstance, int]] = [(i, 1) for i in pending]
-        by_key = {i.key: i for i in pending}
-        while queue or (queue := [(by_key[k], 1) for k in self.guard.recheck()]):
-            batch, queue = queue[: self.spec.measure.batch], queue[self.spec.measure.batch :]
-            session, retry = self._batch(session, dev, run_id, batch, report, bar)
-            queue.extend(retry)
-        return session
 
-    def _batch(self, session, dev, run_id, batch, report, bar):
-        """Convert, measure and store one batch; return the (possibly new) session and the
-        entries to measure again."""
-        items: list[tuple[str, Artifact]] = []
-        by_key: dict[str, tuple[OpInstance, int]] = {}
-        t = time.perf_counter()
-        for inst, attempts in batch:
-            try:
-                items.append((inst.key, self._convert(inst)))
-                by_key[inst.key] = (inst, attempts)
-            except ConversionError as exc:
-                bar.update(1)
-                if self._pass:  # converted for an earlier pass: keep what that measured
-                    continue
-                self.db.put(dev, error_entry(inst, str(exc), attempts=attempts), run_id)
-                report.errors += 1
-        report.convert_seconds += time.perf_counter() - t
-        retry: list[tuple[OpInstance, int]] = []
-        items = self.guard.with_reference(items)
-        try:
-            results = list(self._measure(session, items))
-        except AgentCrashed as crash:
-            # Which op killed it is unknown: run the unfinished ones one by one.
-            results = [r for r in crash.partial]
-            for key in crash.pending:
-                if key == REFERENCE_ID:
-                    continue
-                session.restart_agent()
-                try:
-                    results.extend(self._measure(session, [(key, dict(items)[key])]))
-                except AgentCrashed as alone:
-                    results.append({"type": "error", "id": key, "error": str(alone)})
-        except DeviceUnreachable:
-            # One reconnect; if that fails too, what was stored stays stored.
-            session.close()
-            session = self.session_factory(self.spec)
-            session.open()
-            results = list(self._measure(session, items))
-        statistic = self.spec.measure.statistic
-        results, again = self.guard.judge(results, lambda r: latency_of(r, statistic))
-        retry.extend(by_key[k] for k in again)
-        for res in results:
-            inst, attempts = by_key[res["id"]]
-            old = self.db.get(dev, inst.key) if self._pass else None
-            if res["type"] == "error" and old is not None:  # a later pass failed: keep the rest
-                bar.update(inst.key not in self._stored)
-                self._stored.add(inst.key)
-                continue
-            if res["type"] == "error":
-                self.db.put(dev, error_entry(inst, res["error"], attempts=attempts), run_id)
-                report.errors += 1
-                bar.update(1)
-                continue
-            report.timed_seconds += sum(res["samples_ms"]) / 1000
-            noisy = round_cv(res, self.spec.measure.statistic) > self.spec.measure.cv_threshold
-            if noisy and attempts <= self.spec.measure.max_remeasure:
-                retry.append((inst, attempts + 1))
-                report.remeasured += 1
-                continue
-            entry = self._entry(inst, res, "noisy" if noisy else "ok", attempts, old)
-            self.db.put(dev, entry, run_id)
-            if inst.key in self._stored:  # measured again after a slow batch: counted already
-                continue
-            self._stored.add(inst.key)
-            if self._pass:
-                report.repeated += 1
-            elif noisy:
-                report.noisy += 1
-            else:
-                report.measured += 1
-            bar.update(1)
-        if self._pass:
-            bar.set_postfix(timed_again=report.repeated)
+class LutSink:
+    """The engine's rows as LUT entries: each committed the moment it is final."""
+
+    def __init__(self, db: LutDB, dev: int, instances: list[OpInstance], precision: str) -> None:
+        self.db, self.dev, self.precision = db, dev, precision
+        self.by_key = {i.key: i for i in instances}
+        self.run_id: int | None = None
+
+    def stored(self, key: str) -> dict[str, Any] | None:
+        e = self.db.get(self.dev, key)
+        if e is None:
+            return None
+        return {
+            "status": e.status,
+            "median_ms": e.median_ms,
+            "passes": list(e.passes),
+            "samples": list(e.samples),
+        }
+
+    def put(self, key: str, row: dict[str, Any]) -> None:
+        inst = self.by_key[key]
+        if row["status"] == "error":
+            entry = error_entry(inst, row["error"], attempts=row.get("attempts", 1))
         else:
-            bar.set_postfix(ok=report.measured, noisy=report.noisy, err=report.errors)
-        return session, retry
-
-    @staticmethod
-    def _measure(session: AgentSession, items: list[tuple[str, Artifact]]):
-        if not items:
-            return []
-        out: list[dict[str, Any]] = []
-        try:
-            for res in session.measure(items):
-                out.append(res)
-        except AgentCrashed as crash:
-            crash.partial = out
-            raise
-        return out
+            entry = entry_from_samples(
+                inst,
+                row["samples_ms"],
+                status=row["status"],
+                median_ms=row["median_ms"],
+                passes=tuple(row["passes"]),
+                runtime=row["runtime"],
+                precision=self.precision,
+                delegate=row.get("delegate"),
+                attempts=row["attempts"],
+            )
+        self.db.put(self.dev, entry, self.run_id)
 
 
-def _drift_json(guards: list[DriftGuard]) -> dict[str, Any]:
-    """The first pass's drift figures, with re-measured batches counted over all passes and,
-    when there were several, each pass's reference best (one process against another)."""
-    out = guards[0].to_json()
-    out["batches_remeasured"] = sum(g.rejected for g in guards)
-    if len(guards) > 1:
-        out["reference_best_ms_by_pass"] = [g.to_json()["reference_best_ms"] for g in guards]
-    return out
-
-
-def _spec_json(spec: DeviceSpec) -> dict[str, Any]:
-    return asdict(spec)
+def _spec_json(spec: DeviceSpec) -> dict[str, Any]:  # pipelines/jobs.py still imports it
+    return spec.to_json()
 
 
 def profile(space: SearchSpace, spec: DeviceSpec, db_path: str | Path, **kw: Any) -> CampaignReport:
@@ -450,10 +313,12 @@ def measure_modules(
     spec: DeviceSpec,
     models: list[tuple[str, nn.Module, torch.Tensor]],
     cache: ArtifactCache | None = None,
+    progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Measure complete networks end to end through the same agent path as operators."""
+    """Time complete networks end to end with the engine's protocol: id -> row."""
     cache = cache or ArtifactCache()
     rt = spec.runtime
-    items = [(mid, cache.get(m, x, rt.name, rt.precision)) for mid, m, x in models]
-    with AgentSession(spec) as session:
-        return {res["id"]: res for res in session.measure(items)}
+    arts = {mid: cache.get(m, x, rt.name, rt.precision) for mid, m, x in models}
+    sink = MemorySink()
+    Engine(spec, cache, progress=progress, unit="model").run(list(arts), arts.__getitem__, sink)
+    return sink.rows

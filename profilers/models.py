@@ -1,20 +1,19 @@
-"""Whole networks measured end to end on a device, for calibration and validation.
+"""Whole networks measured end to end on a device, for calibration, validation and the
+final choice.
 
-The same agent and protocol as the operator campaign (warm-up, interleaved rounds, median of
-round medians, noisy ones re-measured then flagged), and every result is committed to the
-LUT database's ``models`` table as it arrives, so an interrupted run keeps what it measured
-and a second run measures only what is missing.
+Timed by the measurement engine (``profilers/measure.py``), as LUT entries and the handoff
+are; every result is committed to the LUT database's ``models`` table as it arrives, so an
+interrupted run keeps what it measured and a second run measures only what is missing.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import multiprocessing
 import os
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,13 @@ from tqdm import tqdm
 from devices.convert import Artifact, ArtifactCache, ConversionError
 from devices.spec import DeviceSpec
 from hurricane.arch import Arch
+from hurricane.errors import UserError
 from hurricane.latency import USABLE
 from hurricane.lut import LutDB
 from hurricane.space import SearchSpace
 from hurricane.subnet import build_subnet
-from profilers.campaign import _spec_json, latency_of, round_cv
-from profilers.drift import REFERENCE_ID, DriftGuard
-from profilers.passes import combined, merged, prior
-from profilers.session import AgentCrashed, AgentSession
+from profilers.measure import Engine, judge_budget, row_noise, warn_if_slower
+from profilers.session import AgentSession
 
 
 def arch_module(space: SearchSpace, arch: Arch) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -91,163 +89,73 @@ def measure_archs(
     cache: ArtifactCache | None = None,
     progress: bool = True,
     workers: int | None = None,
-    batch: int = 10,
+    batch: int | None = None,
     seed: int = 0,
+    session_factory: Callable[[DeviceSpec], AgentSession] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """End-to-end latency of each architecture on ``spec``: arch string -> stored row
-    (``median_ms``, ``status``, ``passes``, ...). Architectures already stored are not measured
-    again, except for the passes the spec asks for that they lack (profilers/passes.py)."""
+    (``median_ms``, ``status``, ``passes``, ...). Architectures already timed are not timed
+    again, except for the passes the spec asks for that they lack (profilers/passes.py); one
+    stored as an error is tried again, since a crash or a lost board may have caused it."""
     cache = cache or ArtifactCache()
     archs = [space.validate_arch(a) for a in archs]
     wanted = list(dict.fromkeys(str(a) for a in archs))
     h = space.structure_hash()
+    if batch is not None and batch != spec.measure.batch:
+        spec = replace(spec, measure=replace(spec.measure, batch=batch))
     with LutDB(db_path) as db:
-        dev = db.upsert_device(spec.name, spec.kind, spec.runtime.name, _spec_json(spec))
+        dev = db.upsert_device(spec.name, spec.kind, spec.runtime.name, spec.to_json())
         stored = db.models(dev, h)
-        todo = [a for a in wanted if a not in stored]
+        todo = [a for a in wanted if stored.get(a, {}).get("status") not in USABLE]
+        failed: dict[str, str] = {}
         if todo:
             if workers is None:
                 workers = 0 if spec.runtime.name == "onnxruntime" else (os.cpu_count() or 1)
             failed = _convert_all(space, todo, spec, cache, workers, progress)
-            for a, err in failed.items():
-                db.put_model(dev, space.name, h, a, {"status": "error", "error": err[:500]})
-            ok = [a for a in todo if a not in failed]
-            _measure(space, spec, ok, db, dev, h, cache, progress, batch, seed, {}, 0)
-        for p in range(1, spec.measure.passes):
-            stored = db.models(dev, h)
-            have = {a: prior(r["passes"], r["median_ms"], r["status"]) for a, r in stored.items()}
-            again = [a for a in wanted if 0 < len(have.get(a, [])) <= p]
-            if again:  # each pass in its own agent process
-                _measure(
-                    space,
-                    spec,
-                    again,
-                    db,
-                    dev,
-                    h,
-                    cache,
-                    progress,
-                    batch,
-                    seed + p,
-                    {a: stored[a] for a in again},
-                    p,
-                )
+        rt = spec.runtime
+
+        def artifact(a: str) -> Artifact:
+            if a in failed:
+                raise ConversionError(failed[a])
+            net, x = arch_module(space, Arch.parse(a))
+            return cache.get(net, x, rt.name, rt.precision)
+
+        sink = ModelSink(db, dev, space.name, h)
+        engine = Engine(
+            spec,
+            cache,
+            session_factory,
+            progress,
+            unit="model",
+            desc=f"measure on {spec.name}",
+        )
+        engine.run(todo, artifact, sink, again=wanted, seed=seed)
+        warn_if_slower(spec, profiled_reference_best(db, dev), engine.guard)
         stored = db.models(dev, h)
     return {a: stored[a] for a in wanted if a in stored}
 
 
-def _measure(space, spec, archs, db, dev, h, cache, progress, batch, seed, old, index) -> None:
-    """Time ``archs`` once more as pass ``index``; ``old``: their stored rows (later passes)."""
-    rt, m = spec.runtime, spec.measure
-    arts: dict[str, Artifact] = {}
-    for a in archs:
-        net, x = arch_module(space, Arch.parse(a))
-        arts[a] = cache.get(net, x, rt.name, rt.precision)
-    attempts: dict[str, int] = {}
-    done: set[str] = set()
-    desc = f"measure on {spec.name}" + (f" (pass {index + 1})" if index else "")
-    bar = tqdm(total=len(archs), desc=desc, unit="model", disable=not progress, dynamic_ncols=True)
-    queue = [(a, 1) for a in archs]
-    guard = DriftGuard.for_spec(spec, cache)
-    with AgentSession(spec) as session:
-        step = 0
-        while queue or (queue := [(a, attempts.get(a, 1)) for a in guard.recheck()]):
-            chunk, queue = queue[:batch], queue[batch:]
-            attempts.update(chunk)
-            step += 1
-            items = guard.with_reference([(a, arts[a]) for a, _ in chunk])
-            try:
-                results = list(session.measure(items, seed=seed + step))
-            except AgentCrashed as crash:
-                session.restart_agent()
-                results = [
-                    {"type": "error", "id": a, "error": str(crash)}
-                    for a in crash.pending
-                    if a != REFERENCE_ID
-                ]
-            results, again = guard.judge(results, lambda r: latency_of(r, m.statistic))
-            queue.extend((a, attempts[a]) for a in again)
-            for res in results:
-                a = res["id"]
-                before = old.get(a)
-                if res["type"] == "error" and before:  # a later pass failed: keep the others
-                    bar.update(a not in done)
-                    done.add(a)
-                    continue
-                if res["type"] == "error":
-                    db.put_model(
-                        dev,
-                        space.name,
-                        h,
-                        a,
-                        {"status": "error", "error": res["error"], "attempts": attempts[a]},
-                    )
-                    bar.update(a not in done)
-                    done.add(a)
-                    continue
-                cv = round_cv(res, m.statistic)
-                noisy = cv > m.cv_threshold
-                if noisy and attempts[a] <= m.max_remeasure:
-                    queue.append((a, attempts[a] + 1))
-                    continue
-                row = (
-                    None
-                    if not before
-                    else (
-                        before["passes"],
-                        before["median_ms"],
-                        before["status"],
-                        before["samples"],
-                    )
-                )
-                passes, samples, status = merged(
-                    row,
-                    index,
-                    latency_of(res, m.statistic),
-                    res["samples_ms"],
-                    "noisy" if noisy else "ok",
-                )
-                db.put_model(
-                    dev,
-                    space.name,
-                    h,
-                    a,
-                    {
-                        "median_ms": combined(passes),
-                        "round_cv": cv,
-                        "passes": passes,
-                        "samples_ms": samples,
-                        "status": status,
-                        "attempts": attempts[a],
-                        "delegate": res.get("delegate"),
-                        "runtime": f"{res.get('runtime')} {res.get('runtime_version', '')}".strip(),
-                    },
-                )
-                bar.update(a not in done)
-                done.add(a)
-            bar.set_postfix(remeasured_batches=guard.rejected)
-    bar.close()
-    warn_if_slower(spec, db.reference_best(dev), guard)
+class ModelSink:
+    """The engine's rows into the LUT database's ``models`` table, committed as they come."""
+
+    def __init__(self, db: LutDB, dev: int, space: str, space_hash: str) -> None:
+        self.db, self.dev, self.space, self.hash = db, dev, space, space_hash
+
+    def stored(self, key: str) -> dict[str, Any] | None:
+        return self.db.model(self.dev, self.hash, key)
+
+    def put(self, key: str, row: dict[str, Any]) -> None:
+        self.db.put_model(self.dev, self.space, self.hash, key, row)
 
 
-def warn_if_slower(spec: DeviceSpec, profiled_ms: float | None, guard: DriftGuard) -> bool:
-    """One line on stderr when this session's reference ran slower than it did while the LUT
-    was profiled. The drift guard compares batches within one session, so a device slowed for
-    the whole session (a shared host here, 11-17% for half an hour; a throttled phone) passes
-    it, and its whole-model timings are held against a LUT measured faster."""
-    if not guard.enabled or not profiled_ms or not math.isfinite(guard.best_ms):
-        return False
-    ratio = guard.best_ms / profiled_ms
-    if ratio <= 1 + guard.threshold:
-        return False
-    print(
-        f"WARNING: {spec.name} ran its drift reference {100 * (ratio - 1):.0f}% slower in this "
-        f"session ({guard.best_ms:.4g} ms) than while its LUT was profiled "
-        f"({profiled_ms:.4g} ms); these model timings are slow against the LUT: let the "
-        "device settle, delete them from the models table and measure again",
-        file=sys.stderr,
-    )
-    return True
+def profiled_reference_best(db: LutDB, dev: int) -> float | None:
+    """The fastest the drift reference ran in this device's profile runs (``runs.info``)."""
+    best = []
+    for info in db.run_infos(dev):
+        drift = info.get("drift") or {}
+        by_pass = drift.get("reference_best_ms_by_pass") or []
+        best += [v for v in (drift.get("reference_best_ms"), *by_pass) if v]
+    return min(best) if best else None
 
 
 def choose_measured(
@@ -260,7 +168,8 @@ def choose_measured(
     progress: bool = True,
 ) -> dict[str, Any]:
     """The fittest of the first ``n`` ranked candidates (dicts with ``arch``, ``fitness``,
-    ``latency_ms``) whose latency measured on the device is within ``budget_ms``.
+    ``latency_ms``) whose latency measured on the device meets ``budget_ms`` (decided by
+    ``profilers.measure.judge_budget``, as the handoff decides).
 
     The prediction decides what the search may evaluate; the device decides what is handed
     over. When none of them fits, the fastest measured one is returned, marked not accepted.
@@ -273,12 +182,14 @@ def choose_measured(
     for c in top:
         row = rows.get(c["arch"], {})
         ms = row.get("median_ms") if row.get("status") in USABLE else None
+        decision = judge_budget(ms, budget_ms, row_noise(row) if ms is not None else 0.0)
         measured.append(
             {
                 **c,
                 "predicted_ms": c["latency_ms"],
                 "measured_ms": ms,
-                "accepted": ms is not None and ms <= budget_ms,
+                "accepted": decision["accepted"],
+                "decision": decision,
             }
         )
     for c in measured:
@@ -286,6 +197,15 @@ def choose_measured(
             return {**c, "candidates": measured}
     timed = [c for c in measured if c["measured_ms"] is not None]
     if not timed:
-        raise RuntimeError(f"none of {len(top)} candidates could be measured on {spec.name}")
+        why = next((r["error"] for c in top if (r := rows.get(c["arch"], {})).get("error")), "")
+        raise MeasureError(
+            f"none of the {len(top)} best candidates could be measured on {spec.name}"
+            + (f" (first error: {why[:200]})" if why else "")
+            + f"; check the device with: hurricane devices check {spec.source}"
+        )
     fastest = min(timed, key=lambda c: c["measured_ms"])
     return {**fastest, "candidates": measured}
+
+
+class MeasureError(UserError):
+    """Nothing the user asked for could be timed on the device."""

@@ -13,7 +13,8 @@ from devices.spec import load_device
 from devices.transport import TransportError
 from hurricane.errors import UserError
 from hurricane.space import load_space
-from profilers.campaign import latency_of, profile, round_cv, space_instances
+from profilers.campaign import profile, space_instances
+from profilers.measure import latency_of, round_cv
 from profilers.session import AgentSession
 from tests.sshd import SSHServer
 
@@ -167,9 +168,9 @@ def test_whole_models_over_ssh_with_litert_and_openvino(tmp_path: Path, cache) -
             )
             spec = load_device(spec_file(tmp_path, body, f"ssh-{runtime}"))
             res = measure_modules(spec, [("small", small, x), ("big", big, x)], cache)
-            assert res["small"]["type"] == res["big"]["type"] == "result", res
+            assert res["small"]["status"] == res["big"]["status"] == "ok", res
             assert res["big"]["median_ms"] > res["small"]["median_ms"] > 0
-            assert res["big"]["runtime"] == runtime
+            assert res["big"]["runtime"].split()[0] == runtime
 
 
 def test_min_of_round_medians_statistic(tmp_path: Path) -> None:

@@ -11,8 +11,9 @@ from devices.convert import ArtifactCache
 from devices.spec import load_device
 from hurricane.errors import UserError
 from hurricane.space import load_space
-from profilers.campaign import latency_of, profile
+from profilers.campaign import profile
 from profilers.drift import REFERENCE_ID, DriftGuard
+from profilers.measure import latency_of
 from profilers.models import measure_archs
 from profilers.session import AgentSession
 
@@ -112,9 +113,9 @@ def test_campaign_remeasures_a_slow_batch(tmp_path: Path, slow_second, single_th
 
 
 def test_models_remeasure_a_slow_batch(tmp_path: Path, slow_second, monkeypatch) -> None:
-    import profilers.models as models
+    import profilers.measure as measure
 
-    monkeypatch.setattr(models, "AgentSession", slow_second)
+    monkeypatch.setattr(measure, "AgentSession", slow_second)
     (tmp_path / "dev.toml").write_text(SPEC + "drift_threshold = 0.2\n")
     spec = load_device(tmp_path / "dev.toml")
     space = load_space(TINY)

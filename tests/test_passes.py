@@ -142,9 +142,9 @@ def test_rows_from_before_passes_count_as_one(tmp_path: Path, counting, single_t
 
 
 def test_models_are_timed_in_every_pass(tmp_path: Path, counting, monkeypatch) -> None:
-    import profilers.models as models
+    import profilers.measure as measure
 
-    monkeypatch.setattr(models, "AgentSession", counting)
+    monkeypatch.setattr(measure, "AgentSession", counting)
     space = load_space(TINY)
     archs = [
         space.parse_arch(a) for a in ("skip-skip-ds_k3", "ds_k3-skip-skip", "mb_k3_e3-skip-ds_k3")
@@ -173,9 +173,10 @@ def test_handoff_times_the_bundle_in_every_pass(
     import json
 
     import pipelines.handoff as handoff
+    import profilers.measure as measure
     from hurricane.final import train_final
 
-    monkeypatch.setattr(handoff, "AgentSession", counting)
+    monkeypatch.setattr(measure, "AgentSession", counting)
     res = train_final(
         str(TINY),
         "mb_k3_e3-ds_k3@0.5-shuffle_k3",
