@@ -28,7 +28,7 @@ from devices.spec import load_device
 from hurricane.arch_predictor import ArchPredictor
 from hurricane.calibration import accuracy
 from hurricane.latency import USABLE
-from hurricane.space import load_space
+from hurricane.space_file import load_space
 from hurricane.train import provenance
 from pipelines.latency_validate import sample_distinct, summary_lines, validate_latency
 from profilers.campaign import profile

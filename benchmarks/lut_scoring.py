@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from hurricane.latency import LutPredictor
-from hurricane.space import load_space
+from hurricane.space_file import load_space
 from hurricane.train import provenance
 
 RESULTS = Path(__file__).parent / "results"

@@ -16,7 +16,8 @@ import torch
 from hurricane.arch import Arch
 from hurricane.data import load_data
 from hurricane.evaluate import accuracy, recalibrate_bn
-from hurricane.space import SearchSpace, load_space
+from hurricane.space import SearchSpace
+from hurricane.space_file import load_space
 from hurricane.train import TrainConfig, train
 
 

@@ -17,8 +17,9 @@ from hurricane.arch import Arch
 from hurricane.calibration import Calibration
 from hurricane.errors import UserError
 from hurricane.lut import LutDB
+from hurricane.lutkeys import PAIR_OP, OpInstance, is_pair_key, pair_key
 from hurricane.op_predictor import OpPredictor, record_from_instance
-from hurricane.space import PAIR_OP, OpInstance, SearchSpace, is_pair_key, pair_key
+from hurricane.space import SearchSpace
 
 USABLE = ("ok", "noisy")  # noisy entries are measurements too, only flagged
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hurricane.space import OpInstance, PairInstance
+from hurricane.lutkeys import OpInstance, key_columns
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -138,15 +138,10 @@ class Entry:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
-def _key_fields(inst: OpInstance | PairInstance) -> dict[str, Any]:
-    cols = ("op", "cin", "cout", "h", "w", "stride", "act")
-    return {"key": inst.key, **{c: getattr(inst, c) for c in cols}}
-
-
 def entry_from_samples(inst: OpInstance, samples: list[float], status: str = "ok", **kw) -> Entry:
     """An entry whose statistics are computed from raw samples (ms)."""
     return Entry(
-        **_key_fields(inst),
+        **key_columns(inst),
         status=status,
         median_ms=kw.pop("median_ms", None) or statistics.median(samples),
         mean_ms=statistics.fmean(samples),
@@ -160,7 +155,7 @@ def entry_from_samples(inst: OpInstance, samples: list[float], status: str = "ok
 
 def error_entry(inst: OpInstance, error: str, **kw) -> Entry:
     return Entry(
-        **_key_fields(inst),
+        **key_columns(inst),
         status="error",
         error=error.strip().splitlines()[0][:500] if error.strip() else "unknown error",
         **kw,

@@ -1,8 +1,10 @@
-"""Declarative search spaces: a TOML file of searchable layers, validated at load.
+"""Search spaces: the model of a space, its shapes, the LUT keys it needs and its architectures.
 
 A space fixes the input, a stem, a list of searchable layers (output channels, stride,
-candidate operators, optional width multipliers for channel-level search) and a head. The
-built-in spaces live in ``hurricane/spaces/``; any other file path works the same way.
+candidate operators, optional width multipliers for channel-level search) and a head. Spaces
+are written as TOML files (the built-in ones in ``hurricane/spaces/``), read and validated by
+``hurricane.space_file``; ``load_space`` and the other file functions are importable from here
+too.
 """
 
 from __future__ import annotations
@@ -10,85 +12,48 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hurricane.arch import Arch, ArchError
 from hurricane.dynamic import make_divisible
-from hurricane.errors import UserError
-from hurricane.opnames import ACT_NAMES, OpNameError, canonical, parse_op
-from hurricane.ops import check_op
+from hurricane.lutkeys import PAIR_OP, OpInstance, PairInstance, head_op
+from hurricane.lutkeys import is_pair_key as is_pair_key  # re-exported
+from hurricane.lutkeys import pair_key as pair_key  # re-exported
+from hurricane.opnames import OpNameError, canonical, parse_op
+
+# Re-exported: callers across the tree import the file functions (and the key types above)
+# from here. space_file imports this module, so its names are looked up when first asked for
+# (PEP 562) instead of at import time; the TYPE_CHECKING import lets tools see them.
+if TYPE_CHECKING:
+    from hurricane.space_file import BUILTIN_DIR as BUILTIN_DIR
+    from hurricane.space_file import SpaceError as SpaceError
+    from hurricane.space_file import builtin_spaces as builtin_spaces
+    from hurricane.space_file import load_space as load_space
+    from hurricane.space_file import parse_space as parse_space
+    from hurricane.space_file import read_space as read_space
+    from hurricane.space_file import space_to_toml as space_to_toml
+
+_FILE_NAMES = frozenset(
+    {
+        "BUILTIN_DIR",
+        "SpaceError",
+        "builtin_spaces",
+        "load_space",
+        "parse_space",
+        "read_space",
+        "space_to_toml",
+    }
+)
 
 
-class SpaceError(UserError):
-    """A search-space file that cannot be used; the message names file, field and fix."""
+def __getattr__(name: str) -> Any:
+    if name in _FILE_NAMES:
+        from hurricane import space_file
 
-
-@dataclass(frozen=True)
-class OpInstance:
-    """One operator at one shape: the key a latency table is built from."""
-
-    op: str
-    cin: int
-    cout: int
-    h: int
-    w: int
-    stride: int
-    act: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.op}:{self.cin}>{self.cout}:{self.h}x{self.w}:s{self.stride}:{self.act}"
-
-    @classmethod
-    def from_key(cls, key: str) -> OpInstance:
-        try:
-            op, chans, hw, stride, act = key.split(":")
-            cin, cout = chans.split(">")
-            h, w = hw.split("x")
-            assert stride.startswith("s")
-            return cls(op, int(cin), int(cout), int(h), int(w), int(stride[1:]), act)
-        except (ValueError, AssertionError):
-            raise UserError(f"{key!r} is not a LUT key (op:cin>cout:HxW:sS:act)") from None
-
-
-@dataclass(frozen=True)
-class PairInstance:
-    """Two consecutive layers timed as one unit: a layer followed by a strided skip (a 1x1
-    conv with stride). Measured here: OpenVINO moves that stride into the layer before it,
-    which then computes a quarter of its outputs (fused MBConv + strided skip: 5.9 ms as
-    parts, 1.6 ms together), so the sum of the two entries misses by up to half a model."""
-
-    first: OpInstance
-    second: OpInstance
-
-    @property
-    def key(self) -> str:
-        return pair_key(self.first.key, self.second.key)
-
-    # The columns a LUT row has, so a pair is stored like any entry.
-    op = property(lambda self: f"{self.first.op}+{self.second.op}")
-    cin = property(lambda self: self.first.cin)
-    cout = property(lambda self: self.second.cout)
-    h = property(lambda self: self.first.h)
-    w = property(lambda self: self.first.w)
-    stride = property(lambda self: self.first.stride * self.second.stride)
-    act = property(lambda self: self.second.act)
-
-
-PAIR_OP = "skip"  # the second layer of every pair
-
-
-def pair_key(first: str, second: str) -> str:
-    return f"{first}+{second}"
-
-
-def is_pair_key(key: str) -> bool:
-    return "+" in key
+        return getattr(space_file, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -219,7 +184,7 @@ class SearchSpace:
         conv's channels, 0 for none; cout = classes)."""
         h, w = self.input_shape(len(self.layers))
         act = self.layers[-1].act
-        op = f"head_c{self.head.channels}"
+        op = head_op(self.head.channels)
         last = self.layers[-1].channels(self.channel_divisor)
         return [OpInstance(op, c, self.classes, h, w, 1, act) for c in dict.fromkeys(last)]
 
@@ -346,254 +311,3 @@ class SearchSpace:
 
 def _down(size: int, stride: int) -> int:
     return -(-size // stride)
-
-
-# --- loading ---------------------------------------------------------------------------------
-
-BUILTIN_DIR = "spaces"
-
-
-def space_to_toml(space: SearchSpace, header: str = "") -> str:
-    """A TOML file that ``parse_space`` reads back into an equal space (one table per layer)."""
-
-    def q(text: str) -> str:
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    def floats(ws: tuple[float, ...]) -> str:
-        return "[" + ", ".join(repr(float(w)) for w in ws) + "]"
-
-    lines = [f"# {line}" for line in header.splitlines()]
-    lines += [
-        f"name = {q(space.name)}",
-        f"description = {q(space.description)}",
-        f"act = {q(space.act)}",
-        f"channel_divisor = {space.channel_divisor}",
-        "",
-        "[input]",
-        f"resolution = [{space.resolution[0]}, {space.resolution[1]}]",
-        f"channels = {space.in_channels}",
-        f"classes = {space.classes}",
-        "",
-        "[stem]",
-        f"cout = {space.stem.cout}",
-        f"kernel = {space.stem.kernel}",
-        f"stride = {space.stem.stride}",
-    ]
-    for layer in space.layers:
-        lines += [
-            "",
-            "[[layers]]",
-            f"cout = {layer.cout}",
-            f"stride = {layer.stride}",
-            f"act = {q(layer.act)}",
-            f"widths = {floats(layer.widths)}",
-            "ops = [" + ", ".join(q(op) for op in layer.ops) + "]",
-        ]
-    lines += ["", "[head]", f"channels = {space.head.channels}", f"dropout = {space.head.dropout}"]
-    return "\n".join(lines) + "\n"
-
-
-def builtin_spaces() -> list[str]:
-    folder = resources.files("hurricane") / BUILTIN_DIR
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
-
-
-def load_space(name_or_path: str | Path) -> SearchSpace:
-    """Load a built-in space by name (``demo``) or any space file by path."""
-    text_name = str(name_or_path)
-    path = Path(text_name)
-    if path.suffix != ".toml" and not path.exists():
-        if text_name not in builtin_spaces():
-            raise SpaceError(
-                f"{text_name}: no such space file and no built-in space of that name "
-                f"(built-in: {', '.join(builtin_spaces())})"
-            )
-        resource = resources.files("hurricane") / BUILTIN_DIR / f"{text_name}.toml"
-        return parse_space(resource.read_text(), source=f"{text_name}.toml")
-    if not path.is_file():
-        raise SpaceError(f"{path}: space file not found")
-    return parse_space(path.read_text(), source=str(path))
-
-
-def parse_space(text: str, source: str = "<string>") -> SearchSpace:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpaceError(f"{source}: not valid TOML: {exc}") from None
-    return _SpaceReader(source).read(data)
-
-
-class _SpaceReader:
-    TOP = {
-        "name",
-        "description",
-        "act",
-        "channel_divisor",
-        "ops",
-        "widths",
-        "input",
-        "stem",
-        "layers",
-        "head",
-    }
-    LAYER = {"cout", "stride", "ops", "widths", "act", "repeat"}
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, where: str, msg: str) -> SpaceError:
-        return SpaceError(f"{self.source}: {where}: {msg}")
-
-    def _keys(self, table: dict, allowed: set[str], where: str) -> None:
-        for key in table:
-            if key not in allowed:
-                raise self.fail(
-                    f"{where}{key}" if where else key,
-                    f"unknown field (expected one of: {', '.join(sorted(allowed))})",
-                )
-
-    def _int(self, value: Any, where: str, lo: int = 1, choices: tuple | None = None) -> int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise self.fail(where, f"expected an integer, got {value!r}")
-        if choices is not None and value not in choices:
-            raise self.fail(where, f"must be one of {', '.join(map(str, choices))}, got {value}")
-        if value < lo:
-            raise self.fail(where, f"must be >= {lo}, got {value}")
-        return value
-
-    def _act(self, value: Any, where: str) -> str:
-        if value not in ACT_NAMES:
-            raise self.fail(
-                where, f"activation must be one of {', '.join(ACT_NAMES)}, got {value!r}"
-            )
-        return value
-
-    def _widths(self, value: Any, where: str) -> tuple[float, ...]:
-        if not isinstance(value, list) or not value:
-            raise self.fail(where, "expected a non-empty list of width multipliers like [0.5, 1.0]")
-        out = []
-        for j, w in enumerate(value):
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 1:
-                raise self.fail(f"{where}[{j}]", f"width multiplier must be in (0, 1], got {w!r}")
-            out.append(float(w))
-        if len(set(out)) != len(out):
-            raise self.fail(where, f"width multipliers repeat: {value}")
-        return tuple(out)
-
-    def _ops(self, value: Any, where: str) -> tuple[str, ...]:
-        if not isinstance(value, list):
-            raise self.fail(where, f"expected a list of operator names, got {value!r}")
-        if not value:
-            raise self.fail(where, "candidate list is empty; give at least one operator")
-        out = []
-        for j, op in enumerate(value):
-            try:
-                out.append(canonical(op))
-            except OpNameError as exc:
-                raise self.fail(f"{where}[{j}]", str(exc)) from None
-        dupes = sorted({o for o in out if out.count(o) > 1})
-        if dupes:
-            raise self.fail(where, f"operator listed twice: {', '.join(dupes)}")
-        return tuple(out)
-
-    def read(self, data: dict[str, Any]) -> SearchSpace:
-        self._keys(data, self.TOP, "")
-        name = data.get("name", Path(self.source).stem)
-        act = self._act(data.get("act", "relu"), "act")
-        divisor = self._int(data.get("channel_divisor", 8), "channel_divisor")
-        default_ops = self._ops(data["ops"], "ops") if "ops" in data else None
-        default_widths = self._widths(data["widths"], "widths") if "widths" in data else (1.0,)
-
-        inp = data.get("input")
-        if not isinstance(inp, dict):
-            raise self.fail("input", "missing table [input] with resolution, channels, classes")
-        self._keys(inp, {"resolution", "channels", "classes"}, "input.")
-        res = inp.get("resolution")
-        if isinstance(res, int) and not isinstance(res, bool):
-            res = [res, res]
-        if not (isinstance(res, list) and len(res) == 2):
-            raise self.fail("input.resolution", f"expected an integer or [h, w], got {res!r}")
-        resolution = tuple(self._int(r, "input.resolution") for r in res)
-        in_channels = self._int(inp.get("channels"), "input.channels")
-        classes = self._int(inp.get("classes"), "input.classes", lo=2)
-
-        stem_t = data.get("stem")
-        if not isinstance(stem_t, dict):
-            raise self.fail("stem", "missing table [stem] with cout (and optional kernel, stride)")
-        self._keys(stem_t, {"cout", "kernel", "stride"}, "stem.")
-        stem = StemSpec(
-            cout=self._int(stem_t.get("cout"), "stem.cout"),
-            kernel=self._int(stem_t.get("kernel", 3), "stem.kernel", choices=(1, 3, 5, 7)),
-            stride=self._int(stem_t.get("stride", 1), "stem.stride", choices=(1, 2)),
-        )
-
-        raw_layers = data.get("layers")
-        if not isinstance(raw_layers, list) or not raw_layers:
-            raise self.fail("layers", "missing or empty; add [[layers]] tables")
-        layers: list[LayerSpec] = []
-        origin: list[str] = []
-        for i, lt in enumerate(raw_layers):
-            where = f"layers[{i}]"
-            if not isinstance(lt, dict):
-                raise self.fail(where, "expected a table")
-            self._keys(lt, self.LAYER, f"{where}.")
-            cout = self._int(lt.get("cout"), f"{where}.cout")
-            stride = self._int(lt.get("stride", 1), f"{where}.stride", choices=(1, 2))
-            if "ops" in lt:
-                ops = self._ops(lt["ops"], f"{where}.ops")
-            elif default_ops is not None:
-                ops = default_ops
-            else:
-                raise self.fail(f"{where}.ops", "missing, and no top-level ops list to inherit")
-            widths = (
-                self._widths(lt["widths"], f"{where}.widths") if "widths" in lt else default_widths
-            )
-            layer_act = self._act(lt.get("act", act), f"{where}.act")
-            repeat = self._int(lt.get("repeat", 1), f"{where}.repeat")
-            for r in range(repeat):
-                layers.append(LayerSpec(cout, stride if r == 0 else 1, ops, widths, layer_act))
-                origin.append(where if repeat == 1 else f"{where} (repeat {r + 1} of {repeat})")
-
-        head_t = data.get("head", {})
-        if not isinstance(head_t, dict):
-            raise self.fail("head", "expected a table")
-        self._keys(head_t, {"channels", "dropout"}, "head.")
-        dropout = head_t.get("dropout", 0.0)
-        if (
-            isinstance(dropout, bool)
-            or not isinstance(dropout, (int, float))
-            or not 0 <= dropout < 1
-        ):
-            raise self.fail("head.dropout", f"must be a number in [0, 1), got {dropout!r}")
-        head = HeadSpec(self._int(head_t.get("channels", 0), "head.channels", lo=0), float(dropout))
-
-        space = SearchSpace(
-            name=str(name),
-            resolution=resolution,
-            in_channels=in_channels,
-            classes=classes,
-            stem=stem,
-            layers=tuple(layers),
-            head=head,
-            act=act,
-            channel_divisor=divisor,
-            description=str(data.get("description", "")),
-            source=self.source,
-        )
-        self._check_shapes(space, origin)
-        return space
-
-    def _check_shapes(self, space: SearchSpace, origin: list[str]) -> None:
-        """Every candidate must run at every (cin, cout) its layer can see."""
-        for i, layer in enumerate(space.layers):
-            for j, op in enumerate(layer.ops):
-                spec = parse_op(op)
-                for cin in space.in_channel_choices(i):
-                    for cout in layer.channels(space.channel_divisor):
-                        problem = check_op(spec, cin, cout, layer.stride)
-                        if problem:
-                            raise self.fail(
-                                f"{origin[i]}.ops[{j}]",
-                                f"{problem} (cin={cin}, cout={cout}); change the channels, "
-                                "widths or channel_divisor, or drop this op here",
-                            )

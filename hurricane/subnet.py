@@ -9,8 +9,9 @@ from torch import nn
 
 from hurricane.arch import Arch
 from hurricane.dynamic import ConvBN, DynLinear
+from hurricane.lutkeys import OpInstance, PairInstance, head_channels
 from hurricane.ops import build_op
-from hurricane.space import OpInstance, PairInstance, SearchSpace
+from hurricane.space import SearchSpace
 
 
 def build_stem(space: SearchSpace) -> ConvBN:
@@ -84,8 +85,8 @@ def instance_module(
             build_op(second.op, second.cin, second.cout, second.stride, second.act),
         )
         return pair.eval(), torch.randn(1, first.cin, first.h, first.w)
-    if inst.op.startswith("head_c"):
-        channels = int(inst.op[len("head_c") :])
+    channels = head_channels(inst.op)
+    if channels is not None:
         module: nn.Module = Head(inst.cin, channels, inst.cout, 0.0, inst.act)
     else:
         module = build_op(inst.op, inst.cin, inst.cout, inst.stride, inst.act)

@@ -1,7 +1,7 @@
 """Typed reads from a TOML table whose errors name the file and the field.
 
-Every configuration file (devices, pipelines) is read through a ``Fields`` view so that a bad
-value stops with one line: ``FILE: FIELD: what is wrong (what was expected)``.
+Every configuration file (devices, pipelines, search spaces) is read through a ``Fields`` view
+so that a bad value stops with one line: ``FILE: FIELD: what is wrong (what was expected)``.
 """
 
 from __future__ import annotations
@@ -19,21 +19,36 @@ class ConfigError(UserError):
     """A configuration file with a bad or missing field."""
 
 
-def read_toml(path: str | Path, what: str = "file") -> dict[str, Any]:
+def loads_toml(
+    text: str, source: str, error_type: type[ConfigError] = ConfigError
+) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error_type(f"{source}: not valid TOML: {exc}") from None
+
+
+def read_toml(
+    path: str | Path, what: str = "file", error_type: type[ConfigError] = ConfigError
+) -> dict[str, Any]:
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ConfigError(f"{path}: {what} not found")
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise error_type(f"{path}: {what} not found")
+    return loads_toml(path.read_text(), str(path), error_type)
 
 
 class Fields:
-    """A table of a TOML file, with the dotted path that leads to it."""
+    """A table of a TOML file, with the dotted path that leads to it. ``error_type`` is the
+    ``ConfigError`` subclass its errors raise, so each kind of file keeps its own."""
 
-    def __init__(self, table: Any, source: str, prefix: str = "") -> None:
-        self.source, self.prefix = source, prefix
+    def __init__(
+        self,
+        table: Any,
+        source: str,
+        prefix: str = "",
+        error_type: type[ConfigError] = ConfigError,
+    ) -> None:
+        self.source, self.prefix, self.error_type = source, prefix, error_type
         if not isinstance(table, dict):
             raise self.error("", f"expected a table, got {table!r}")
         self.table = table
@@ -42,7 +57,7 @@ class Fields:
         return f"{self.prefix}{key}" if key else self.prefix.rstrip(".") or "(top level)"
 
     def error(self, key: str, msg: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {self.where(key)}: {msg}")
+        return self.error_type(f"{self.source}: {self.where(key)}: {msg}")
 
     def only(self, allowed: set[str]) -> None:
         for key in self.table:
@@ -61,22 +76,37 @@ class Fields:
             raise self.error(key, "missing")
         return default
 
-    def str(self, key: str, default: Any = _MISSING, choices: tuple[str, ...] | None = None) -> Any:
+    def str(
+        self,
+        key: str,
+        default: Any = _MISSING,
+        choices: tuple[str, ...] | None = None,
+        empty: bool = False,
+    ) -> Any:
         value = self._get(key, default)
         if value is default and default is not _MISSING:
             return value
-        if not isinstance(value, str) or not value:
-            raise self.error(key, f"expected a non-empty string, got {value!r}")
+        if not isinstance(value, str) or not (value or empty):
+            what = "a string" if empty else "a non-empty string"
+            raise self.error(key, f"expected {what}, got {value!r}")
         if choices is not None and value not in choices:
             raise self.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
         return value
 
-    def int(self, key: str, default: Any = _MISSING, lo: int | None = None) -> Any:
+    def int(
+        self,
+        key: str,
+        default: Any = _MISSING,
+        lo: int | None = None,
+        choices: tuple[int, ...] | None = None,
+    ) -> Any:
         value = self._get(key, default)
         if value is default and default is not _MISSING:
             return value
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(key, f"expected an integer, got {value!r}")
+        if choices is not None and value not in choices:
+            raise self.error(key, f"must be one of {', '.join(map(str, choices))}, got {value}")
         if lo is not None and value < lo:
             raise self.error(key, f"must be >= {lo}, got {value}")
         return value
@@ -119,5 +149,5 @@ class Fields:
         if key not in self.table:
             if required:
                 raise self.error(key, "missing table")
-            return Fields({}, self.source, f"{self.prefix}{key}.")
-        return Fields(self.table[key], self.source, f"{self.prefix}{key}.")
+            return Fields({}, self.source, f"{self.prefix}{key}.", self.error_type)
+        return Fields(self.table[key], self.source, f"{self.prefix}{key}.", self.error_type)

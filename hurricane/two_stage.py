@@ -23,7 +23,8 @@ from hurricane.data import DataSplits, load_data
 from hurricane.errors import UserError
 from hurricane.evaluate import accuracy, recalibrate_bn
 from hurricane.search import EvolutionSearch, Latency, SearchConfig
-from hurricane.space import SearchSpace, load_space
+from hurricane.space import SearchSpace
+from hurricane.space_file import load_space
 from hurricane.supernet import Supernet
 from hurricane.train import TrainConfig, train
 

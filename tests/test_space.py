@@ -1,4 +1,5 @@
-"""TOML search spaces (hurricane.space): built-in spaces, sizes, op instances, validation."""
+"""Search spaces: the model (hurricane.space) and its TOML files (hurricane.space_file):
+built-in spaces, sizes, op instances, validation."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import math
 
 import pytest
 
+from hurricane import space as space_module
 from hurricane.opnames import FBNET_OPS, VOCABULARY, canonical
-from hurricane.space import SpaceError, builtin_spaces, load_space, parse_space
+from hurricane.space_file import SpaceError, builtin_spaces, load_space, parse_space, space_to_toml
+from hurricane.tomlcheck import ConfigError
 
 BUILTINS = ["demo", "default", "fbnet", "proxyless"]
 
@@ -353,6 +356,26 @@ BAD_CASES = {
         "layers",
         "missing",
     ),
+    "missing_cout": (
+        _edit("cout = 16\nstride = 2", "stride = 2"),
+        "layers[0].cout",
+        "missing",
+    ),
+    "missing_channels": (
+        _edit("channels = 3\n", ""),
+        "input.channels",
+        "missing",
+    ),
+    "name_not_a_string": (
+        _edit('name = "small"', "name = 5"),
+        "name",
+        "string",
+    ),
+    "head_not_a_table": (
+        "head = 3\n" + BASE,
+        "head",
+        "table",
+    ),
 }
 
 
@@ -398,6 +421,15 @@ def test_error_in_repeated_layer_names_the_repeat() -> None:
     assert "\n" not in msg
 
 
+def test_space_file_round_trips_an_empty_description(tmp_path) -> None:
+    space = parse_space(BASE)
+    assert space.description == ""
+    path = tmp_path / "again.toml"
+    path.write_text(space_to_toml(space))
+    again = load_space(path)
+    assert (again.layers, again.description, again.name) == (space.layers, "", "small")
+
+
 def test_invalid_toml_is_one_line() -> None:
     with pytest.raises(SpaceError) as info:
         parse_space("name = \n[input", source="bad.toml")
@@ -407,5 +439,13 @@ def test_invalid_toml_is_one_line() -> None:
     assert "TOML" in msg
 
 
+def test_file_functions_are_importable_from_hurricane_space() -> None:
+    for name in ("SpaceError", "builtin_spaces", "load_space", "parse_space", "space_to_toml"):
+        assert getattr(space_module, name) is globals()[name], name
+    with pytest.raises(AttributeError):
+        space_module.no_such_name  # noqa: B018
+
+
 def test_space_error_is_value_error() -> None:
     assert issubclass(SpaceError, ValueError)
+    assert issubclass(SpaceError, ConfigError)  # read through tomlcheck.Fields, as specs are
