@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from hurricane.arch import Arch
+from hurricane.costs import instance_cost
 from hurricane.errors import UserError
-from hurricane.op_predictor import cost, normalise, record_from_instance
 from hurricane.space import SearchSpace
 
 ArchLike = Arch | str | Sequence[str]
@@ -57,7 +57,7 @@ class ArchPredictor:
         x = np.zeros((len(archs), 3 + 3 * k))
         for r, a in enumerate(archs):
             for inst in self.space.arch_instances(self.as_arch(a)):
-                flops, _, moved = cost(normalise(record_from_instance(inst)))
+                flops, _, moved = instance_cost(inst)
                 j = self._index[inst.op]
                 x[r, [0, 1, 2]] += (flops / 1e6, moved / 1e6, float(inst.op != "skip"))
                 x[r, [3 + j, 3 + k + j, 3 + 2 * k + j]] += (1.0, flops / 1e6, moved / 1e6)

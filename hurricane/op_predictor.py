@@ -12,9 +12,10 @@ being a plain dict with these keys (all optional except where noted):
   False, ``relu``)
 
 Features are the op family, those fields, and FLOPs, parameters and bytes moved, computed per
-family (a generic k x k grouped conv for families it does not know). The target is modelled
-in two parts: a non-negative linear fit of latency on (1, FLOPs, bytes), which extrapolates
-sensibly to unseen sizes and families, times a LightGBM correction learned on the log ratio.
+family by ``hurricane.costs`` (a generic k x k grouped conv for families it does not know). The
+target is modelled in two parts: a non-negative linear fit of latency on (1, FLOPs, bytes),
+which extrapolates sensibly to unseen sizes and families, times a LightGBM correction learned on
+the log ratio.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from hurricane.costs import Block, op_fields
 from hurricane.errors import UserError
-from hurricane.opnames import OpNameError, parse_op
-from hurricane.space import OpInstance
+from hurricane.lutkeys import OpInstance
 
 RECORD_KEYS = (
     "op",
@@ -76,94 +77,20 @@ def record_from_instance(inst: OpInstance) -> dict[str, Any]:
     }
 
 
-# --- per-family cost --------------------------------------------------------------------
-Conv = tuple[int, int, int, int, int, int, int]  # cin, cout, kernel, stride, groups, h, w
-
-
-def _out(size: int, stride: int) -> int:
-    return -(-size // stride)
-
-
-def _convs(rec: Mapping[str, Any]) -> tuple[list[Conv], int]:
-    """The convolutions a record stands for, and the channels of any squeeze-excite."""
-    fam, cin, cout = rec["family"], rec["cin"], rec["cout"]
-    k, e, g, s, h, w = (
+def block_of(rec: Mapping[str, Any]) -> Block:
+    """The block a normalised record stands for (its cost: ``block_of(rec).cost()``)."""
+    return Block(
+        rec["family"],
+        rec["cin"],
+        rec["cout"],
+        rec["h"],
+        rec["w"],
+        rec["stride"],
         rec["kernel"],
         rec["expansion"],
         rec["groups"],
-        rec["stride"],
-        rec["h"],
-        rec["w"],
+        rec["se"],
     )
-    ho, wo = _out(h, s), _out(w, s)
-    se = 0
-    if fam == "mb":
-        hid = cin * e
-        convs = [
-            (cin, hid, 1, 1, g, h, w),
-            (hid, hid, k, s, hid, h, w),
-            (hid, cout, 1, 1, g, ho, wo),
-        ]
-        se = hid
-    elif fam == "ds":
-        convs = [(cin, cin, k, s, cin, h, w), (cin, cout, 1, 1, 1, ho, wo)]
-        se = cin
-    elif fam == "fmb":
-        hid = cin * e
-        convs = [(cin, hid, k, s, 1, h, w), (hid, cout, 1, 1, 1, ho, wo)]
-        se = hid
-    elif fam in ("shuffle", "shufflex"):
-        kk = 3 if fam == "shufflex" else k
-        if s == 1:
-            keep = min(cin // 2, cout // 2)
-            bi, bo = cin - keep, cout - keep
-            convs = []
-        else:
-            bi, bo = cin, cout - cout // 2
-            convs = [(cin, cin, kk, s, cin, h, w), (cin, cout // 2, 1, 1, 1, ho, wo)]
-        if fam == "shufflex":
-            convs += [
-                (bi, bi, 3, s, bi, h, w),
-                (bi, bo, 1, 1, 1, ho, wo),
-                (bo, bo, 3, 1, bo, ho, wo),
-                (bo, bo, 1, 1, 1, ho, wo),
-                (bo, bo, 3, 1, bo, ho, wo),
-                (bo, bo, 1, 1, 1, ho, wo),
-            ]
-        else:
-            convs += [(bi, bo, 1, 1, 1, h, w), (bo, bo, kk, s, bo, h, w), (bo, bo, 1, 1, 1, ho, wo)]
-        se = bo
-    elif fam == "res":
-        convs = [(cin, cout, k, s, 1, h, w), (cout, cout, k, 1, 1, ho, wo)]
-        if s != 1 or cin != cout:
-            convs.append((cin, cout, 1, s, 1, h, w))
-    elif fam == "skip":
-        convs = [] if s == 1 and cin == cout else [(cin, cout, 1, s, 1, h, w)]
-    elif fam == "head":
-        # A 1x1 conv to ``expansion`` channels (0: none), global pooling, a classifier.
-        mid = e if e > 1 else 0
-        convs = [(cin, mid, 1, 1, 1, h, w)] if mid else []
-        convs.append((mid or cin, cout, 1, 1, 1, 1, 1))
-    else:  # conv, and any family another tool names: one k x k grouped convolution
-        convs = [(cin, cout, k, s, max(1, min(g, cin, cout)), h, w)]
-    return convs, (se if rec["se"] else 0)
-
-
-def cost(rec: Mapping[str, Any]) -> tuple[float, float, float]:
-    """(multiply-adds, parameters, bytes moved at fp32) of a normalised record."""
-    convs, se = _convs(rec)
-    flops = params = moved = 0.0
-    for ci, co, k, s, g, h, w in convs:
-        ho, wo = _out(h, s), _out(w, s)
-        p = co * (ci // max(g, 1) or 1) * k * k
-        flops += p * ho * wo
-        params += p
-        moved += ci * h * w + co * ho * wo
-    if se:
-        r = max(1, se // 4)
-        flops += 2 * se * r
-        params += 2 * se * r
-    return flops, params, 4.0 * (moved + params)
 
 
 def normalise(rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,24 +103,14 @@ def normalise(rec: Mapping[str, Any]) -> dict[str, Any]:
         if key not in rec and key in ("cin", "h"):
             raise UserError(f"latency record {dict(rec)!r}: needs {key!r}")
         out[key] = int(rec.get(key, rec.get("cin" if key == "cout" else "h")))
-    family, kernel, expansion, groups, se, act = op.split("_")[0], 1, 1, 1, False, None
-    if op.startswith("head_c"):
-        family, expansion = "head", int(op[len("head_c") :] or 0)
-    else:
-        try:
-            spec = parse_op(op)
-        except OpNameError:
-            pass
-        else:
-            family, groups, se, act = spec.family, spec.groups, spec.se, spec.act
-            kernel, expansion = spec.kernel or 1, spec.expansion or 1
-    out["family"] = family
-    out["kernel"] = int(rec.get("kernel") or kernel)
-    out["expansion"] = int(rec.get("expansion") or expansion)
-    out["groups"] = int(rec.get("groups") or groups)
+    named = op_fields(op)
+    out["family"] = named["family"]
+    out["kernel"] = int(rec.get("kernel") or named["kernel"])
+    out["expansion"] = int(rec.get("expansion") or named["expansion"])
+    out["groups"] = int(rec.get("groups") or named["groups"])
     out["stride"] = int(rec.get("stride") or 1)
-    out["se"] = bool(rec.get("se", se))
-    out["act"] = str(rec.get("act") or act or "relu")
+    out["se"] = bool(rec.get("se", named["se"]))
+    out["act"] = str(rec.get("act") or named["act"] or "relu")
     return out
 
 
@@ -219,7 +136,7 @@ class OpPredictor:
             if learn:
                 self.families.setdefault(r["family"], len(self.families))
                 self.acts.setdefault(r["act"], len(self.acts))
-            flops, params, moved = cost(r)
+            flops, params, moved = block_of(r).cost()
             rows.append(
                 [
                     self.families.get(r["family"], -1),

@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from hurricane.costs import instance_cost
 from hurricane.errors import UserError
 from hurricane.latency import LutPredictor, MissingEntries
-from hurricane.op_predictor import cost, normalise, record_from_instance
-from hurricane.space import OpInstance, SearchSpace
+from hurricane.lutkeys import OpInstance
+from hurricane.space import SearchSpace
 
 
 @dataclass
@@ -129,7 +130,7 @@ def score_ops(
                     if inst.key not in table:
                         missing.append(inst.key)
                         continue
-                    f, p, _ = cost(normalise(record_from_instance(inst)))
+                    f, p, _ = instance_cost(inst)
                     lat.append(table[inst.key])
                     flops.append(f / 1e6)
                     params.append(p / 1e3)

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from hurricane.arch import Arch
+from hurricane.costs import instance_cost
 from hurricane.dynamic import load_active_weights
-from hurricane.op_predictor import cost, normalise, record_from_instance
+from hurricane.lutkeys import OpInstance
 from hurricane.ops import build_op
-from hurricane.space import OpInstance, SearchSpace
+from hurricane.space import SearchSpace
 from hurricane.subnet import Subnet, build_head, build_stem
 
 
@@ -79,7 +80,7 @@ class Supernet(nn.Module):
                 OpInstance(op, cin, cout, h, w, layer.stride, space.layer_act(i, op))
                 for op in layer.ops
             ]
-            big = max(insts, key=lambda inst: cost(normalise(record_from_instance(inst)))[0])
+            big = max(insts, key=lambda inst: instance_cost(inst).macs)
             ops[i], widths[i] = big.op, max(layer.widths)
         return Arch(tuple(ops), tuple(widths))
 

@@ -10,8 +10,8 @@ import pytest
 from hurricane.arch import Arch
 from hurricane.arch_predictor import ArchPredictor
 from hurricane.calibration import Calibration, accuracy
+from hurricane.costs import instance_cost
 from hurricane.errors import UserError
-from hurricane.op_predictor import cost, normalise, record_from_instance
 from hurricane.space import load_space
 
 
@@ -19,7 +19,7 @@ def device_ms(space, arch: Arch) -> float:
     """A made-up device: per-layer dispatch plus op-specific compute and memory rates."""
     total = 0.05
     for inst in space.arch_instances(arch):
-        flops, _, moved = cost(normalise(record_from_instance(inst)))
+        flops, _, moved = instance_cost(inst)
         rate = 2.0 if "_g2" in inst.op else 1.4 if inst.op.startswith("mb_k5") else 1.0
         total += 0.0 if inst.op == "skip" else 0.004 + rate * flops / 3e8 + moved / 6e8
     return total

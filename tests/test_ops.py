@@ -1,4 +1,5 @@
-"""Operator names (hurricane.opnames) and operator modules (hurricane.ops)."""
+"""Operator names (hurricane.opnames), operator modules (hurricane.ops) and their costs
+(hurricane.costs, checked against the modules)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from hurricane.costs import Block, Conv, instance_cost
+from hurricane.dynamic import DynConv2d, SqueezeExcite
+from hurricane.lutkeys import OpInstance
 from hurricane.opnames import (
     FBNET_OPS,
     VOCABULARY,
@@ -17,6 +21,8 @@ from hurricane.opnames import (
     parse_op,
 )
 from hurricane.ops import build_op, check_op
+from hurricane.space_file import load_space
+from hurricane.subnet import instance_module
 
 H, W = 9, 8  # odd height, even width: exercises ceil(H / stride) for both parities
 
@@ -347,3 +353,105 @@ def test_shuffle_stride2_single_output_channel(op: str) -> None:
     block = build_op(op, 4, 1, 2)
     y = block(torch.randn(2, 4, 6, 6))
     assert y.shape == (2, 1, 3, 3)
+
+
+# --- block costs (hurricane.costs) against the modules -------------------------------------------
+
+
+def _run_convs(module: nn.Module, x: torch.Tensor) -> tuple[list[Conv], dict[str, int]]:
+    """The convolutions (and classifiers) a module really runs outside its squeeze-excites,
+    recorded by forward hooks, and the work they did: multiply-adds, weights, activations."""
+    ses = [m for m in module.modules() if isinstance(m, SqueezeExcite)]
+    in_se = {id(m) for se in ses for m in se.modules()}
+    seen: list[Conv] = []
+    work = {"macs": 0, "params": 0, "activations": 0}
+
+    def on_conv(m: DynConv2d, args: tuple, out: torch.Tensor) -> None:
+        inp = args[0]
+        groups = inp.shape[1] if m.depthwise else m.groups
+        seen.append(Conv(inp.shape[1], out.shape[1], m.kernel, m.stride, groups, *inp.shape[2:]))
+        weight = m.active_weight(inp.shape[1], out.shape[1])
+        work["macs"] += out[0].numel() * weight[0].numel()
+        work["params"] += weight.numel()
+        work["activations"] += inp[0].numel() + out[0].numel()
+
+    def on_linear(m: nn.Linear, args: tuple, out: torch.Tensor) -> None:
+        inp = args[0]
+        seen.append(Conv(inp.shape[-1], out.shape[-1], 1, 1, 1, 1, 1))
+        work["macs"] += m.weight.numel()
+        work["params"] += m.weight.numel()
+        work["activations"] += inp[0].numel() + out[0].numel()
+
+    handles = [
+        m.register_forward_hook(on_conv if isinstance(m, DynConv2d) else on_linear)
+        for m in module.modules()
+        if isinstance(m, (DynConv2d, nn.Linear)) and id(m) not in in_se
+    ]
+    with torch.no_grad():
+        module.eval()(x)
+    for h in handles:
+        h.remove()
+    return seen, work
+
+
+def _uncounted_params(module: nn.Module) -> int:
+    """Parameters the cost formulas leave out by design: batch norm, classifier biases and the
+    squeeze-excite (whose convs hold biases of their own, no batch norm)."""
+    mods = list(module.modules())
+    se = sum(p.numel() for m in mods if isinstance(m, SqueezeExcite) for p in m.parameters())
+    bn = sum(m.weight.numel() + m.bias.numel() for m in mods if isinstance(m, nn.BatchNorm2d))
+    return se + bn + sum(m.bias.numel() for m in mods if isinstance(m, nn.Linear))
+
+
+def _check_block_cost(module: nn.Module, block: Block, x: torch.Tensor) -> None:
+    seen, work = _run_convs(module, x)
+    assert sorted(seen) == sorted(block.convs()), (seen, block.convs())
+    macs, params, moved = block.cost()
+    se = block.se_channels()
+    se_term = 2 * se * max(1, se // 4)  # the estimate the formulas use for squeeze-excite
+    assert macs - se_term == work["macs"]
+    assert params - se_term == work["params"]
+    assert moved == 4.0 * (work["activations"] + params)
+    # Every other parameter is one the formulas leave out on purpose.
+    total = sum(p.numel() for p in module.parameters())
+    assert total == work["params"] + _uncounted_params(module)
+    ses = [m for m in module.modules() if isinstance(m, SqueezeExcite)]
+    assert [m.reduce.max_in for m in ses] == ([se] if se else [])
+
+
+@pytest.mark.parametrize("case", _cases(), ids=_ids)
+def test_block_cost_matches_the_module(case: tuple[str, int, int, int]) -> None:
+    """hurricane.costs describes each block as the convolutions its module runs: the same
+    shapes, multiply-adds, weights and activations, counted by hooks on the real module."""
+    op, cin, cout, stride = case
+    torch.manual_seed(0)
+    _check_block_cost(
+        build_op(op, cin, cout, stride),
+        Block.of(op, cin, cout, H, W, stride),
+        torch.randn(1, cin, H, W),
+    )
+
+
+@pytest.mark.parametrize("op", ["head_c0", "head_c24"])
+def test_head_cost_matches_the_module(op: str) -> None:
+    inst = OpInstance(op, 12, 10, 5, 4, 1, "relu")
+    module, x = instance_module(inst)
+    _check_block_cost(module, Block.of(op, 12, 10, 5, 4), x)
+    assert instance_cost(inst) == Block.of(op, 12, 10, 5, 4).cost()
+
+
+def test_stem_and_other_families_cost_a_plain_conv() -> None:
+    """The stem (``conv_k3``) and a family another tool names (``dwconv``: a k x k grouped
+    conv) cost what torch's own Conv2d of that shape does."""
+    space = load_space("demo")
+    stem = space.stem_instance()
+    module, x = instance_module(stem)
+    block = Block.of(stem.op, stem.cin, stem.cout, stem.h, stem.w, stem.stride)
+    assert block.stride == 2
+    _check_block_cost(module, block, x)
+    conv = nn.Conv2d(16, 16, 3, 2, padding=1, groups=16, bias=False)
+    y = conv(torch.randn(1, 16, H, W))
+    macs, params, moved = Block("dwconv", 16, 16, H, W, 2, kernel=3, groups=16).cost()
+    assert params == sum(p.numel() for p in conv.parameters())
+    assert macs == y.numel() * conv.weight[0].numel()
+    assert moved == 4.0 * (16 * H * W + y.numel() + params)

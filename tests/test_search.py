@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from hurricane.arch import Arch
+from hurricane.costs import instance_cost
 from hurricane.errors import UserError
 from hurricane.latency import LutPredictor, MissingEntries
-from hurricane.op_predictor import cost, normalise, record_from_instance
 from hurricane.reduce import reduce_space, score_ops
 from hurricane.search import BudgetTooLow, EvolutionSearch, SearchConfig, random_search
 from hurricane.space import load_space, parse_space, space_to_toml
@@ -27,7 +27,7 @@ def table_for(space, slow: dict[str, float] | None = None) -> dict[str, float]:
     out = {}
     insts = [*space.fixed_instances(), *space.op_instances()]
     for inst in insts:
-        flops, _, moved = cost(normalise(record_from_instance(inst)))
+        flops, _, moved = instance_cost(inst)
         out[inst.key] = (0.002 + flops / 5e8 + moved / 1e9) * slow.get(inst.op, 1.0)
     return out
 
@@ -128,7 +128,7 @@ def flops_fitness(space):
     """Bigger networks are 'more accurate': a stand-in with a known optimum."""
 
     def fitness(arch: Arch) -> float:
-        return sum(cost(normalise(record_from_instance(i)))[0] for i in space.arch_instances(arch))
+        return sum(instance_cost(i).macs for i in space.arch_instances(arch))
 
     return fitness
 
