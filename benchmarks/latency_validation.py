@@ -28,8 +28,8 @@ from devices.spec import load_device
 from hurricane.arch_predictor import ArchPredictor
 from hurricane.calibration import accuracy
 from hurricane.latency import USABLE
+from hurricane.provenance import provenance
 from hurricane.space_file import load_space
-from hurricane.train import provenance
 from pipelines.latency_validate import sample_distinct, summary_lines, validate_latency
 from profilers.campaign import profile
 from profilers.models import measure_archs

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from hurricane.latency import LutPredictor
+from hurricane.provenance import provenance
 from hurricane.space_file import load_space
-from hurricane.train import provenance
 
 RESULTS = Path(__file__).parent / "results"
 

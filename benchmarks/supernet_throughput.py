@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from hurricane.data import load_data
+from hurricane.provenance import provenance
 from hurricane.space_file import load_space
 from hurricane.subnet import build_subnet
 from hurricane.supernet import Supernet
-from hurricane.train import provenance
 
 RESULTS = Path(__file__).parent / "results"
 

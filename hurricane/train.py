@@ -15,10 +15,8 @@ import hashlib
 import json
 import math
 import os
-import platform
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -31,12 +29,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import hurricane
 from hurricane.arch import Arch
 from hurricane.data import DataSplits, augment, load_data
 from hurricane.errors import UserError
 from hurricane.evaluate import accuracy, recalibrate_bn
-from hurricane.space import SearchSpace, load_space
+from hurricane.provenance import provenance  # re-exported: pipelines/, benchmarks/ import it here
+from hurricane.space import SearchSpace
+from hurricane.space_file import load_space
 from hurricane.supernet import Supernet
 
 CHECKPOINT = "checkpoint.pt"
@@ -123,41 +122,6 @@ class _Dist:
 
 def _step_rng(seed: int, step: int, salt: int) -> int:
     return (seed * 1_000_003 + step) * 31 + salt
-
-
-def git_state(where: Path | None = None) -> tuple[str | None, bool | None]:
-    """(HEAD commit, whether tracked files differ from it) of the checkout at ``where``
-    (default: this package's); (None, None) outside git. A result made from uncommitted
-    code then says so instead of naming a commit that did not produce it."""
-    cwd = where or Path(__file__).resolve().parent
-
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5)
-
-    try:
-        head = git("rev-parse", "HEAD")
-        status = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-    if head.returncode or not head.stdout.strip():
-        return None, None
-    return head.stdout.strip(), bool(status.stdout.strip())
-
-
-def provenance() -> dict[str, Any]:
-    """What produced a run: versions, host, command line."""
-    commit, dirty = git_state()
-    return {
-        "hurricane": hurricane.__version__,
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "host": platform.node(),
-        "machine": platform.machine(),
-        "argv": sys.argv,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
 
 
 def state_digest(module: torch.nn.Module, params_only: bool = False) -> str:

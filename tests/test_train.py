@@ -235,23 +235,3 @@ def test_ddp_two_processes(tmp_path: Path) -> None:
                 assert same, f"layer {i} {op} was never sampled but changed"
                 unmoved += 1
     assert moved and unmoved
-
-
-def test_git_state_names_the_commit_and_says_when_the_tree_differs(tmp_path) -> None:
-    from hurricane.train import git_state
-
-    assert git_state(tmp_path) == (None, None)  # not a checkout
-
-    def run(*a):
-        return subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
-
-    run("init", "-q")
-    (tmp_path / "f.txt").write_text("one\n")
-    run("add", "f.txt")
-    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
-    commit, dirty = git_state(tmp_path)
-    assert len(commit) == 40 and dirty is False
-    (tmp_path / "new.txt").write_text("untracked files do not count\n")
-    assert git_state(tmp_path) == (commit, False)
-    (tmp_path / "f.txt").write_text("two\n")
-    assert git_state(tmp_path) == (commit, True)
