@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from devices.convert import default_cache_dir
+from devices.artifacts import default_cache_dir
 
 PROTOCOLS = [(25, 10), (5, 50), (15, 15), (25, 10)]
 

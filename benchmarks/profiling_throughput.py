@@ -15,7 +15,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from devices.convert import ArtifactCache
+from devices.artifacts import ArtifactCache
 from devices.spec import load_device
 from hurricane.space import load_space
 from hurricane.train import provenance

@@ -12,10 +12,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from devices.runtimes import NAMES, REGISTRY, Runtime
 from hurricane.tomlcheck import ConfigError, Fields, read_toml
 
 KINDS = ("cpu", "mobile-cpu", "dsp", "vpu")
-RUNTIMES = ("litert", "openvino", "onnxruntime")
+RUNTIMES = NAMES
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -49,25 +50,14 @@ class RuntimeSpec:
     delegate: DelegateSpec | None = None  # LiteRT: an external delegate (a DSP)
     device: str = "CPU"  # OpenVINO device name: CPU, GPU, NPU, MYRIAD
 
+    @property
+    def entry(self) -> Runtime:
+        """This runtime's registry entry (devices/runtimes.py)."""
+        return REGISTRY[self.name]
+
     def agent_options(self) -> dict[str, Any]:
         """The options the on-device agent takes for this runtime."""
-        opts: dict[str, Any] = {"threads": self.threads}
-        if self.name == "litert":
-            opts["xnnpack"] = self.xnnpack
-            if self.delegate:
-                opts["delegate"] = {
-                    "library": self.delegate.library,
-                    "options": dict(self.delegate.options),
-                    "allow_cpu_fallback": self.delegate.allow_cpu_fallback,
-                }
-        elif self.name == "openvino":
-            opts["device"] = self.device
-            # Without a hint OpenVINO's CPU plugin runs bf16 where the CPU has it (AVX512-BF16,
-            # AMX): an fp32 spec asks for fp32, or its timings are not of the fp32 model.
-            hints = {"fp16": "f16", "fp32": "f32"}
-            if self.precision in hints:
-                opts["precision_hint"] = hints[self.precision]
-        return opts
+        return {"threads": self.threads, **self.entry.options(self)}
 
 
 @dataclass(frozen=True)
@@ -206,12 +196,13 @@ def parse_device(data: dict[str, Any], source: str = "<string>") -> DeviceSpec:
     rf = top.sub("runtime", required=True)
     rf.only({"name", "threads", "precision", "xnnpack", "delegate", "device"})
     rname = rf.str("name", choices=RUNTIMES)
+    entry = REGISTRY[rname]
+    for key in ("delegate", "device", "xnnpack"):
+        if rf.has(key) and key not in entry.fields:
+            takes = [r.label for r in REGISTRY.values() if key in r.fields]
+            raise rf.error(key, f"only {' and '.join(takes)} takes this; runtime is {rname!r}")
     delegate = None
     if rf.has("delegate"):
-        if rname != "litert":
-            raise rf.error(
-                "delegate", f"external delegates are a LiteRT feature; runtime is {rname!r}"
-            )
         df = rf.sub("delegate")
         df.only({"library", "options", "allow_cpu_fallback"})
         opts = df.table.get("options", {})
@@ -222,10 +213,6 @@ def parse_device(data: dict[str, Any], source: str = "<string>") -> DeviceSpec:
             options={str(k): str(v) for k, v in opts.items()},
             allow_cpu_fallback=df.bool("allow_cpu_fallback", False),
         )
-    if rf.has("device") and rname != "openvino":
-        raise rf.error("device", f"a device name is an OpenVINO setting; runtime is {rname!r}")
-    if rf.has("xnnpack") and rname != "litert":
-        raise rf.error("xnnpack", f"XNNPACK is a LiteRT setting; runtime is {rname!r}")
     runtime = RuntimeSpec(
         name=rname,
         threads=rf.int("threads", 1, lo=1),
@@ -266,7 +253,7 @@ def parse_device(data: dict[str, Any], source: str = "<string>") -> DeviceSpec:
         drift_threshold=mf.float("drift_threshold", d.drift_threshold, lo=0.0),
         drift_retries=mf.int("drift_retries", d.drift_retries, lo=0),
         passes=mf.int("passes", d.passes, lo=1),
-        pairs=mf.bool("pairs", runtime.name == "openvino"),
+        pairs=mf.bool("pairs", runtime.entry.pairs),
     )
     return DeviceSpec(
         name=name,
@@ -306,7 +293,10 @@ def _check_kind(kind: str, rt: RuntimeSpec, rf: Fields) -> None:
             )
     if kind == "vpu" and rt.name != "openvino":
         raise rf.error("name", f"a vpu runs OpenVINO (device MYRIAD or NPU), not {rt.name!r}")
-    if rt.precision == "int8" and rt.name == "onnxruntime":
+    if rt.precision not in rt.entry.precisions:
+        makes = [r.label for r in REGISTRY.values() if rt.precision in r.precisions]
         raise rf.error(
-            "precision", "int8 is produced for LiteRT and OpenVINO; use fp32 with ONNX Runtime"
+            "precision",
+            f"{rt.precision} is produced for {' and '.join(makes)}; use "
+            f"{' or '.join(rt.entry.precisions)} with {rt.entry.label}",
         )

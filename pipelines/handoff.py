@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 import hurricane
-from devices.convert import Artifact, to_onnx, to_openvino, to_tflite
+from devices.artifacts import Artifact
+from devices.runtimes import COMMON_DISTS, ONNX_COPY, REGISTRY
 from devices.spec import DeviceSpec, load_device
 from hurricane.data import load_data
 from hurricane.errors import UserError
@@ -37,22 +38,8 @@ from profilers.session import AgentCrashed, AgentSession
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
-# Output agreement with PyTorch, relative to the largest |logit| of the sample batch. fp32
-# exporters reorder float arithmetic (~1e-6 here); FP16 rounds every tensor (~3e-3 here);
-# full int8 quantizes weights and activations (~2e-2 here, with min-max calibration on 64
-# training images), so it is also held to the top-1 class.
-TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.1}
-MIN_TOP1_AGREEMENT = {"fp32": 1.0, "fp16": 0.98, "int8": 0.9}
-CONVERTERS = (
-    "torch",
-    "litert-torch",
-    "ai-edge-quantizer",
-    "ai-edge-litert",
-    "openvino",
-    "nncf",
-    "onnx",
-    "onnxruntime",
-)
+# Host packages whose versions a bundle records: every runtime's, and the ONNX copy's.
+CONVERTERS = tuple(dict.fromkeys([*COMMON_DISTS, *(d for r in REGISTRY.values() for d in r.dists)]))
 
 
 class BundleError(UserError):
@@ -76,11 +63,7 @@ def load_final_model(space: SearchSpace, model_pt: str | Path) -> tuple[torch.nn
 
 def device_format(spec: DeviceSpec) -> list[str]:
     """The file names of the model in this device's runtime format."""
-    return {
-        "litert": ["model.tflite"],
-        "openvino": ["model.xml", "model.bin"],
-        "onnxruntime": ["model.onnx"],
-    }[spec.runtime.name]
+    return list(spec.runtime.entry.handoff_files)
 
 
 def export(
@@ -93,23 +76,23 @@ def export(
     """Write the device's artifact and the ONNX copy into ``out``; int8 is calibrated on
     ``calibration`` (real training images, not noise)."""
     rt = spec.runtime
+    path = out / device_format(spec)[0]
     with torch.no_grad():
-        to_onnx(net, example, out / "model.onnx")
-        path = out / device_format(spec)[0]
-        if rt.name == "litert":
-            to_tflite(net, example, path, rt.precision == "int8", calibration)
-        elif rt.name == "openvino":
-            to_openvino(net, example, path, rt.precision, calibration)
+        ONNX_COPY.convert(net, example, out / ONNX_COPY.handoff_files[0], "fp32", None)
+        if not path.exists():  # an ONNX Runtime device loads the copy itself
+            rt.entry.convert(net, example, path, rt.precision, calibration)
     return Artifact(rt.name, rt.precision, f"bundle-{os.getpid()}", path)
 
 
-def compare_outputs(reference: np.ndarray, got: np.ndarray, precision: str) -> dict[str, Any]:
+def compare_outputs(
+    reference: np.ndarray, got: np.ndarray, tolerance: tuple[float, float]
+) -> dict[str, Any]:
     """Agreement of a runtime's outputs with PyTorch's on the same batch, and whether it is
-    within this precision's stated tolerance. A sample's class agrees when the runtime's top
-    class is PyTorch's, or within the tolerance of it in PyTorch's own logits (a near-tie that
+    within ``tolerance`` (the runtime's for its precision: relative error, least top-1
+    agreement; devices/runtimes.py). A sample's class agrees when the runtime's top class is
+    PyTorch's, or within the tolerance of it in PyTorch's own logits (a near-tie that
     rounding may flip either way)."""
-    tol = TOLERANCE.get(precision, TOLERANCE["fp32"])
-    need = MIN_TOP1_AGREEMENT.get(precision, 1.0)
+    tol, need = tolerance
     scale = float(np.abs(reference).max()) or 1.0
     if got.shape != reference.shape:
         return {
@@ -135,6 +118,10 @@ def compare_outputs(reference: np.ndarray, got: np.ndarray, precision: str) -> d
         "top1_exact": float((reference.argmax(1) == got.argmax(1)).mean()),
         "passed": bool(err / scale <= tol and agree >= need),
     }
+
+
+def _tolerance(spec: DeviceSpec) -> tuple[float, float]:
+    return spec.runtime.entry.tolerance[spec.runtime.precision]
 
 
 def _onnx_outputs(path: Path, batch: np.ndarray) -> np.ndarray:
@@ -245,9 +232,11 @@ def make_bundle(
             spec, art, "bundle", seed, lambda s: outputs.update(got=_infer(s, art, batch))
         )
         got, fingerprint = outputs["got"], measured.pop("fingerprint")
-        device_check = compare_outputs(reference, got, spec.runtime.precision)
+        device_check = compare_outputs(reference, got, _tolerance(spec))
         onnx_check = compare_outputs(
-            reference, _onnx_outputs(work / "model.onnx", batch.numpy()), "fp32"
+            reference,
+            _onnx_outputs(work / "model.onnx", batch.numpy()),
+            ONNX_COPY.tolerance["fp32"],
         )
         ms = measured["latency_ms"]
         decision = judge_budget(ms, budget_ms, measured["noise"])
@@ -412,6 +401,6 @@ def verify_bundle(bundle: str | Path, device: str | None = None, seed: int = 1) 
         within_budget=decision["accepted"],
         decision=decision,
         noise=measured["noise"],
-        outputs=compare_outputs(reference, outputs["got"], spec.runtime.precision),
+        outputs=compare_outputs(reference, outputs["got"], _tolerance(spec)),
     )
     return result

@@ -17,7 +17,7 @@ DEFAULT_DB = "runs/hurricane.sqlite"
 
 
 def _devices_check(args: argparse.Namespace) -> int:
-    from devices.convert import ArtifactCache
+    from devices.artifacts import ArtifactCache
     from devices.spec import load_device
     from hurricane.ops import build_op
     from profilers.session import AgentSession

@@ -9,20 +9,17 @@ duplicated. How items are timed is the measurement engine's (``profilers/measure
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from devices.convert import Artifact, ArtifactCache, ConversionError
+from devices.artifacts import Artifact, ArtifactCache, convert_all
+from devices.convert import ConversionError
 from devices.spec import DeviceSpec
 from hurricane.lut import LutDB, entry_from_samples, error_entry
 from hurricane.space import OpInstance, PairInstance, SearchSpace
@@ -70,65 +67,6 @@ class CampaignReport:
         return d
 
 
-def _convert_chunk(
-    instances: list[OpInstance], runtime: str, precision: str, cache_root: str
-) -> list[tuple[str, str | None]]:
-    """Worker: convert instances into the shared cache; (key, error or None) for each."""
-    torch.set_num_threads(1)
-    cache = ArtifactCache(Path(cache_root))
-    results = cache.get_many([instance_module(inst) for inst in instances], runtime, precision)
-    return [
-        (inst.key, str(r) if isinstance(r, ConversionError) else None)
-        for inst, r in zip(instances, results)
-    ]
-
-
-def convert_all(
-    instances: list[OpInstance],
-    runtime: str,
-    precision: str,
-    cache: ArtifactCache,
-    workers: int,
-    progress: bool = True,
-    position: int = 0,
-) -> dict[str, str]:
-    """Convert every instance into the cache with ``workers`` processes before any timing
-    starts (conversion next to a timed run would disturb it); return key -> error for the
-    ones that failed. The measuring loop then finds each artifact in the cache."""
-    errors: dict[str, str] = {}
-    if workers <= 1 or len(instances) < 2 * workers:
-        if runtime == "litert":  # still worth one converter call per chunk
-            for key, err in _convert_chunk(instances, runtime, precision, str(cache.root)):
-                if err:
-                    errors[key] = err
-        return errors  # others are converted one by one as they are measured
-    # LiteRT converts a chunk of blocks per converter call, so its tasks are bigger.
-    cap = 16 if runtime == "litert" else 8
-    per_task = max(1, min(cap, len(instances) // (workers * 2)))
-    chunks = [instances[i : i + per_task] for i in range(0, len(instances), per_task)]
-    ctx = multiprocessing.get_context("spawn")  # JAX (LiteRT's converter) does not survive fork
-    bar = tqdm(
-        total=len(instances),
-        desc=f"convert {runtime}",
-        unit="op",
-        disable=not progress,
-        position=position,
-        dynamic_ncols=True,
-    )
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [
-            pool.submit(_convert_chunk, chunk, runtime, precision, str(cache.root))
-            for chunk in chunks
-        ]
-        for fut in as_completed(futures):
-            for key, err in fut.result():
-                if err:
-                    errors[key] = err
-            bar.update(len(fut.result()))
-    bar.close()
-    return errors
-
-
 def space_instances(space: SearchSpace, pairs: bool = False) -> list[OpInstance | PairInstance]:
     """Every entry a LUT of ``space`` needs, with the strided-skip pairs when ``pairs``."""
     extra = space.pair_instances() if pairs else []
@@ -160,9 +98,7 @@ class Campaign:
         self.remeasure_noisy = remeasure_noisy
         self.session_factory = session_factory
         self.position = position
-        if convert_workers is None:  # ONNX export is fast enough in-process
-            convert_workers = 0 if spec.runtime.name == "onnxruntime" else (os.cpu_count() or 1)
-        self.convert_workers = convert_workers
+        self.convert_workers = convert_workers  # None: the runtime's default
         self.failed_conversions: dict[str, str] = {}
 
     def _convert(self, inst: OpInstance) -> Artifact:
@@ -225,7 +161,9 @@ class Campaign:
         try:
             t = time.perf_counter()
             self.failed_conversions = convert_all(
+                instance_module,
                 pending,
+                [i.key for i in pending],
                 spec.runtime.name,
                 spec.runtime.precision,
                 self.cache,

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from devices.convert import Artifact, ArtifactCache, ConversionError
+from devices.artifacts import Artifact, ArtifactCache
+from devices.convert import ConversionError
 from devices.spec import DeviceSpec
 
 REFERENCE_ID = "__reference__"

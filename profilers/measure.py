@@ -31,7 +31,8 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from devices.convert import Artifact, ArtifactCache, ConversionError
+from devices.artifacts import Artifact, ArtifactCache
+from devices.convert import ConversionError
 from devices.spec import DeviceSpec
 from devices.transport import DeviceUnreachable
 from profilers.drift import REFERENCE_ID, DriftGuard

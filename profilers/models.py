@@ -9,18 +9,16 @@ interrupted run keeps what it measured and a second run measures only what is mi
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
-from devices.convert import Artifact, ArtifactCache, ConversionError
+from devices.artifacts import Artifact, ArtifactCache, convert_all
+from devices.convert import ConversionError
 from devices.spec import DeviceSpec
 from hurricane.arch import Arch
 from hurricane.errors import UserError
@@ -39,46 +37,8 @@ def arch_module(space: SearchSpace, arch: Arch) -> tuple[torch.nn.Module, torch.
     return net, torch.randn(1, space.in_channels, *space.resolution)
 
 
-def _convert_archs(
-    space: SearchSpace, archs: list[str], runtime: str, precision: str, cache_root: str
-) -> list[tuple[str, str | None]]:
-    torch.set_num_threads(1)
-    cache = ArtifactCache(Path(cache_root))
-    items = [arch_module(space, Arch.parse(a)) for a in archs]
-    out = cache.get_many(items, runtime, precision, chunk=4)
-    return [(a, str(r) if isinstance(r, ConversionError) else None) for a, r in zip(archs, out)]
-
-
-def _convert_all(space, archs, spec, cache, workers, progress) -> dict[str, str]:
-    rt = spec.runtime
-    per = 4
-    chunks = [archs[i : i + per] for i in range(0, len(archs), per)]
-    errors: dict[str, str] = {}
-    bar = tqdm(
-        total=len(archs),
-        desc=f"convert {len(archs)} models",
-        unit="model",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
-    if workers <= 1:
-        results = (_convert_archs(space, c, rt.name, rt.precision, str(cache.root)) for c in chunks)
-        for res in results:
-            errors.update({a: e for a, e in res if e})
-            bar.update(len(res))
-    else:
-        ctx = multiprocessing.get_context("spawn")  # the LiteRT converter does not survive fork
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = [
-                pool.submit(_convert_archs, space, c, rt.name, rt.precision, str(cache.root))
-                for c in chunks
-            ]
-            for fut in futures:
-                res = fut.result()
-                errors.update({a: e for a, e in res if e})
-                bar.update(len(res))
-    bar.close()
-    return errors
+def _arch_module(space: SearchSpace, arch: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    return arch_module(space, Arch.parse(arch))
 
 
 def measure_archs(
@@ -108,11 +68,20 @@ def measure_archs(
         stored = db.models(dev, h)
         todo = [a for a in wanted if stored.get(a, {}).get("status") not in USABLE]
         failed: dict[str, str] = {}
-        if todo:
-            if workers is None:
-                workers = 0 if spec.runtime.name == "onnxruntime" else (os.cpu_count() or 1)
-            failed = _convert_all(space, todo, spec, cache, workers, progress)
         rt = spec.runtime
+        if todo:  # four models per task and per converter call: they are bigger than blocks
+            failed = convert_all(
+                partial(_arch_module, space),
+                todo,
+                todo,
+                rt.name,
+                rt.precision,
+                cache,
+                workers,
+                progress,
+                unit="model",
+                task=4,
+            )
 
         def artifact(a: str) -> Artifact:
             if a in failed:

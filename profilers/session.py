@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from devices.convert import Artifact
+from devices.artifacts import Artifact
 from devices.spec import DeviceSpec
 from devices.transport import LocalTransport, SSHTransport, Transport, TransportError
 from hurricane.errors import UserError

@@ -27,7 +27,7 @@ def single_thread():
 def ort_lut(tmp_path_factory):
     """The tiny space profiled once on ONNX Runtime (a real agent, a real SQLite file):
     (database, device spec file, artifact cache). Tests that change it work on a copy."""
-    from devices.convert import ArtifactCache
+    from devices.artifacts import ArtifactCache
     from devices.spec import load_device
     from hurricane.space import load_space
     from profilers.campaign import profile

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from devices.convert import Artifact, ArtifactCache
+from devices.artifacts import Artifact, ArtifactCache
 from devices.spec import DeviceSpec, load_device, parse_device
 from hurricane.space import load_space
 from hurricane.subnet import build_subnet

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from devices.convert import ArtifactCache, ConversionError
+from devices.artifacts import ArtifactCache
+from devices.convert import ConversionError
 from hurricane.ops import build_op
 
 

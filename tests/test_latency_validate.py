@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from devices.convert import ArtifactCache
+from devices.artifacts import ArtifactCache
 from devices.spec import load_device
 from hurricane.calibration import spread_choice
 from hurricane.errors import UserError

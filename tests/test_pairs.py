@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from devices.convert import ArtifactCache
+from devices.artifacts import ArtifactCache
 from devices.spec import load_device
 from hurricane.arch import Arch
 from hurricane.errors import UserError

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from devices.convert import ArtifactCache
+from devices.artifacts import ArtifactCache
 from devices.spec import load_device
 from hurricane.errors import UserError
 from hurricane.lut import LutDB

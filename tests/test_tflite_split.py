@@ -10,7 +10,8 @@ import torch
 from ai_edge_litert.interpreter import Interpreter
 from torch import nn
 
-from devices.convert import ArtifactCache, ConversionError
+from devices.artifacts import ArtifactCache
+from devices.convert import ConversionError
 from devices.tflite_split import opcode_names
 from hurricane.space import OpInstance
 from hurricane.subnet import instance_module
