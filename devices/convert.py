@@ -10,6 +10,7 @@ which converter a runtime uses is its registry entry's (``devices/runtimes.py``)
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import sys
@@ -18,6 +19,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,6 +56,17 @@ def quiet(fn: Callable[[], None]) -> None:
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+
+
+def quiet_import(name: str) -> Any:
+    """Import a converter's package with its import-time chatter (torchao's "Failed to load"
+    lines, torch pytree deprecations, absl and oneDNN banners) kept out of the terminal; in
+    a spawned conversion worker this is where all of it comes from."""
+    if name in sys.modules:
+        return sys.modules[name]
+    holder: dict[str, Any] = {}
+    quiet(lambda: holder.setdefault("m", importlib.import_module(name)))
+    return holder["m"]
 
 
 def to_onnx(module: nn.Module, example: torch.Tensor, out: Path) -> None:
@@ -100,7 +113,7 @@ def to_openvino(
     calibration: torch.Tensor | None = None,
 ) -> None:
     """IR in FP32 or FP16; INT8 through NNCF post-training quantization (optional extra)."""
-    import openvino as ov
+    ov = quiet_import("openvino")
 
     _no_openvino_telemetry()
     nncf = None
@@ -131,7 +144,7 @@ def to_tflite(
     calibration: torch.Tensor | None,
 ) -> None:
     try:
-        import litert_torch
+        litert_torch = quiet_import("litert_torch")
     except ImportError:
         raise ConversionError(
             "LiteRT conversion needs litert-torch on the host: .venv/bin/pip install litert-torch"
@@ -147,7 +160,8 @@ def to_tflite(
 
 def quantize_int8(path: Path, example: torch.Tensor, calibration: torch.Tensor | None) -> None:
     """Full-int8 post-training quantization with a representative batch."""
-    from ai_edge_quantizer import quantizer, recipe
+    quantizer = quiet_import("ai_edge_quantizer.quantizer")
+    recipe = quiet_import("ai_edge_quantizer.recipe")
 
     qt = quantizer.Quantizer(str(path))
     qt.load_quantization_recipe(recipe.static_wi8_ai8())
@@ -194,8 +208,8 @@ class _Chunk(nn.Module):
 def tflite_chunk(modules: list[nn.Module], examples: list[torch.Tensor]) -> list[bytes]:
     """Convert several blocks with one litert-torch call and cut the result into one model
     per block; each part is checked to take and give the shapes its block does."""
-    import litert_torch
-    from ai_edge_litert.interpreter import Interpreter
+    litert_torch = quiet_import("litert_torch")
+    Interpreter = quiet_import("ai_edge_litert.interpreter").Interpreter
 
     from devices.tflite_split import split_outputs
 

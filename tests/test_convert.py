@@ -87,3 +87,38 @@ def test_openvino_int8_through_nncf(tmp_path: Path, single_thread) -> None:
     got = ov.Core().compile_model(model, "CPU")(x.numpy())[0]
     ref = m(x).detach().numpy()
     assert np.abs(got - ref).max() < 0.25 * np.abs(ref).max()  # int8: close, not exact
+
+
+def test_conversion_workers_keep_converter_chatter_off_the_terminal(tmp_path: Path) -> None:
+    """Spawned LiteRT conversion workers import litert-torch, whose import printed torchao's
+    "Failed to load" lines, torch pytree deprecations and absl banners on the user's terminal."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from devices.artifacts import ArtifactCache, convert_all
+        from hurricane.space import load_space
+        from hurricane.subnet import instance_module
+        if __name__ == "__main__":
+            space = load_space({str(Path(__file__).parent / "spaces" / "tiny.toml")!r})
+            insts = space.op_instances()[:4]
+            cache = ArtifactCache(Path({str(tmp_path)!r}))
+            errors = convert_all(instance_module, insts, [i.key for i in insts], "litert",
+                                 "fp32", cache, workers=2, progress=False)
+            print("errors", len(errors))
+        """
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().endswith("errors 0")
+    assert run.stderr.strip() == "", run.stderr[-2000:]
+    assert len(list(tmp_path.rglob("*.tflite"))) == 4
