@@ -235,3 +235,41 @@ def test_ddp_two_processes(tmp_path: Path) -> None:
                 assert same, f"layer {i} {op} was never sampled but changed"
                 unmoved += 1
     assert moved and unmoved
+
+
+def _diverging_rank(rank: int, port: int, out: str) -> None:
+    """One of two training processes; rank 1's weights are nudged just before the end, as
+    a bug that let the ranks drift apart would leave them."""
+    os.environ.update(
+        WORLD_SIZE="2", RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    cfg = TrainConfig(
+        space=TINY, out=out, steps=1, batch_size=32, train_limit=64, eval_paths=0, progress=False
+    )
+    trainer = Trainer(cfg)
+    finish = trainer._finish
+
+    def drifted_finish(*args):
+        if rank == 1:
+            with torch.no_grad():
+                next(trainer.net.parameters()).add_(1.0)
+        return finish(*args)
+
+    trainer._finish = drifted_finish
+    summary = trainer.train()
+    Path(out, f"rank{rank}.json").write_text(json.dumps(summary["ranks_in_sync"]))
+
+
+def test_ranks_in_sync_is_false_when_the_ranks_weights_differ(tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "drift"
+    mp.spawn(_diverging_rank, args=(port, str(out)), nprocs=2, join=True)
+    assert [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)] == [False, False]
+    assert json.loads((out / "summary.json").read_text())["ranks_in_sync"] is False
