@@ -82,7 +82,7 @@ class MeasureSpec:
     # of the passes is stored: a compiled model's speed can differ by a few percent between
     # processes while its rounds agree within one (see profilers/passes.py).
     passes: int = 1
-    # Time each layer followed by a strided skip as one unit too (hurricane/space.PairInstance):
+    # Time each layer followed by a strided skip as one unit too (hurricane/lutkeys.PairInstance):
     # OpenVINO optimises across that boundary. Default: on for OpenVINO, off otherwise.
     pairs: bool = False
 

@@ -30,7 +30,8 @@ from devices.runtimes import COMMON_DISTS, ONNX_COPY, REGISTRY
 from devices.spec import DeviceSpec, load_device
 from hurricane.data import load_data
 from hurricane.errors import UserError
-from hurricane.space import SearchSpace, load_space, space_to_toml
+from hurricane.space import SearchSpace
+from hurricane.space_file import load_space, space_to_toml
 from hurricane.subnet import build_subnet
 from pipelines.steps import file_sha256
 from profilers.measure import Engine, MemorySink, judge_budget, row_noise

@@ -18,10 +18,11 @@ import numpy as np
 
 from devices.spec import DeviceSpec
 from hurricane.latency import read_table
+from hurricane.lutkeys import OpInstance, is_pair_key
 from hurricane.op_predictor import OpPredictor, record_from_instance
 from hurricane.opnames import parse_op
 from hurricane.ops import check_op
-from hurricane.space import OpInstance, SearchSpace, is_pair_key
+from hurricane.space import SearchSpace
 from profilers.campaign import Campaign
 
 

@@ -22,7 +22,8 @@ from devices.artifacts import Artifact, ArtifactCache, convert_all
 from devices.convert import ConversionError
 from devices.spec import DeviceSpec
 from hurricane.lut import LutDB, entry_from_samples, error_entry
-from hurricane.space import OpInstance, PairInstance, SearchSpace
+from hurricane.lutkeys import OpInstance, PairInstance
+from hurricane.space import SearchSpace
 from hurricane.subnet import instance_module
 from profilers.measure import Engine, MemorySink
 from profilers.passes import USABLE, prior
