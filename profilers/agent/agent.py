@@ -44,6 +44,8 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 AGENT_VERSION = 2  # 2: infer
 RUNTIMES = ("litert", "openvino", "onnxruntime")
@@ -289,7 +291,7 @@ def _import_runtime(runtime: str) -> tuple:
     return module, _module_version(module)
 
 
-def _openvino_core() -> object:
+def _openvino_core() -> Any:
     if "_ov_core" not in _RUNTIME_CACHE:
         ov = __import__("openvino")
         core_cls = getattr(ov, "Core", None)
@@ -299,20 +301,20 @@ def _openvino_core() -> object:
     return _RUNTIME_CACHE["_ov_core"]
 
 
-def random_array(np: object, rs: object, shape: list, dtype: object) -> object:
+def random_array(np: Any, rs: Any, shape: list, dtype: Any) -> Any:
     """Random normal floats; full-range 8/16-bit ints (quantized inputs); 0/1 for wider ints,
     which are usually indices or sizes."""
     dt = np.dtype(dtype)
-    shape = tuple(int(d) for d in shape)
+    size = tuple(int(d) for d in shape)
     if dt.kind == "f":
-        return np.asarray(rs.standard_normal(shape)).astype(dt)
+        return np.asarray(rs.standard_normal(size)).astype(dt)
     if dt.kind in "iu":
         if dt.itemsize <= 2:
             info = np.iinfo(dt)
-            return np.asarray(rs.randint(int(info.min), int(info.max) + 1, size=shape)).astype(dt)
-        return np.asarray(rs.randint(0, 2, size=shape)).astype(dt)
+            return np.asarray(rs.randint(int(info.min), int(info.max) + 1, size=size)).astype(dt)
+        return np.asarray(rs.randint(0, 2, size=size)).astype(dt)
     if dt.kind == "b":
-        return np.asarray(rs.randint(0, 2, size=shape)).astype(bool)
+        return np.asarray(rs.randint(0, 2, size=size)).astype(bool)
     raise AgentError(f"cannot make a random input of dtype {dt}")
 
 
@@ -344,7 +346,7 @@ def _override(shapes: list | None, index: int, count: int) -> list | None:
     return shapes[index]
 
 
-def to_model(np: object, name: str, arr: object, dtype: object, quant: tuple | None) -> object:
+def to_model(np: Any, name: str, arr: Any, dtype: Any, quant: tuple | None) -> Any:
     """Host floats -> what the model's input tensor holds: a cast for a float input, (scale,
     zero point) quantization for the int8/uint8 input of a full-int8 model."""
     dt = np.dtype(dtype)
@@ -362,7 +364,7 @@ def to_model(np: object, name: str, arr: object, dtype: object, quant: tuple | N
     )
 
 
-def from_model(np: object, arr: object, quant: tuple | None) -> object:
+def from_model(np: Any, arr: Any, quant: tuple | None) -> Any:
     """An output tensor -> float32 for the host, dequantized when it is quantized."""
     arr = np.asarray(arr)
     scale, zero = quant or (0.0, 0)
@@ -376,8 +378,14 @@ class Loaded:
     given inputs (host floats, one array per model input), runs it and returns its outputs
     as float32 arrays."""
 
-    def __init__(self, invoke: object, info: dict, keep: tuple = (), run: object = None) -> None:
-        self.invoke = invoke
+    def __init__(
+        self,
+        invoke: Callable[[], object],
+        info: dict,
+        keep: tuple = (),
+        run: Callable[[list], list] | None = None,
+    ) -> None:
+        self.invoke: Callable[[], object] | None = invoke
         self.run = run
         self.info = info
         self.keep = keep  # objects that must outlive `invoke` (a delegate after its interpreter)
@@ -632,14 +640,14 @@ def load_openvino(path: str, opts: dict, shapes: list | None, seed: int) -> Load
     compiled = core.compile_model(model, device, config)
     request = compiled.create_infer_request()
     rs = np.random.RandomState(seed)
-    inputs = []
+    inputs: list = []
     for i, port in enumerate(compiled.inputs):
         tensor = request.get_input_tensor(i)
         arr = random_array(np, rs, list(tensor.shape), tensor.data.dtype)
         tensor.data[...] = arr
         name = port.get_any_name() if port.get_names() else f"input{i}"
         inputs.append({"name": name, "shape": list(arr.shape), "dtype": str(arr.dtype)})
-    actual = {}
+    actual: dict = {}
     for key in ("EXECUTION_DEVICES", "INFERENCE_NUM_THREADS", "INFERENCE_PRECISION_HINT"):
         try:
             actual[key] = _ov_str(compiled.get_property(key))
@@ -840,7 +848,7 @@ def handle_measure(cmd: dict, chan: Channel) -> None:
         try:
             item_id, path, shapes = _check_item(item, seen)
             seen.add(item_id)
-            if request_error is not None:
+            if params is None:
                 raise AgentError(request_error)
             runtime_module(params["runtime"])  # a missing runtime is the first thing to fix
             if not os.path.isfile(path):
@@ -884,7 +892,7 @@ def handle_measure(cmd: dict, chan: Channel) -> None:
                 if item_id not in loaded:
                     continue  # failed in an earlier round
                 invoke = loaded[item_id].invoke
-                these = []
+                these: list = []
                 try:
                     spent = 0
                     while len(these) < runs or (spent < min_round_ns and len(these) < max_runs):
@@ -933,7 +941,7 @@ def _is_shape(shape: object) -> bool:
     )
 
 
-def parse_input(np: object, spec: object) -> object:
+def parse_input(np: Any, spec: object) -> Any:
     """The request's samples as a float32 array, or AgentError naming what is malformed."""
     if not isinstance(spec, dict):
         raise AgentError('infer needs \'input\': {"shape", "dtype": "float32", "data": base64}')
@@ -982,7 +990,7 @@ def _chunks(shape: list, model_shape: list) -> int:
     )
 
 
-def _encode(np: object, arr: object) -> dict:
+def _encode(np: Any, arr: Any) -> dict:
     arr = np.ascontiguousarray(arr, dtype="<f4")
     return {
         "shape": [int(d) for d in arr.shape],
@@ -1019,12 +1027,15 @@ def handle_infer(cmd: dict, chan: Channel) -> None:
             raise AgentError(
                 f"infer takes models with one input; {os.path.basename(path)} has {len(inputs)}"
             )
+        run = model.run
+        if run is None:  # every loader gives one; a Loaded without it cannot take inputs
+            raise AgentError(f"runtime {params['runtime']} cannot run a model on given inputs")
         n = _chunks(list(batch.shape), inputs[0]["shape"])
         step = inputs[0]["shape"][0]
         outs = []
         t0 = time.perf_counter()
         for i in range(n):
-            got = model.run([batch[i * step : (i + 1) * step]])
+            got = run([batch[i * step : (i + 1) * step]])
             if len(got) != 1:
                 raise AgentError(
                     f"infer takes models with one output; {os.path.basename(path)} has {len(got)}"
@@ -1041,7 +1052,7 @@ def handle_infer(cmd: dict, chan: Channel) -> None:
     finally:
         if model is not None:
             model.close()
-    msg = {"type": "outputs", "id": item_id, "output": _encode(np, output)}
+    msg: dict = {"type": "outputs", "id": item_id, "output": _encode(np, output)}
     msg["runtime"] = params["runtime"]
     msg.update(model.info)
     msg["seconds"] = round(seconds, 6)
@@ -1098,7 +1109,7 @@ def serve(chan: Channel) -> int:
 
 def parse_cpus(text: str) -> set:
     """'0,1' or '4-7' or '0,2-3' -> a set of CPU numbers."""
-    cpus = set()
+    cpus: set = set()
     for part in text.split(","):
         part = part.strip()
         if not part:
