@@ -1,7 +1,7 @@
 """Latency-model accuracy on held-out architectures, per (device, space), on this machine.
 
     .venv/bin/python benchmarks/latency_validation.py [--devices local-litert local-openvino]
-        [--spaces demo default] [--n 100] [--calibration 30] [--db runs/latency.sqlite]
+        [--spaces demo default] [--n 100] [--calibration 30] [--db runs/hurricane.sqlite]
         [--curve-spaces demo] [--curve-devices local-openvino]
 
 For each pair: profile the space's LUT (resumable; nothing is measured twice), then run the
@@ -30,6 +30,7 @@ from hurricane.calibration import accuracy
 from hurricane.latency import USABLE
 from hurricane.provenance import provenance
 from hurricane.space_file import load_space
+from pipelines.config import DEFAULT_DB
 from pipelines.latency_validate import sample_distinct, summary_lines, validate_latency
 from profilers.campaign import profile
 from profilers.models import measure_archs
@@ -68,7 +69,7 @@ def whole_model_curve(space, spec, db, held: list[str], seed: int) -> dict:
     return out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", nargs="+", default=["local-litert", "local-openvino"])
     ap.add_argument("--spaces", nargs="+", default=["demo", "default"])
@@ -82,8 +83,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--calibration", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--db", default="runs/latency.sqlite")
-    args = ap.parse_args()
+    ap.add_argument("--db", default=DEFAULT_DB, help="LUT database (default: %(default)s)")
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     out = RESULTS / "latency_validation.json"
     results = json.loads(out.read_text()) if out.exists() else []
     curve_devices = {load_device(d).name for d in args.curve_devices}  # names, or spec files

@@ -1,25 +1,32 @@
 """Search methods compared under one latency budget: demo space, Fashion-MNIST, local LiteRT.
 
     .venv/bin/python benchmarks/search_comparison.py [--steps 1500] [--stage-fraction 0.3]
-        [--final-steps 800] [--budget-ms X | --budget-percentile 40] [--seed 0]
+        [--final-steps 800] [--budget 40% | --budget MS] [--seed 0]
         [--min-budget-fraction 0.9] [--k 4] [--rule pareto] [--eval-limit N] [--final-seeds 5]
-        [--skip identity]
+        [--skip identity] [--budget-only]
 
-Methods (each ends the same way: the best 5 candidates by supernet accuracy are measured on
-the device, the fittest within budget is trained ``--final-steps`` — from scratch like
-mbv2_scaled by default, or from its inherited weights with ``--final-from inherited`` — with
-``--final-seeds`` seeds, and scored on the whole test split; test_acc is the seeds' mean):
+It measures the product itself: ``hurricane``, ``hurricane_distill`` and ``spos_full`` are each
+run as the pipeline ``hurricane generate`` runs (``pipelines.jobs.PipelineRun``: profile, stage
+one, supernet, search, final — the same steps, defaults and budget as ``hurricane run``), with
+only what this comparison sets changed; ``random`` searches spos_full's supernet and ends with
+the same final step (``pipelines.jobs.final_model``). ``--budget`` is resolved as the pipeline
+resolves it (``hurricane.budgets``): "40%" is the same budget here and in ``hurricane run``.
 
-- ``hurricane``: stage one (the space reduced for this device, top 4 per layer by the Pareto
-  rule, ``skip`` only where it is an identity) and two-stage training, ``--stage-fraction``
-  of the SPOS steps per stage.
+Methods (each ends the same way: the best ``verify_top`` candidates by supernet accuracy are
+measured on the device, the fittest within budget is trained ``--final-steps`` — from scratch
+like mbv2_scaled by default, or from its inherited weights with ``--final-from inherited`` —
+with ``--final-seeds`` seeds, and scored on the whole test split; test_acc is the seeds' mean):
+
+- ``hurricane``: stage one (the space reduced for this device, top ``--k`` per layer by
+  ``--rule``, ``skip`` only where it is an identity) and two-stage training,
+  ``--stage-fraction`` of the SPOS steps per stage.
 - ``hurricane_distill``: the same with in-place distillation (the largest path teaches).
 - ``spos_full``: single-stage SPOS over the full space for ``--steps``, evolution.
 - ``random``: random search under the budget on spos_full's supernet, as many evaluations.
 - ``mbv2_scaled``: MobileNetV2 blocks (mb_k3_e6) on every layer, one width multiplier, the
   widest the device runs within budget, trained from scratch for ``--final-steps``.
 
-Every part is resumable (supernets, searches, measured models, final runs live under --out).
+Every part is resumable (pipelines, searches, measured models, final runs live under --out).
 Writes benchmarks/results/search_comparison.json with ``budget_ms`` and ``methods`` (each with
 test_acc, measured_ms, supernet_steps, supernet_seconds). Goal: hurricane >= spos_full's test
 accuracy with <= 0.7 of its supernet steps, above random and mbv2_scaled, every measured
@@ -30,32 +37,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from devices.spec import load_device
 from hurricane.arch import Arch
+from hurricane.budgets import Budget
 from hurricane.final import train_final
-from hurricane.latency import LatencyModel, fill_missing, read_table
-from hurricane.reduce import RULES, SKIP_RULES, reduce_space
-from hurricane.search import SearchConfig, random_search
+from hurricane.latency import LatencyModel
+from hurricane.reduce import RULES, SKIP_RULES
+from hurricane.search import random_search
 from hurricane.space import load_space, space_to_toml
 from hurricane.train import TrainConfig, provenance
-from hurricane.two_stage import SupernetFitness, data_for, load_supernet, single_stage, two_stage
-from pipelines.jobs import stage_a_base
+from hurricane.two_stage import SupernetFitness, data_for, load_supernet
+from pipelines.config import DEFAULT_DB, FINAL_FROM, GenerateSettings, Pipeline
+from pipelines.jobs import PipelineRun, final_model
 from profilers.campaign import profile
-from profilers.models import choose_measured, measure_archs
+from profilers.models import measure_archs
 
 RESULTS = Path(__file__).parent / "results"
 MBV2_OP = "mb_k3_e6"
 MBV2_WIDTHS = (0.25, 0.35, 0.5, 0.6, 0.75, 0.9, 1.0)
-
-
-FINAL_FROM = {"scratch": False, "inherited": True}
 
 
 def train_seeds(space_ref, arch, out: Path, steps, seed, seeds: int, init=None) -> dict:
@@ -73,6 +80,10 @@ def train_seeds(space_ref, arch, out: Path, steps, seed, seeds: int, init=None) 
         )
         for k in range(seeds)
     ]
+    return _seed_summary(runs)
+
+
+def _seed_summary(runs: list[dict]) -> dict:
     accs = [r["test_acc"] for r in runs]
     return {
         "test_acc": round(float(np.mean(accs)), 4),
@@ -82,34 +93,32 @@ def train_seeds(space_ref, arch, out: Path, steps, seed, seeds: int, init=None) 
     }
 
 
-def _final(
-    space_ref,
-    space,
-    spec,
-    ranked,
-    budget,
-    db,
-    supernet_pt,
-    out,
-    steps,
-    seed,
-    inherit: bool,
-    seeds: int,
-) -> dict:
-    chosen = choose_measured(space, spec, ranked, budget, db, n=5, progress=False)
-    trained = train_seeds(
-        space_ref, chosen["arch"], out, steps, seed, seeds, init=supernet_pt if inherit else None
-    )
+def _final_summary(fin: dict, space_ref: str, supernet_pt: str, work: Path, args) -> dict:
+    """The product's final step (``fin``, seed ``--seed``) and the same training with the
+    other ``--final-seeds`` seeds beside it."""
+    init = supernet_pt if args.final_from == "inherited" else None
+    runs = [fin] + [
+        train_final(
+            space_ref,
+            fin["arch"],
+            work / f"final-s{k}",
+            args.final_steps,
+            init=init,
+            seed=args.seed + k,
+            progress=False,
+        )
+        for k in range(1, args.final_seeds)
+    ]
     return {
-        "arch": chosen["arch"],
-        "val_acc": chosen["fitness"],
-        "predicted_ms": round(chosen["predicted_ms"], 5),
-        "measured_ms": round(chosen["measured_ms"], 5),
-        "accepted": chosen["accepted"],
-        **trained,
+        "arch": fin["arch"],
+        "val_acc": fin["fitness"],
+        "predicted_ms": round(fin["predicted_ms"], 5),
+        "measured_ms": round(fin["measured_ms"], 5),
+        "accepted": fin["accepted"],
+        **_seed_summary(runs),
         "candidates": [
             {k: c[k] for k in ("arch", "fitness", "predicted_ms", "measured_ms")}
-            for c in chosen["candidates"]
+            for c in fin["candidates"]
         ],
     }
 
@@ -149,18 +158,82 @@ def mbv2_scaled(space, spec, db, budget, out: Path, steps, seed, seeds: int) -> 
     }
 
 
-def main() -> None:
+def settings(args: argparse.Namespace) -> GenerateSettings:
+    """The product's generate settings with what this comparison sets; the rest (search
+    shape, training, verify_top, ...) are the product's defaults."""
+    return replace(
+        GenerateSettings(),
+        k=args.k,
+        rule=args.rule,
+        skip=args.skip,
+        split=args.split,
+        eval_limit=args.eval_limit or None,  # 0: the whole validation split
+        population=args.population,
+        generations=args.generations,
+        min_budget_fraction=args.min_budget_fraction,
+        final_steps=args.final_steps,
+        final_from=args.final_from,
+    )
+
+
+def _ref(name_or_path: str) -> str:
+    """A built-in name as it is, a file as an absolute path (as pipeline files hold them)."""
+    path = Path(name_or_path)
+    return str(path.resolve()) if path.exists() else name_or_path
+
+
+def run_product(args: argparse.Namespace, name: str, budget_ms: float, **changes: Any) -> dict:
+    """One method run as ``hurricane generate`` runs it (no handoff, no report), in
+    ``--out/NAME``: its search and final steps' outputs and the reduced space it searched."""
+    budget = Budget(ms=budget_ms)
+    p = Pipeline(
+        name=name,
+        space=_ref(args.space),
+        devices=(_ref(args.device),),
+        budgets=(budget,),
+        db=args.db,
+        out=str(Path(args.out) / name),
+        seed=args.seed,
+        generate=replace(settings(args), **changes),
+        handoff=False,
+        report=False,
+        source=__file__,
+    )
+    run = PipelineRun(p, progress=False)
+    ((dev, res),) = run.run(handoff=False).items()
+    b = res["budgets"][budget.label]
+    work = Path(p.out) / dev / budget.label
+    if p.generate.two_stage:
+        two = json.loads((work / "result.json").read_text())
+        seconds = two["stage_a"]["seconds"] + two["stage_b"]["seconds"]
+    else:
+        seconds = json.loads((work / "search" / "state.json").read_text())["seconds"]
+    return {
+        "search": b["search"],
+        "final": b["final"],
+        "space_file": res["space_file"],
+        "kept": res["shrink"].get("kept"),
+        "work": work,
+        "search_seconds": round(seconds, 1),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = GenerateSettings()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--space", default="demo")
     ap.add_argument("--device", default="local-litert")
-    ap.add_argument("--db", default="runs/latency.sqlite")
-    ap.add_argument("--budget-ms", type=float, default=None)
+    ap.add_argument("--db", default=DEFAULT_DB, help="LUT database (default: %(default)s)")
     ap.add_argument(
-        "--budget-percentile",
-        type=float,
-        default=40.0,
-        help="without --budget-ms: this percentile of the predicted latency of "
-        "2000 random architectures (seeded)",
+        "--budget",
+        default="40%",
+        help="latency budget: ms, or a percentile of the space's latencies, resolved as "
+        "hurricane run resolves it (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--budget-only",
+        action="store_true",
+        help="print the budget in ms the comparison would run under, and stop",
     )
     ap.add_argument("--steps", type=int, default=1500, help="SPOS supernet steps")
     ap.add_argument(
@@ -169,7 +242,7 @@ def main() -> None:
         default=0.3,
         help="each HURRICANE stage trains this fraction of --steps",
     )
-    ap.add_argument("--split", type=int, default=3)
+    ap.add_argument("--split", type=int, default=d.split, help="default: half the layers")
     ap.add_argument("--final-steps", type=int, default=800)
     ap.add_argument(
         "--final-seeds",
@@ -179,7 +252,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--final-from",
-        choices=sorted(FINAL_FROM),
+        choices=FINAL_FROM,
         default="scratch",
         help="train each method's chosen architecture from scratch (as "
         "mbv2_scaled is) or fine-tune it from its inherited supernet weights",
@@ -191,66 +264,53 @@ def main() -> None:
         help="every search (hurricane, spos_full, random) makes candidates only "
         "between this fraction of the budget and the budget",
     )
-    ap.add_argument("--population", type=int, default=20)
-    ap.add_argument("--generations", type=int, default=10)
-    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--population", type=int, default=d.population)
+    ap.add_argument("--generations", type=int, default=d.generations)
+    ap.add_argument("--k", type=int, default=d.k)
     ap.add_argument(
         "--rule",
-        default="pareto",
+        default=d.rule,
         choices=sorted(RULES),
         help="stage one's reduction rule (hurricane/reduce.py)",
     )
     ap.add_argument(
         "--skip",
-        default="identity",
+        default=d.skip,
         choices=SKIP_RULES,
         help="stage one keeps skip on every layer, or only where it is an identity",
     )
     ap.add_argument(
         "--eval-limit",
         type=int,
-        default=2000,
+        default=d.eval_limit,
         help="validation images each candidate is scored on (0: the whole split; "
         "that ranks the top of a search more stably but, in one run, did not "
         "pick better models and made searches 4x slower)",
     )
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=TrainConfig.seed)
     ap.add_argument(
         "--methods",
         nargs="+",
         default=["spos_full", "random", "hurricane", "hurricane_distill", "mbv2_scaled"],
     )
     ap.add_argument("--out", default="runs/bench-search")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     t_start = time.perf_counter()
     out = Path(args.out)
     space, spec = load_space(args.space), load_device(args.device)
-    rep = profile(space, spec, args.db)
+    rep = profile(space, spec, args.db, progress=not args.budget_only)
     print(f"LUT for {spec.name}/{space.name}: {rep.instances} entries ({rep.new_entries} new)")
     model = LatencyModel.from_db(space, args.db, spec.name)
-    budget = args.budget_ms
-    if budget is None:
-        rng = random.Random(args.seed)
-        pred = model.predict([space.sample_arch(rng) for _ in range(2000)])
-        budget = round(float(np.percentile(pred, args.budget_percentile)), 4)
+    budget = Budget.parse(args.budget).resolve(model.predict, space, args.seed)
     print(f"budget {budget} ms on {spec.name} (fastest in the space {model.fastest()[0]:.4f} ms)")
-    search = SearchConfig(
-        budget_ms=budget,
-        population=args.population,
-        generations=args.generations,
-        seed=args.seed,
-        min_fraction=args.min_budget_fraction,
-    )
-    base = TrainConfig(
-        space=args.space,
-        seed=args.seed,
-        progress=False,
-        eval_paths=2,
-        eval_limit=args.eval_limit or None,
-    )
+    if args.budget_only:
+        return
+    g = settings(args)
     stage_steps = round(args.steps * args.stage_fraction)
-    inherit = FINAL_FROM[args.final_from]
-    fin = (args.final_steps, args.seed, inherit, args.final_seeds)  # every method's final run
     methods: dict[str, dict] = {}
     res_path = RESULTS / "search_comparison.json"
 
@@ -268,58 +328,48 @@ def main() -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         res_path.write_text(json.dumps(report, indent=1) + "\n")
 
-    spos_dir = out / "spos_full"
     if {"spos_full", "random"} & set(args.methods):
         t0 = time.perf_counter()
-        spos = single_stage(
-            replace(base, steps=args.steps),
-            model.predict,
-            search,
-            spos_dir,
-            min_latency=model.fastest,
-        )
-        spos_pt = spos_dir / "supernet" / "supernet.pt"
+        spos = run_product(args, "spos_full", budget, k=0, two_stage=False, steps=args.steps)
+        spos_pt = spos["search"]["supernet_pt"]
         cost = {
-            "supernet_steps": spos["supernet_steps"],
-            "supernet_seconds": spos["supernet_seconds"],
+            "supernet_steps": spos["search"]["supernet_steps"],
+            "supernet_seconds": spos["search"]["supernet_seconds"],
         }
         if "spos_full" in args.methods:
             methods["spos_full"] = {
                 **cost,
-                "search_seconds": spos["search"]["seconds"],
-                **_final(
-                    args.space,
-                    space,
-                    spec,
-                    spos["search"]["top"],
-                    budget,
-                    args.db,
-                    spos_pt,
-                    spos_dir / "final",
-                    *fin,
-                ),
+                "search_seconds": spos["search_seconds"],
+                **_final_summary(spos["final"], args.space, spos_pt, spos["work"], args),
             }
             report("spos_full", methods, t0)
             save()
         if "random" in args.methods:
             t0 = time.perf_counter()
+            cfg = g.train_config(args.space, Pipeline.data, out / "random", args.seed, False)
             net = load_supernet(space, spos_pt)
-            fit = SupernetFitness(net, data_for(base, space), base.bn_batches, seed=args.seed)
+            fit = SupernetFitness(net, data_for(cfg, space), cfg.bn_batches, seed=args.seed)
+            search = g.search_config(budget, args.seed)
             rnd = random_search(space, model.predict, fit, search, out=out / "random" / "search")
+            fin = final_model(
+                args.space,
+                spec,
+                rnd["top"],
+                budget,
+                args.db,
+                Path(spos_pt),
+                out / "random",
+                g.verify_top,
+                g.final_steps,
+                Pipeline.data,
+                args.seed,
+                progress=False,
+                inherit=g.final_from == "inherited",
+            )
             methods["random"] = {
                 **cost,
                 "search_seconds": rnd["seconds"],
-                **_final(
-                    args.space,
-                    space,
-                    spec,
-                    rnd["top"],
-                    budget,
-                    args.db,
-                    spos_pt,
-                    out / "random" / "final",
-                    *fin,
-                ),
+                **_final_summary(fin, args.space, spos_pt, out / "random", args),
             }
             report("random", methods, t0)
             save()
@@ -328,49 +378,22 @@ def main() -> None:
         if name not in args.methods:
             continue
         t0 = time.perf_counter()
-        d = out / name
-        d.mkdir(parents=True, exist_ok=True)
-        table, _ = fill_missing(space, read_table(space, args.db, spec.name), spec.name)
-        reduced, _ = reduce_space(
-            space,
-            table,
-            k=args.k,
-            rule=args.rule,
-            exclude=spec.exclude_ops,
-            skip=args.skip,
-            name=f"{space.name}-{spec.name}-k{args.k}",
-        )
-        path = d / "space.toml"
-        path.write_text(space_to_toml(reduced, f"stage one for {spec.name}, k={args.k}"))
-        r_model = LatencyModel.from_db(load_space(path), args.db, spec.name)
-        cfg = replace(base, space=str(path), distill=name.endswith("distill"))
-        fixed = stage_a_base(r_model, args.split, budget)  # as hurricane run does
-        res = two_stage(
-            cfg,
-            args.split,
-            r_model.predict,
-            search,
-            d,
-            stage_steps,
-            stage_steps,
-            fixed=fixed,
-            min_latency=r_model.fastest,
+        res = run_product(
+            args,
+            name,
+            budget,
+            two_stage=True,
+            steps=stage_steps,
+            steps_b=stage_steps,
+            distill=name.endswith("distill"),
         )
         methods[name] = {
-            "supernet_steps": res["supernet_steps"],
-            "supernet_seconds": res["supernet_seconds"],
-            "search_seconds": round(res["stage_a"]["seconds"] + res["stage_b"]["seconds"], 1),
-            "reduced_space": [list(lay.ops) for lay in reduced.layers],
-            **_final(
-                str(path),
-                load_space(path),
-                spec,
-                res["stage_b"]["top"],
-                budget,
-                args.db,
-                d / "stage_b" / "supernet.pt",
-                d / "final",
-                *fin,
+            "supernet_steps": res["search"]["supernet_steps"],
+            "supernet_seconds": res["search"]["supernet_seconds"],
+            "search_seconds": res["search_seconds"],
+            "reduced_space": res["kept"],
+            **_final_summary(
+                res["final"], res["space_file"], res["search"]["supernet_pt"], res["work"], args
             ),
         }
         report(name, methods, t0)

@@ -56,6 +56,7 @@ def _add_train_args(
     p: argparse.ArgumentParser, out_default: str, epochs: float | None = None
 ) -> None:
     from hurricane.train import TrainConfig
+    from pipelines.config import DEFAULT_DB
 
     d = TrainConfig()
     p.add_argument("--space", default=d.space, help="built-in space name or TOML file")
@@ -95,7 +96,9 @@ def _add_train_args(
         default=None,
         help="device spec whose LUT ranks ops (--shrink-every, --two-stage)",
     )
-    p.add_argument("--db", default="runs/latency.sqlite", help="LUT database (with --device)")
+    p.add_argument(
+        "--db", default=DEFAULT_DB, help="LUT database, with --device (default: %(default)s)"
+    )
     p.add_argument(
         "--shrink-every",
         type=int,
@@ -246,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the embedded default: the demo pipeline end to end (pipelines/examples/demo.toml)",
     )
     demo.add_argument("--out", default=None, help="run folder (default: runs/demo)")
-    demo.add_argument("--db", default=None, help="LUT database (default: runs/hurricane.sqlite)")
+    demo.add_argument("--db", default=None, help="LUT database (default: the pipeline's)")
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=_demo)
     return parser

@@ -12,66 +12,92 @@ from pathlib import Path
 from typing import Any
 
 from devices.spec import builtin_devices, load_device
-from hurricane.reduce import SKIP_RULES
+from hurricane.budgets import Budget, BudgetError
+from hurricane.reduce import RULES, SKIP_RULES
+from hurricane.search import SearchConfig
 from hurricane.space import builtin_spaces, load_space
 from hurricane.tomlcheck import ConfigError, Fields, read_toml
-from pipelines.profile_cli import DEFAULT_DB
+from hurricane.train import TrainConfig
 
-_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
+# The one LUT database every command reads and writes unless told otherwise.
+DEFAULT_DB = "runs/hurricane.sqlite"
+# How the chosen architecture's final training starts: from its supernet weights or anew.
+FINAL_FROM = ("inherited", "scratch")
 
 
-@dataclass(frozen=True)
-class Budget:
-    """A latency budget: ``ms`` milliseconds, or the ``percentile`` of random architectures'
-    predicted latency on the device (a budget that suits any machine, for examples)."""
-
-    ms: float | None = None
-    percentile: float | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.ms:g}ms" if self.ms is not None else f"p{self.percentile:g}"
-
-    @classmethod
-    def parse(cls, value: Any, f: Fields, key: str) -> Budget:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            return cls(ms=float(value))
-        if isinstance(value, str) and (m := _PERCENT.match(value.strip())):
-            p = float(m.group(1))
-            if 0 < p <= 100:
-                return cls(percentile=p)
+def parse_budget(value: Any, f: Fields, key: str) -> Budget:
+    """``Budget.parse`` with the file and field named in its error."""
+    try:
+        return Budget.parse(value)
+    except BudgetError:
         raise f.error(
             key,
             f"each budget is milliseconds (a positive number) or a percentile "
             f'of the space\'s latencies on the device ("40%"), got {value!r}',
-        )
+        ) from None
 
 
 @dataclass(frozen=True)
 class GenerateSettings:
+    """How ``hurricane run``/``generate`` search, and the defaults every search command and
+    the search benchmark take: training and search fields default to ``TrainConfig``'s and
+    ``SearchConfig``'s own, so each default is written once."""
+
     k: int = 4  # stage one: ops kept per layer (0: no reduction)
-    rule: str = "pareto"
+    rule: str = "pareto"  # one of hurricane.reduce.RULES
     exclude_ops: tuple[str, ...] = ()
     skip: str = "identity"  # stage one keeps skip only where it is an identity, or "all"
     two_stage: bool = True
     split: int | None = None  # first layer of stage A (default: half the layers)
     steps: int = 400  # supernet steps (stage A with two_stage)
     steps_b: int | None = None  # stage B steps (default: steps)
-    batch_size: int = 128
-    lr: float = 0.1
-    distill: bool = False
-    train_limit: int | None = None
-    eval_limit: int = 2000
-    population: int = 20
-    generations: int = 10
-    parents: int = 5
-    mutations: int = 10
-    crossovers: int = 10
-    min_budget_fraction: float = 0.0  # candidates predicted under this x budget are not made
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr
+    distill: bool = TrainConfig.distill
+    train_limit: int | None = TrainConfig.train_limit
+    eval_limit: int | None = TrainConfig.eval_limit  # validation images per fitness
+    population: int = SearchConfig.population
+    generations: int = SearchConfig.generations
+    parents: int = SearchConfig.parents
+    mutations: int = SearchConfig.mutations
+    crossovers: int = SearchConfig.crossovers
+    # Candidates predicted under this x budget are not made.
+    min_budget_fraction: float = SearchConfig.min_fraction
     verify_top: int = 5
     final_steps: int = 400
-    final_from: str = "inherited"  # or "scratch": retrain the chosen architecture
+    final_from: str = FINAL_FROM[0]  # or "scratch": retrain the chosen architecture
     measure_candidates: bool = True
+
+    def train_config(
+        self, space: str, data: str, out: str | Path, seed: int, progress: bool
+    ) -> TrainConfig:
+        """The supernet training these settings ask for (stage A's, with two_stage)."""
+        return TrainConfig(
+            space=space,
+            data=data,
+            out=str(out),
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=seed,
+            distill=self.distill,
+            train_limit=self.train_limit,
+            eval_limit=self.eval_limit,
+            progress=progress,
+        )
+
+    def search_config(self, budget_ms: float, seed: int) -> SearchConfig:
+        """The constrained evolution these settings ask for, under ``budget_ms``."""
+        return SearchConfig(
+            budget_ms=budget_ms,
+            population=self.population,
+            generations=self.generations,
+            parents=self.parents,
+            mutations=self.mutations,
+            crossovers=self.crossovers,
+            min_fraction=self.min_budget_fraction,
+            seed=seed,
+        )
 
 
 @dataclass(frozen=True)
@@ -80,10 +106,10 @@ class Pipeline:
     space: str  # built-in name or resolved path
     devices: tuple[str, ...]  # built-in names or resolved paths
     budgets: tuple[Budget, ...]
-    data: str = "fashion-mnist"
+    data: str = TrainConfig.data
     db: str = DEFAULT_DB
     out: str = ""
-    seed: int = 0
+    seed: int = TrainConfig.seed
     description: str = ""
     profile_remeasure_noisy: bool = False
     generate: GenerateSettings = field(default_factory=GenerateSettings)
@@ -96,6 +122,20 @@ class Pipeline:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Pipeline:
+        """The pipeline ``to_json`` wrote (``RUN/pipeline.json``)."""
+        g = dict(data.get("generate") or {})
+        g["exclude_ops"] = tuple(g.get("exclude_ops") or ())
+        return cls(
+            **{
+                **data,
+                "devices": tuple(data["devices"]),
+                "budgets": tuple(Budget(**b) for b in data["budgets"]),
+                "generate": GenerateSettings(**g),
+            }
+        )
 
 
 def builtin_pipelines() -> list[str]:
@@ -172,7 +212,7 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
             "budgets",
             'expected a list of latency budgets: milliseconds (0.08) or percentiles ("40%")',
         )
-    budgets = tuple(Budget.parse(b, top, "budgets") for b in raw_budgets)
+    budgets = tuple(parse_budget(b, top, "budgets") for b in raw_budgets)
     if len({b.label for b in budgets}) != len(budgets):
         raise top.error("budgets", "a budget is listed twice")
 
@@ -183,10 +223,9 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
     gf = top.sub("generate")
     d = GenerateSettings()
     gf.only(set(asdict(d)))
-    rules = ("pareto", "flops_per_ms", "params_per_ms", "fastest")
     gen = GenerateSettings(
         k=gf.int("k", d.k, lo=0),
-        rule=gf.str("rule", d.rule, choices=rules),
+        rule=gf.str("rule", d.rule, choices=tuple(RULES)),
         exclude_ops=tuple(gf.str_list("exclude_ops", [])),
         skip=gf.str("skip", d.skip, choices=SKIP_RULES),
         two_stage=gf.bool("two_stage", d.two_stage),
@@ -206,7 +245,7 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
         min_budget_fraction=gf.float("min_budget_fraction", d.min_budget_fraction, lo=0.0),
         verify_top=gf.int("verify_top", d.verify_top, lo=1),
         final_steps=gf.int("final_steps", d.final_steps, lo=0),
-        final_from=gf.str("final_from", d.final_from, choices=("inherited", "scratch")),
+        final_from=gf.str("final_from", d.final_from, choices=FINAL_FROM),
         measure_candidates=gf.bool("measure_candidates", d.measure_candidates),
     )
     if gen.min_budget_fraction >= 1:
@@ -231,17 +270,17 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
         space=space,
         devices=devs,
         budgets=budgets,
-        data=top.str("data", "fashion-mnist"),
-        db=top.str("db", DEFAULT_DB),
+        data=top.str("data", Pipeline.data),
+        db=top.str("db", Pipeline.db),
         out=top.str("out", f"runs/{name}"),
-        seed=top.int("seed", 0, lo=0),
-        description=top.str("description", ""),
-        profile_remeasure_noisy=pf.bool("remeasure_noisy", False),
+        seed=top.int("seed", Pipeline.seed, lo=0),
+        description=top.str("description", Pipeline.description),
+        profile_remeasure_noisy=pf.bool("remeasure_noisy", Pipeline.profile_remeasure_noisy),
         generate=gen,
-        validate_models=lf.int("validate", 0, lo=0),
-        calibration_models=lf.int("calibration", 10, lo=2),
-        handoff=hf.bool("enabled", True),
-        handoff_samples=hf.int("samples", 32, lo=1),
-        report=rf.bool("enabled", True),
+        validate_models=lf.int("validate", Pipeline.validate_models, lo=0),
+        calibration_models=lf.int("calibration", Pipeline.calibration_models, lo=2),
+        handoff=hf.bool("enabled", Pipeline.handoff),
+        handoff_samples=hf.int("samples", Pipeline.handoff_samples, lo=1),
+        report=rf.bool("enabled", Pipeline.report),
         source=source,
     )

@@ -15,26 +15,24 @@ DEVICE-BUDGET/``, ``report/index.html``, ``steps/*.json`` and ``pipeline.json``.
 from __future__ import annotations
 
 import json
-import random
 import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from devices.spec import DeviceSpec, load_device
-from hurricane.arch import Arch
+from hurricane.errors import UserError
 from hurricane.final import train_final
-from hurricane.latency import LatencyModel, LutPredictor, fill_missing, read_table
+from hurricane.latency import LatencyModel, fill_missing, read_table
 from hurricane.lut import LutDB
 from hurricane.reduce import reduce_space, scores_json
-from hurricane.search import EvolutionSearch, SearchConfig
+from hurricane.search import EvolutionSearch
 from hurricane.space import SearchSpace, load_space, space_to_toml
+from hurricane.stage_a import default_split, stage_a_base
 from hurricane.train import TrainConfig, provenance, train
 from hurricane.two_stage import data_for, stage_a_config, two_stage
-from pipelines.config import Budget, Pipeline
+from pipelines.config import Pipeline
 from pipelines.steps import Steps, digest, file_sha256
 from profilers.campaign import _spec_json, profile, space_instances
 from profilers.models import choose_measured
@@ -100,15 +98,6 @@ def shrink_for_device(
         "predicted_entries": len(predicted),
         "log10_size": [round(space.log10_size(), 2), round(reduced.log10_size(), 2)],
     }
-
-
-def resolve_budget(budget: Budget, model: LatencyModel, space: SearchSpace, seed: int) -> float:
-    """Milliseconds for a budget; a percentile is of 1000 seeded random architectures."""
-    if budget.ms is not None:
-        return budget.ms
-    rng = random.Random(seed)
-    archs = [space.sample_arch(rng) for _ in range(1000)]
-    return round(float(np.percentile(model.predict(archs), budget.percentile)), 6)
 
 
 def final_model(
@@ -180,77 +169,6 @@ def final_model(
     return final
 
 
-def stage_a_base(model: LatencyModel, split: int, budget_ms: float) -> Arch:
-    """The architecture of the layers stage A does not search.
-
-    Per layer the op of median latency (``LutPredictor.typical``) when the whole typical
-    network fits the budget. Otherwise the early layers step down together, op by op in
-    latency order and then to the narrowest width, to the first base under which the
-    typical later layers still fit: stage B then has room both ways. Falling straight to the
-    fastest base left stage B only the ops cheaper than ``skip`` (demo, LiteRT, a space
-    reduced by flops_per_ms: 35 candidates evaluated instead of 200). If no step fits, the
-    fastest base that leaves stage A's search feasible."""
-    lut, late = model.lut, list(range(split, len(model.lut.space.layers)))
-    typical = lut.typical()
-    for base in _base_ladder(lut, split, typical):
-        if model.predict(base) <= budget_ms:
-            return base
-    if model.fastest(late, typical)[0] <= 0.9 * budget_ms:
-        return typical
-    return model.fastest()[1]
-
-
-def _base_ladder(lut: LutPredictor, split: int, typical: Arch) -> list[Arch]:
-    """Typical, then the early layers (before ``split``) on ops ever lower in their latency
-    order, at the middle width and then at the narrowest; the later layers stay typical."""
-    orders, out = [], []
-    for layer, tab in zip(lut.space.layers[:split], lut.tables):
-        at_max = np.nan_to_num(tab[:, -1, -1], nan=np.inf)
-        orders.append([layer.ops[j] for j in np.argsort(at_max, kind="stable")])
-    for narrow in (False, True):
-        for step in range((max(len(o) for o in orders) - 1) // 2, -1, -1):
-            ops, widths = list(typical.ops), list(typical.widths)
-            for i, order in enumerate(orders):
-                ops[i] = order[min(step, (len(order) - 1) // 2)]
-                if narrow:
-                    widths[i] = min(lut.space.layers[i].widths)
-            arch = Arch(tuple(ops), tuple(widths))
-            if arch not in out:
-                out.append(arch)
-    return out
-
-
-def _train_config(p: Pipeline, space_file: str, out: Path, progress: bool) -> TrainConfig:
-    g = p.generate
-    return TrainConfig(
-        space=space_file,
-        data=p.data,
-        out=str(out),
-        steps=g.steps,
-        batch_size=g.batch_size,
-        lr=g.lr,
-        seed=p.seed,
-        distill=g.distill,
-        train_limit=g.train_limit,
-        eval_limit=g.eval_limit,
-        progress=progress,
-    )
-
-
-def _search_config(p: Pipeline, budget_ms: float) -> SearchConfig:
-    g = p.generate
-    return SearchConfig(
-        budget_ms=budget_ms,
-        population=g.population,
-        generations=g.generations,
-        parents=g.parents,
-        mutations=g.mutations,
-        crossovers=g.crossovers,
-        min_fraction=g.min_budget_fraction,
-        seed=p.seed,
-    )
-
-
 class PipelineRun:
     """One pipeline's steps over its devices and budgets."""
 
@@ -260,6 +178,14 @@ class PipelineRun:
         self.steps = Steps(self.root, echo)
         self.space = load_space(p.space)
         self.results: dict[str, dict[str, Any]] = {}
+
+    def budgets_ms(self, device: str) -> dict[str, float]:
+        """Each budget in milliseconds on ``device`` (label -> ms): a percentile is of the
+        pipeline's space as written, before stage one (``hurricane.budgets``)."""
+        if all(b.ms is not None for b in self.p.budgets):
+            return {b.label: b.ms for b in self.p.budgets}
+        model = LatencyModel.from_db(self.space, self.p.db, device)
+        return {b.label: b.resolve(model.predict, self.space, self.p.seed) for b in self.p.budgets}
 
     def device_steps(self, device_ref: str, handoff: bool) -> dict[str, Any]:
         p, g = self.p, self.p.generate
@@ -323,10 +249,10 @@ class PipelineRun:
             shr = {"digest": digest(self.space.summary()), "kept": None}
             space_file = p.space
         space = load_space(space_file)
-        split = g.split or len(space.layers) // 2
-        cfg = _train_config(p, space_file, base / "supernet", self.progress)
+        split = default_split(space, g.split)
+        cfg = g.train_config(space_file, p.data, base / "supernet", p.seed, self.progress)
         model = LatencyModel.from_db(space, p.db, dev)
-        budgets = {b.label: resolve_budget(b, model, space, p.seed) for b in p.budgets}
+        budgets = self.budgets_ms(dev)
         fixed = stage_a_base(model, split, min(budgets.values())) if g.two_stage else None
 
         def train_supernet() -> dict[str, Any]:
@@ -402,7 +328,7 @@ class PipelineRun:
         p, g = self.p, self.p.generate
         dev, label = spec.name, budget.label
         work = self.root / dev / label
-        scfg = _search_config(p, budget_ms)
+        scfg = g.search_config(budget_ms, p.seed)
         steps_b = g.steps_b or g.steps
 
         def search() -> dict[str, Any]:
@@ -582,6 +508,61 @@ class PipelineRun:
             "measured_ms": ms,
             "reasons": m["reasons"],
         }
+
+    def read_back(self) -> dict[str, dict[str, Any]]:
+        """What the run's finished steps recorded, in the shape ``run`` returns, without
+        running anything: what ``hurricane report`` draws. A budget whose final step never
+        finished is left out."""
+        for ref in self.p.devices:
+            spec = load_device(ref)
+            dev = spec.name
+            budgets = {}
+            for b in self.p.budgets:
+                fin = self.steps.record(f"final-{dev}-{b.label}")
+                if fin is None:
+                    continue
+                hand = self.steps.record(f"handoff-{dev}-{b.label}")
+                res = {"budget": b.label, "budget_ms": fin["outputs"]["budget_ms"]}
+                res["final"] = fin["outputs"]
+                if hand is not None:
+                    res["handoff"] = hand["outputs"]
+                budgets[b.label] = res
+            shr = self.steps.record(f"shrink-{dev}")
+            self.results[dev] = {
+                "device": dev,
+                "spec": spec,
+                "shrink": shr["outputs"] if shr else {"kept": None},
+                "budgets": budgets,
+            }
+        return self.results
+
+    def report(self) -> str:
+        """Write ``RUN/report/index.html`` from what the run holds now; returns its path."""
+        from pipelines.run_report import build_report
+
+        if not self.results:
+            self.read_back()
+        if not any(r["budgets"] for r in self.results.values()):
+            raise UserError(
+                f"{self.root}: no finished final model to report yet; run the pipeline "
+                "(hurricane run) until at least one search and final step are done"
+            )
+        self.report_path = build_report(self)["index"]
+        return self.report_path
+
+    @classmethod
+    def of_folder(cls, folder: str | Path, db: str | None = None) -> PipelineRun:
+        """The run a ``hurricane run`` or ``generate`` made in ``folder``, from its
+        ``pipeline.json`` (``db`` overrides the database it names)."""
+        folder = Path(folder)
+        path = folder / "pipeline.json"
+        if not path.is_file():
+            raise UserError(
+                f"{folder}: no pipeline.json; give the folder a 'hurricane run' or "
+                "'hurricane generate' wrote (its --out)"
+            )
+        p = Pipeline.from_json(json.loads(path.read_text())["pipeline"])
+        return cls(replace(p, out=str(folder), db=db or p.db), echo=lambda _: None)
 
     def run(self, handoff: bool = True) -> dict[str, Any]:
         self.root.mkdir(parents=True, exist_ok=True)

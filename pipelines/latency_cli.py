@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.profile_cli import DEFAULT_DB
+from pipelines.config import DEFAULT_DB
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -30,11 +30,12 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from devices.spec import load_device
     from hurricane.latency import LatencyModel
     from hurricane.space import load_space
 
     space = load_space(args.space)
-    model = LatencyModel.from_db(space, args.db, args.device)
+    model = LatencyModel.from_db(space, args.db, load_device(args.device).name)
     archs = [space.parse_arch(a) for a in args.arch]
     for a, summed, pred in zip(archs, model.predict_sum(archs), model.predict(archs)):
         print(f"{pred:9.4f} ms  (LUT sum {summed:.4f})  {a}")
@@ -98,7 +99,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     pred = lsub.add_parser("predict", help="predicted latency of architectures on a device")
     pred.add_argument("--space", required=True)
-    pred.add_argument("--device", required=True, help="device name in the LUT database")
+    pred.add_argument("--device", required=True, help="device spec TOML file or example name")
     pred.add_argument("--db", default=DEFAULT_DB)
     pred.add_argument("arch", nargs="+", help="architecture strings")
     pred.set_defaults(func=_predict)

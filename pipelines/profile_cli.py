@@ -12,8 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from hurricane.errors import UserError
-
-DEFAULT_DB = "runs/hurricane.sqlite"
+from pipelines.config import DEFAULT_DB
 
 
 def _devices_check(args: argparse.Namespace) -> int:

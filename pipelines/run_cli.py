@@ -1,5 +1,5 @@
 """CLI commands for whole jobs: ``run PIPELINE.toml``, ``generate``, ``handoff`` (and
-``handoff verify BUNDLE``) and ``report``."""
+``handoff verify BUNDLE``) and ``report RUN_DIR`` (the HTML report of a run, again)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from hurricane.budgets import Budget
 from hurricane.errors import UserError
-from pipelines.config import Pipeline, load_pipeline
-from pipelines.profile_cli import DEFAULT_DB
+from hurricane.reduce import RULES, SKIP_RULES
+from hurricane.train import TrainConfig
+from pipelines.config import DEFAULT_DB, FINAL_FROM, GenerateSettings, Pipeline, load_pipeline
 
 
 def summary_lines(run, seconds: float) -> list[str]:
@@ -73,11 +75,15 @@ def _generate(args: argparse.Namespace) -> int:
 
     gen = {
         "k": args.k,
+        "rule": args.rule,
+        "skip": args.skip,
         "two_stage": not args.single_stage,
         "steps": args.steps,
         "distill": args.distill,
+        "eval_limit": args.eval_limit,
         "population": args.population,
         "generations": args.generations,
+        "min_budget_fraction": args.min_budget_fraction,
         "verify_top": args.verify_top,
         "final_steps": args.final_steps,
         "final_from": args.final_from,
@@ -89,7 +95,7 @@ def _generate(args: argparse.Namespace) -> int:
             "name": Path(args.out).name or "generate",
             "space": args.space,
             "devices": args.device,
-            "budgets": [_number(b) for b in args.budget],
+            "budgets": args.budget,
             "data": args.data,
             "db": args.db,
             "out": args.out,
@@ -102,11 +108,11 @@ def _generate(args: argparse.Namespace) -> int:
     return execute(p, progress=not args.no_progress)
 
 
-def _number(text: str):
-    try:
-        return float(text)
-    except ValueError:
-        return text
+def _report(args: argparse.Namespace) -> int:
+    from pipelines.jobs import PipelineRun
+
+    print(f"report: {PipelineRun.of_folder(args.run, args.db).report()}")
+    return 0
 
 
 def _handoff(args: argparse.Namespace) -> int:
@@ -157,7 +163,15 @@ def _handoff(args: argparse.Namespace) -> int:
     if not fin.get("model"):
         raise UserError(f"{final_json}: no trained final model (final_steps was 0)")
     spec = load_device(args.device)
-    budget = args.budget_ms if args.budget_ms is not None else fin.get("budget_ms")
+    budget = fin.get("budget_ms")
+    if args.budget is not None:
+        given = Budget.parse(args.budget)
+        if given.ms is None:
+            raise UserError(
+                f"handoff --budget {args.budget}: give milliseconds here; a percentile "
+                f"was resolved when the model was made ({final_json} says {budget} ms)"
+            )
+        budget = given.ms
     out = Path(args.out or final_json.parent / "bundle")
     acc = {
         "test_acc": fin.get("test_acc"),
@@ -197,6 +211,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=_run)
 
+    d = GenerateSettings()
     g = sub.add_parser(
         "generate",
         help="stage one, supernet training and constrained search "
@@ -210,27 +225,41 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="latency budget: ms, or a percentile like 40%% (repeatable)",
     )
-    g.add_argument("--data", default="fashion-mnist")
-    g.add_argument("--db", default=DEFAULT_DB)
+    g.add_argument("--data", default=Pipeline.data)
+    g.add_argument("--db", default=DEFAULT_DB, help="LUT database (default: %(default)s)")
     g.add_argument("--out", default="runs/generate")
-    g.add_argument("--k", type=int, default=4, help="stage one: ops kept per layer (0: none)")
+    g.add_argument("--k", type=int, default=d.k, help="stage one: ops kept per layer (0: none)")
+    g.add_argument("--rule", default=d.rule, choices=list(RULES), help="stage one's rule")
+    g.add_argument("--skip", default=d.skip, choices=SKIP_RULES, help="where stage one keeps skip")
     g.add_argument("--single-stage", action="store_true", help="SPOS instead of two-stage")
     g.add_argument("--split", type=int, default=None)
-    g.add_argument("--steps", type=int, default=400, help="supernet steps (per stage)")
+    g.add_argument(
+        "--steps", type=int, default=d.steps, help="supernet steps per stage (default: %(default)s)"
+    )
     g.add_argument("--steps-b", type=int, default=None)
     g.add_argument("--distill", action="store_true")
-    g.add_argument("--population", type=int, default=20)
-    g.add_argument("--generations", type=int, default=10)
-    g.add_argument("--verify-top", type=int, default=5)
-    g.add_argument("--final-steps", type=int, default=400)
+    g.add_argument(
+        "--eval-limit", type=int, default=d.eval_limit, help="validation images per fitness"
+    )
+    g.add_argument("--population", type=int, default=d.population)
+    g.add_argument("--generations", type=int, default=d.generations)
+    g.add_argument(
+        "--min-budget-fraction",
+        type=float,
+        default=d.min_budget_fraction,
+        metavar="F",
+        help="make no candidate predicted under F x the budget (default: %(default)s)",
+    )
+    g.add_argument("--verify-top", type=int, default=d.verify_top)
+    g.add_argument("--final-steps", type=int, default=d.final_steps)
     g.add_argument(
         "--final-from",
-        choices=("inherited", "scratch"),
-        default="inherited",
+        choices=FINAL_FROM,
+        default=d.final_from,
         help="fine-tune the chosen model from its supernet weights, or retrain it",
     )
     g.add_argument("--train-limit", type=int, default=None)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=Pipeline.seed)
     g.add_argument("--no-progress", action="store_true")
     g.set_defaults(func=_generate)
 
@@ -242,9 +271,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     h.add_argument("target", help="RUN/DEVICE/BUDGET folder (with final.json), or 'verify'")
     h.add_argument("bundle", nargs="?", help="with 'verify': the bundle folder")
     h.add_argument("--device", default=None, help="device spec (with verify: re-measure there)")
-    h.add_argument("--budget-ms", type=float, default=None)
+    h.add_argument(
+        "--budget", default=None, help="latency budget in ms (default: the one final.json names)"
+    )
     h.add_argument("--out", default=None, help="bundle folder (default: beside final.json)")
-    h.add_argument("--data", default="fashion-mnist")
-    h.add_argument("--samples", type=int, default=32, help="images compared with PyTorch")
-    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--data", default=TrainConfig.data)
+    h.add_argument(
+        "--samples", type=int, default=Pipeline.handoff_samples, help="images compared with PyTorch"
+    )
+    h.add_argument("--seed", type=int, default=Pipeline.seed)
     h.set_defaults(func=_handoff)
+
+    rep = sub.add_parser(
+        "report", help="write a run's HTML report (RUN/report/index.html) from what it holds"
+    )
+    rep.add_argument("run", help="the run folder (a 'hurricane run' or 'generate' --out)")
+    rep.add_argument("--db", default=None, help="LUT database (default: the run's)")
+    rep.set_defaults(func=_report)

@@ -10,10 +10,12 @@ import json
 import sys
 from pathlib import Path
 
+from hurricane.budgets import Budget
 from hurricane.errors import UserError
 from hurricane.latency import space_ref
-from hurricane.reduce import SKIP_RULES
-from pipelines.profile_cli import DEFAULT_DB
+from hurricane.reduce import RULES, SKIP_RULES
+from hurricane.train import TrainConfig
+from pipelines.config import DEFAULT_DB, FINAL_FROM, GenerateSettings
 
 
 def _latency_model(space, db: str, device: str):
@@ -65,21 +67,30 @@ def _shrink(args: argparse.Namespace) -> int:
     return 0
 
 
-def _search_config(args: argparse.Namespace):
-    from hurricane.search import SearchConfig
+def _budget_ms(args: argparse.Namespace, space, model) -> float:
+    """``--budget`` in milliseconds (a percentile as ``hurricane generate`` resolves it);
+    kept on ``args.budget_ms`` for what follows."""
+    if args.budget is None:
+        raise UserError("give a latency budget: --budget MS or --budget 40% (a percentile)")
+    budget = Budget.parse(args.budget)
+    args.budget_ms = budget.resolve(model.predict, space, args.seed)
+    if budget.percentile is not None:
+        print(f"budget {args.budget} of {space.name}'s latencies: {args.budget_ms:g} ms")
+    return args.budget_ms
 
+
+def _search_config(args: argparse.Namespace):
     if not 0 <= args.min_budget_fraction < 1:
         raise UserError(f"--min-budget-fraction must be in [0, 1), got {args.min_budget_fraction}")
-    return SearchConfig(
-        budget_ms=args.latency_ms,
+    g = GenerateSettings(
         population=args.population,
         generations=args.generations,
         parents=args.parents,
         mutations=args.mutations,
         crossovers=args.crossovers,
-        min_fraction=args.min_budget_fraction,
-        seed=args.seed,
+        min_budget_fraction=args.min_budget_fraction,
     )
+    return g.search_config(args.budget_ms, args.seed)
 
 
 def _supernet_pt(path: str) -> Path:
@@ -97,6 +108,7 @@ def _search(args: argparse.Namespace) -> int:
 
     space = load_space(args.space)
     spec, model = _latency_model(space, args.db, args.device)
+    _budget_ms(args, space, model)
     cfg = _search_config(args)
     pt = _supernet_pt(args.supernet)
     summary = pt.parent / "summary.json"
@@ -116,7 +128,7 @@ def _search(args: argparse.Namespace) -> int:
         ).run()
     print(
         f"best: {res['best']}\n  validation accuracy {res['fitness']:.4f}, predicted "
-        f"{res['latency_ms']:.3f} ms on {spec.name} (budget {args.latency_ms} ms); "
+        f"{res['latency_ms']:.3f} ms on {spec.name} (budget {args.budget_ms:g} ms); "
         f"{res['evaluated']} evaluated, {res['rejected']} over budget never evaluated; "
         f"history in {out / 'search'}"
     )
@@ -135,7 +147,7 @@ def _finalize(args, space, spec, ranked, supernet_pt: Path, out: Path) -> dict |
         space_ref(space),
         spec,
         ranked,
-        args.latency_ms,
+        args.budget_ms,
         args.db,
         supernet_pt,
         out,
@@ -144,11 +156,12 @@ def _finalize(args, space, spec, ranked, supernet_pt: Path, out: Path) -> dict |
         args.data,
         args.seed,
         measure=not args.no_measure,
+        inherit=args.final_from == "inherited",
     )
     m = final.get("measured_ms")
     print(
         f"latency on {spec.name}: predicted {final['predicted_ms']:.3f} ms, measured "
-        f"{'not measured' if m is None else f'{m:.3f} ms'}, budget {args.latency_ms} ms"
+        f"{'not measured' if m is None else f'{m:.3f} ms'}, budget {args.budget_ms:g} ms"
         f"{'' if final['accepted'] in (True, None) else ' — NOT ACCEPTED'}"
     )
     return final
@@ -159,14 +172,15 @@ def two_stage_command(args: argparse.Namespace, cfg) -> int:
     import math
 
     from hurricane.space import load_space
+    from hurricane.stage_a import default_split, stage_a_base
     from hurricane.two_stage import data_for, two_stage
-    from pipelines.jobs import stage_a_base
 
-    if not args.device or args.latency_ms is None:
-        raise UserError("--two-stage searches between its stages: give --device and --latency-ms")
+    if not args.device or args.budget is None:
+        raise UserError("--two-stage searches between its stages: give --device and --budget")
     space = load_space(args.space)
     spec, model = _latency_model(space, args.db, args.device)
-    split = args.split if args.split is not None else len(space.layers) // 2
+    _budget_ms(args, space, model)
+    split = default_split(space, args.split)
     if args.steps is not None:
         steps_a = args.steps
     else:
@@ -174,7 +188,7 @@ def two_stage_command(args: argparse.Namespace, cfg) -> int:
         steps_a = max(1, math.ceil(args.epochs * per_epoch))
     steps_b = args.steps_b if args.steps_b is not None else steps_a
     out = Path(args.out)
-    fixed = stage_a_base(model, split, args.latency_ms)  # as `hurricane run` does
+    fixed = stage_a_base(model, split, args.budget_ms)  # as `hurricane run` does
     res = two_stage(
         cfg,
         split,
@@ -199,15 +213,16 @@ def two_stage_command(args: argparse.Namespace, cfg) -> int:
 
 
 def _add_search_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--population", type=int, default=20)
-    p.add_argument("--generations", type=int, default=10)
-    p.add_argument("--parents", type=int, default=5)
-    p.add_argument("--mutations", type=int, default=10)
-    p.add_argument("--crossovers", type=int, default=10)
+    d = GenerateSettings()
+    p.add_argument("--population", type=int, default=d.population)
+    p.add_argument("--generations", type=int, default=d.generations)
+    p.add_argument("--parents", type=int, default=d.parents)
+    p.add_argument("--mutations", type=int, default=d.mutations)
+    p.add_argument("--crossovers", type=int, default=d.crossovers)
     p.add_argument(
         "--min-budget-fraction",
         type=float,
-        default=0.0,
+        default=d.min_budget_fraction,
         metavar="F",
         help="make no candidate predicted under F x the budget (0.9: search "
         "between 90%% and 100%% of it; default: %(default)s)",
@@ -215,7 +230,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--verify-top",
         type=int,
-        default=5,
+        default=d.verify_top,
         help="measure the best N candidates on the device; keep the best within "
         "budget (default: %(default)s)",
     )
@@ -227,10 +242,19 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--final-steps",
         type=int,
-        default=400,
+        default=d.final_steps,
         help="fine-tune the chosen model this many steps from its inherited "
-        "weights, then score it on the test split; 0 skips it",
+        "weights, then score it on the test split; 0 skips it (default: %(default)s)",
     )
+    p.add_argument(
+        "--final-from",
+        choices=FINAL_FROM,
+        default=d.final_from,
+        help="fine-tune the chosen model from its supernet weights, or retrain it",
+    )
+
+
+_BUDGET_HELP = "latency budget: ms, or a percentile of the space's latencies like 40%%"
 
 
 def add_two_stage_args(p: argparse.ArgumentParser) -> None:
@@ -251,23 +275,24 @@ def add_two_stage_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="stage B steps (default: as many as stage A, from --steps/--epochs)",
     )
-    g.add_argument("--latency-ms", type=float, default=None, help="latency budget (ms)")
+    g.add_argument("--budget", default=None, help=_BUDGET_HELP)
     _add_search_args(g)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    d = GenerateSettings()
     sh = sub.add_parser("shrink", help="stage one: reduce a space to what is fast on a device")
     sh.add_argument("--space", required=True)
     sh.add_argument("--device", required=True, help="device spec (its LUT must be profiled)")
-    sh.add_argument("--db", default=DEFAULT_DB)
-    sh.add_argument("--k", type=int, default=4, help="ops kept per layer (default: %(default)s)")
+    sh.add_argument("--db", default=DEFAULT_DB, help="LUT database (default: %(default)s)")
+    sh.add_argument("--k", type=int, default=d.k, help="ops kept per layer (default: %(default)s)")
     sh.add_argument(
-        "--rule", default="pareto", help="pareto | flops_per_ms | params_per_ms | fastest"
+        "--rule", default=d.rule, choices=list(RULES), help="how ops are ranked per layer"
     )
     sh.add_argument("--exclude", action="append", help="op pattern to drop (repeatable)")
     sh.add_argument(
         "--skip",
-        default="identity",
+        default=d.skip,
         choices=SKIP_RULES,
         help="keep skip where it is an identity (default) or everywhere",
     )
@@ -277,13 +302,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     se = sub.add_parser("search", help="stage two: evolutionary search under a latency budget")
     se.add_argument("--space", required=True)
     se.add_argument("--device", required=True)
-    se.add_argument("--latency-ms", type=float, required=True, help="latency budget (ms)")
+    se.add_argument("--budget", required=True, help=_BUDGET_HELP)
     se.add_argument("--supernet", required=True, help="trained run folder or supernet.pt")
-    se.add_argument("--data", default="fashion-mnist")
-    se.add_argument("--db", default=DEFAULT_DB)
+    se.add_argument("--data", default=TrainConfig.data)
+    se.add_argument("--db", default=DEFAULT_DB, help="LUT database (default: %(default)s)")
     se.add_argument("--out", default="runs/search")
     _add_search_args(se)
-    se.add_argument("--eval-limit", type=int, default=2000, help="validation images per fitness")
-    se.add_argument("--seed", type=int, default=0)
+    se.add_argument(
+        "--eval-limit", type=int, default=d.eval_limit, help="validation images per fitness"
+    )
+    se.add_argument("--seed", type=int, default=TrainConfig.seed)
     se.add_argument("--random", action="store_true", help="random search baseline instead")
     se.set_defaults(func=_search)

@@ -275,3 +275,84 @@ def test_train_resume_and_fresh(tmp_path: Path, capsys) -> None:
     assert fresh["config"]["lr"] == 0.05
     assert fresh["state_sha256"] != digest
     assert len((out / "log.jsonl").read_text().strip().split("\n")) == 1
+
+
+# --- one set of defaults -----------------------------------------------------------------------
+
+
+def _db_defaults(parser, path=()) -> dict[str, object]:
+    """Every (sub)command's --db default, by command path."""
+    import argparse
+
+    out = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out.update(_db_defaults(sub, (*path, name)))
+        elif "--db" in action.option_strings:
+            out[" ".join(path)] = action.default
+    return out
+
+
+def test_every_command_defaults_to_one_database() -> None:
+    """`hurricane shrink` then `hurricane train --two-stage` (the README's order) once read
+    two databases: train defaulted to runs/latency.sqlite."""
+    from benchmarks import latency_validation, search_comparison
+    from pipelines.cli import build_parser
+    from pipelines.config import DEFAULT_DB, Pipeline, load_pipeline
+
+    defaults = _db_defaults(build_parser())
+    assert {"train", "shrink", "search", "profile", "generate", "latency predict"} <= set(defaults)
+    # run, demo and report take the database their pipeline file or run folder names.
+    from_file = {"run", "demo", "report"}
+    assert {c for c, d in defaults.items() if d is None} == from_file
+    assert {d for c, d in defaults.items() if c not in from_file} == {DEFAULT_DB}
+    assert Pipeline.db == DEFAULT_DB and load_pipeline("demo").db == DEFAULT_DB
+    for bench in (search_comparison, latency_validation):
+        assert bench.build_parser().get_default("db") == DEFAULT_DB
+
+
+def test_search_commands_take_their_defaults_from_the_config_dataclasses() -> None:
+    from hurricane.reduce import RULES, SKIP_RULES
+    from hurricane.search import SearchConfig
+    from pipelines.cli import build_parser
+    from pipelines.config import GenerateSettings
+
+    g, parser = GenerateSettings(), build_parser()
+    assert (g.population, g.generations, g.min_budget_fraction) == (
+        SearchConfig.population,
+        SearchConfig.generations,
+        SearchConfig.min_fraction,
+    )
+    given = ["--space", "demo", "--device", "x", "--budget", "1"]
+    for command in (["search", "--supernet", "s"], ["generate"], ["train", "--two-stage"]):
+        args = parser.parse_args([*command, *given])
+        assert (args.population, args.generations, args.verify_top, args.final_steps) == (
+            g.population,
+            g.generations,
+            g.verify_top,
+            g.final_steps,
+        ), command
+        assert args.final_from == g.final_from
+    shrink = parser.parse_args(["shrink", "--space", "demo", "--device", "x"])
+    assert (shrink.k, shrink.rule, shrink.skip) == (g.k, g.rule, g.skip)
+    for bad in (["--rule", "nope"], ["--skip", "nope"]):  # choices are the registries'
+        with pytest.raises(SystemExit):
+            parser.parse_args(["shrink", "--space", "demo", "--device", "x", *bad])
+    assert shrink.rule in RULES and shrink.skip in SKIP_RULES
+
+
+# --- latency predict ---------------------------------------------------------------------------
+
+
+def test_latency_predict_takes_a_device_spec_like_every_other_device_flag(ort_lut, capsys) -> None:
+    db, spec, _ = ort_lut
+    space = str(Path(__file__).parent / "spaces" / "tiny.toml")
+    args = ["latency", "predict", "--space", space, "--db", str(db)]
+    assert main([*args, "--device", str(spec), "mb_k3_e3-ds_k3@0.5-skip"]) == 0
+    out = capsys.readouterr().out
+    assert " ms  (LUT sum " in out and "mb_k3_e3-ds_k3@0.5-skip" in out
+    # The device's name in the database is not a spec: refused like any other unknown device.
+    assert main([*args, "--device", "ort", "mb_k3_e3-ds_k3@0.5-skip"]) == 2
+    line = _error_line(capsys)
+    assert "ort: no such device spec file and no example of that name" in line

@@ -104,7 +104,7 @@ def test_validate_cli_stores_results_and_reuses_measurements(lut, tmp_path, caps
                 "--space",
                 str(TINY),
                 "--device",
-                "ort",
+                str(spec),
                 "--db",
                 str(db),
                 str(arch),
@@ -316,10 +316,10 @@ def test_shrink_and_search_cli(lut, tmp_path, capsys) -> None:
         "2",
     ]
     capsys.readouterr()
-    assert main([*base, "--latency-ms", str(lo * 0.5), "--out", str(tmp_path / "s0")]) == 2
+    assert main([*base, "--budget", str(lo * 0.5), "--out", str(tmp_path / "s0")]) == 2
     err = capsys.readouterr().err
     assert f"the fastest in this space is {lo:.4g} ms" in err and len(err.splitlines()) == 1
-    assert main([*base, "--latency-ms", str(lo * 1.5), "--out", str(tmp_path / "s1")]) == 0
+    assert main([*base, "--budget", str(lo * 1.5), "--out", str(tmp_path / "s1")]) == 0
     result = json.loads((tmp_path / "s1" / "result.json").read_text())
     assert result["latency_ms"] <= lo * 1.5 and 0 <= result["fitness"] <= 1
     printed = capsys.readouterr().out
@@ -369,7 +369,7 @@ def test_search_names_unmeasured_entries_and_the_profile_command(lut, tmp_path, 
         str(db),
         "--supernet",
         str(run),
-        "--latency-ms",
+        "--budget",
         "1000",
         "--population",
         "2",

@@ -340,18 +340,25 @@ def test_bundle_in_each_device_format(tmp_path, runtime, precision, files, singl
     assert manifest["accepted"] is False
 
 
-def test_generate_handoff_and_verify_commands(tmp_path, capsys, single_thread) -> None:
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, single_thread):
+    """``hurricane generate`` for two devices and two percentile budgets, run once:
+    (folder, run folder, what it printed)."""
+    import contextlib
+    import io
+
     from pipelines.cli import main
 
+    tmp = tmp_path_factory.mktemp("generate")
     specs = []
     for name in ("ort", "ort2"):  # two devices, two budgets: one stage A per device
-        spec = tmp_path / f"{name}.toml"
+        spec = tmp / f"{name}.toml"
         spec.write_text(
             f'name = "{name}"\nkind = "cpu"\n[runtime]\nname = "onnxruntime"\n'
             "[measure]\nwarmup = 1\nrounds = 3\nruns = 3\nmin_round_ms = 0\n"
         )
         specs += ["--device", str(spec)]
-    out = tmp_path / "gen"
+    out = tmp / "gen"
     args = [
         "generate",
         "--space",
@@ -362,7 +369,7 @@ def test_generate_handoff_and_verify_commands(tmp_path, capsys, single_thread) -
         "--budget",
         "99%",
         "--db",
-        str(tmp_path / "lut.sqlite"),
+        str(tmp / "lut.sqlite"),
         "--out",
         str(out),
         "--k",
@@ -381,8 +388,17 @@ def test_generate_handoff_and_verify_commands(tmp_path, capsys, single_thread) -
         "512",
         "--no-progress",
     ]
-    assert main(args) == 0
-    printed = capsys.readouterr().out
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setenv("HURRICANE_CACHE", str(tmp / "cache"))
+        assert main(args) == 0
+    return tmp, out, printed.getvalue()
+
+
+def test_generate_handoff_and_verify_commands(generated, tmp_path, capsys) -> None:
+    from pipelines.cli import main
+
+    folder, out, printed = generated
     assert "pipeline gen: 15 steps run, 0 skipped" in printed  # 2 x (3 + 2 x 2) + report
     for dev in ("ort", "ort2"):
         for b in ("p95", "p99"):
@@ -390,7 +406,7 @@ def test_generate_handoff_and_verify_commands(tmp_path, capsys, single_thread) -
             assert final["device"] == dev and final["measured_ms"] > 0
             assert f"{dev} @ {final['budget_ms']:g} ms ({b})" in printed
     assert "report:" in printed and "bundle:" not in printed
-    spec = tmp_path / "ort.toml"
+    spec = folder / "ort.toml"
     assert (
         main(
             [
@@ -414,3 +430,39 @@ def test_generate_handoff_and_verify_commands(tmp_path, capsys, single_thread) -
     assert "model.onnx: sha256 differs" in capsys.readouterr().out
     assert main(["handoff", "verify", str(tmp_path / "nowhere")]) == 2
     assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_report_command_redraws_a_runs_report(generated, capsys) -> None:
+    """run_cli's docstring promised ``hurricane report``; it is the report the run made."""
+    from pipelines.cli import main
+
+    _, out, _ = generated
+    index = out / "report" / "index.html"
+    first = index.read_text()
+    index.unlink()
+    assert main(["report", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {index}"
+    again = index.read_text()
+    for dev in ("ort", "ort2"):
+        for b in ("p95", "p99"):
+            arch = json.loads((out / dev / b / "final.json").read_text())["arch"]
+            assert arch in first and arch in again
+    assert main(["report", str(out.parent / "nowhere")]) == 2
+    assert "no pipeline.json" in capsys.readouterr().err
+
+
+def test_a_percentile_budget_is_one_budget_in_the_pipeline_and_the_benchmark(
+    generated, capsys
+) -> None:
+    """A "95%" budget once meant 1000 architectures of the reduced space in the pipeline
+    and 2000 of the full space in the search benchmark: two budgets under one name."""
+    from benchmarks.search_comparison import main as benchmark
+
+    folder, out, _ = generated
+    pipeline_ms = json.loads((out / "ort" / "p95" / "final.json").read_text())["budget_ms"]
+    db, spec = str(folder / "lut.sqlite"), str(folder / "ort.toml")
+    benchmark(
+        ["--space", str(TINY), "--device", spec, "--db", db, "--budget", "95%", "--budget-only"]
+    )
+    printed = capsys.readouterr().out
+    assert f"budget {pipeline_ms} ms on ort" in printed

@@ -20,6 +20,7 @@ from hurricane.space import load_space
 from hurricane.subnet import build_subnet
 from hurricane.train import TrainConfig, Trainer
 from pipelines.cli import main
+from pipelines.config import DEFAULT_DB
 from profilers.models import choose_measured, measure_archs
 
 TINY = str(Path(__file__).parent / "spaces" / "tiny.toml")
@@ -188,21 +189,25 @@ def test_device_check_keeps_the_fittest_within_budget(ort_lut, tmp_path) -> None
     assert got["arch"] == str(small) and got["accepted"] is False
 
 
-def test_two_stage_cli_with_final_model(ort_lut, tmp_path, capsys) -> None:
+def test_two_stage_cli_with_final_model(ort_lut, tmp_path, capsys, monkeypatch) -> None:
+    """The README's order — shrink, then train --two-stage on what it wrote — with neither
+    naming --db: both use the one default database."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
     db, spec = copy_db(ort_lut[0], tmp_path), ort_lut[1]
-    space = load_space(TINY)
-    lo, _ = LatencyModel.from_db(space, db, "ort").fastest()
+    db.rename(tmp_path / DEFAULT_DB)
+    assert main(["shrink", "--space", TINY, "--device", str(spec), "--k", "2"]) == 0
+    reduced = str(tmp_path / "runs" / "spaces" / "tiny-ort-k2.toml")
+    lo, _ = LatencyModel.from_db(load_space(reduced), DEFAULT_DB, "ort").fastest()
     out = tmp_path / "two"
     args = [
         "train",
         "--two-stage",
         "--space",
-        TINY,
+        reduced,
         "--device",
         str(spec),
-        "--db",
-        str(db),
-        "--latency-ms",
+        "--budget",
         str(lo * 3),
         "--split",
         "1",
@@ -248,5 +253,5 @@ def test_two_stage_cli_with_final_model(ort_lut, tmp_path, capsys) -> None:
     assert final["accepted"] == (final["measured_ms"] <= lo * 3)
     assert (out / "final" / "model.pt").exists()
     # Without a budget the two stages cannot search: one clear line.
-    assert main([a for a in args if a not in ("--latency-ms", str(lo * 3))]) == 2
-    assert "--latency-ms" in capsys.readouterr().err
+    assert main([a for a in args if a not in ("--budget", str(lo * 3))]) == 2
+    assert "give --device and --budget" in capsys.readouterr().err

@@ -105,7 +105,7 @@ def test_stage_budget_too_low_names_the_stage_minimum(tmp_path: Path) -> None:
 
     from hurricane.latency import LatencyModel
     from hurricane.search import BudgetTooLow
-    from pipelines.jobs import stage_a_base
+    from hurricane.stage_a import stage_a_base
 
     space = load_space(TINY)
     lut = LutPredictor(space, table_for(space))
@@ -130,7 +130,7 @@ def test_stage_a_base_steps_down_to_fit_the_budget() -> None:
     """Typical when the typical network fits; under a tighter budget the early layers step
     down (not straight to the fastest) until the typical later layers fit."""
     from hurricane.latency import LatencyModel
-    from pipelines.jobs import stage_a_base
+    from hurricane.stage_a import stage_a_base
 
     space = load_space("demo")
     model = LatencyModel(LutPredictor(space, table_for(space)))
