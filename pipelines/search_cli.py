@@ -70,8 +70,6 @@ def _shrink(args: argparse.Namespace) -> int:
 def _budget_ms(args: argparse.Namespace, space, model) -> float:
     """``--budget`` in milliseconds (a percentile as ``hurricane generate`` resolves it);
     kept on ``args.budget_ms`` for what follows."""
-    if args.budget is None:
-        raise UserError("give a latency budget: --budget MS or --budget 40% (a percentile)")
     budget = Budget.parse(args.budget)
     args.budget_ms = budget.resolve(model.predict, space, args.seed)
     if budget.percentile is not None:
@@ -107,6 +105,7 @@ def _search(args: argparse.Namespace) -> int:
     from hurricane.two_stage import SupernetFitness, data_for, load_supernet
 
     space = load_space(args.space)
+    Budget.parse(args.budget)  # a mistyped budget fails before the LUT is read
     spec, model = _latency_model(space, args.db, args.device)
     _budget_ms(args, space, model)
     cfg = _search_config(args)
@@ -178,6 +177,7 @@ def two_stage_command(args: argparse.Namespace, cfg) -> int:
     if not args.device or args.budget is None:
         raise UserError("--two-stage searches between its stages: give --device and --budget")
     space = load_space(args.space)
+    Budget.parse(args.budget)  # a mistyped budget fails before the LUT is read
     spec, model = _latency_model(space, args.db, args.device)
     _budget_ms(args, space, model)
     split = default_split(space, args.split)

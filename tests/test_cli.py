@@ -356,3 +356,11 @@ def test_latency_predict_takes_a_device_spec_like_every_other_device_flag(ort_lu
     assert main([*args, "--device", "ort", "mb_k3_e3-ds_k3@0.5-skip"]) == 2
     line = _error_line(capsys)
     assert "ort: no such device spec file and no example of that name" in line
+
+
+def test_a_mistyped_budget_is_one_line_before_any_lut_is_read(tmp_path: Path, capsys) -> None:
+    base = ["--space", "demo", "--device", "local-litert", "--db", str(tmp_path / "none.sqlite")]
+    for command in (["search", "--supernet", "s"], ["train", "--two-stage"]):
+        assert main([*command, *base, "--budget", "fast"]) == 2
+        line = _error_line(capsys)
+        assert "a budget is milliseconds" in line and "'fast'" in line
