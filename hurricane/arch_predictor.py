@@ -14,7 +14,7 @@ models refine what each op costs beyond its FLOPs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -44,7 +44,7 @@ class ArchPredictor:
             Arch.of(ops, [max(layer.widths) for layer in self.space.layers][: len(ops)])
         )
 
-    def _is_op_list(self, a: object) -> bool:
+    def _is_op_list(self, a: object) -> TypeGuard[Sequence[str]]:
         """One architecture as per-layer op names (op names never contain '-' or '@')."""
         return (
             isinstance(a, (list, tuple))
@@ -86,6 +86,10 @@ class ArchPredictor:
     def predict(self, archs: Sequence[ArchLike] | ArchLike) -> np.ndarray | float:
         if self.model is None:
             raise UserError("this ArchPredictor is not fitted yet: call fit(archs, latencies_ms)")
-        single = isinstance(archs, (Arch, str)) or self._is_op_list(archs)
-        out = self.model.predict(self.features([archs] if single else archs))
+        batch: Sequence[ArchLike]
+        if isinstance(archs, (Arch, str)) or self._is_op_list(archs):
+            single, batch = True, [archs]
+        else:
+            single, batch = False, archs
+        out = self.model.predict(self.features(batch))
         return float(out[0]) if single else out

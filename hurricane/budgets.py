@@ -63,6 +63,8 @@ class Budget:
         """Milliseconds: the budget itself, or its percentile of ``space``'s latencies."""
         if self.ms is not None:
             return self.ms
+        if self.percentile is None:  # Budget() built in code with neither
+            raise BudgetError(f"a budget is {_HOW}, got neither")
         return percentile_ms(predict, space, self.percentile, seed)
 
 

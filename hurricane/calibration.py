@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
 from hurricane.errors import UserError
 
 TRIM_FLOOR = 0.02  # relative error that never counts as an outlier
+Floats = Sequence[float] | np.ndarray  # latencies (ms), read through np.asarray
 
 
 @dataclass
@@ -27,7 +28,7 @@ class Calibration:
     n_outliers: int = 0  # calibration models left out of the final fit
 
     @classmethod
-    def fit(cls, summed_ms: Sequence[float], measured_ms: Sequence[float]) -> Calibration:
+    def fit(cls, summed_ms: Floats, measured_ms: Floats) -> Calibration:
         x, y = np.asarray(summed_ms, float), np.asarray(measured_ms, float)
         if len(x) != len(y) or len(x) < 2:
             raise UserError(
@@ -52,6 +53,10 @@ class Calibration:
             (scale, offset), *_ = np.linalg.lstsq(a[keep], np.ones(keep.sum()), rcond=None)
         return cls(float(scale), float(offset), len(x), int(len(x) - keep.sum()))
 
+    @overload
+    def __call__(self, summed_ms: float) -> float: ...
+    @overload
+    def __call__(self, summed_ms: np.ndarray) -> np.ndarray: ...
     def __call__(self, summed_ms: np.ndarray | float) -> np.ndarray | float:
         return self.scale * summed_ms + self.offset_ms
 
@@ -59,7 +64,7 @@ class Calibration:
         return asdict(self)
 
 
-def spread_choice(summed_ms: Sequence[float], k: int) -> list[int]:
+def spread_choice(summed_ms: Floats, k: int) -> list[int]:
     """Indices of ``k`` models whose predicted latencies spread evenly, by rank, over the
     whole range of ``summed_ms``, both ends included. Random models bunch in the middle and
     leave the fitted slope loose. OpenVINO, demo space, 100 held-out models, 40 draws of
@@ -72,7 +77,7 @@ def spread_choice(summed_ms: Sequence[float], k: int) -> list[int]:
     return order[pos].tolist()
 
 
-def accuracy(predicted_ms: Sequence[float], measured_ms: Sequence[float]) -> dict[str, float]:
+def accuracy(predicted_ms: Floats, measured_ms: Floats) -> dict[str, float]:
     """Share within +-5% and +-10%, RMSE (ms), mean absolute percentage error, Spearman."""
     from scipy.stats import spearmanr
 

@@ -72,11 +72,11 @@ class FolderImages:
         from PIL import Image
 
         h, w = self.resolution
-        with Image.open(path) as img:
-            img = img.convert("L" if self.channels == 1 else "RGB")
+        with Image.open(path) as src:
+            img = src.convert("L" if self.channels == 1 else "RGB")
             scale = max(h / img.height, w / img.width)
             size = (max(w, round(img.width * scale)), max(h, round(img.height * scale)))
-            img = img.resize(size, Image.BILINEAR)
+            img = img.resize(size, Image.Resampling.BILINEAR)
             left, top = (size[0] - w) // 2, (size[1] - h) // 2
             img = img.crop((left, top, left + w, top + h))
             arr = np.asarray(img, dtype=np.uint8).reshape(h, w, -1)
@@ -277,6 +277,8 @@ def load_data(
         )
         raise DataError(f"data folder {folder} does not exist ({spec!r}); {hint}")
 
+    train: Images
+    test: Images
     if kind in ("fashion-mnist", "fmnist", "idx"):
         name = "fashion-mnist" if kind != "idx" else "idx"
         train, test = _load_idx(folder, "Fashion-MNIST" if kind != "idx" else "IDX data")
@@ -294,7 +296,7 @@ def load_data(
             "imagefolder:PATH or idx:PATH"
         )
 
-    if isinstance(train, TensorImages):
+    if isinstance(train, TensorImages) and isinstance(test, TensorImages):  # one loader made both
         have = train.images.shape[1]
         if have != channels:
             raise DataError(

@@ -123,7 +123,17 @@ class DynConv2d(nn.Module):
         with torch.no_grad():
             self.weight.copy_(other.active_weight(self.max_in, self.max_out))
             if self.bias is not None:
-                self.bias.copy_(other.active_bias(self.max_out))
+                bias = other.active_bias(self.max_out)
+                if bias is None:
+                    raise ValueError("cannot load a conv with a bias from one without")
+                self.bias.copy_(bias)
+
+
+def _tracked(buffer: torch.Tensor | None) -> torch.Tensor:
+    """A running-statistics buffer, which torch leaves None without track_running_stats."""
+    if buffer is None:
+        raise ValueError("DynBatchNorm2d weights are copied with their running statistics")
+    return buffer
 
 
 class DynBatchNorm2d(nn.BatchNorm2d):
@@ -133,13 +143,16 @@ class DynBatchNorm2d(nn.BatchNorm2d):
         c = x.shape[1]
         if c == self.num_features:
             return super().forward(x)
-        training = self.training or self.running_mean is None
+        if self.momentum is None:  # a cumulative average would need num_batches_tracked kept
+            raise ValueError("DynBatchNorm2d runs narrower only with a momentum")
+        mean, var = self.running_mean, self.running_var
+        training = self.training or mean is None
         # Slices of the first c entries are contiguous views, so the running statistics
         # are updated in place in the full buffers, as Once-for-All does.
         return F.batch_norm(
             x,
-            self.running_mean[:c],
-            self.running_var[:c],
+            mean[:c] if mean is not None else None,
+            var[:c] if var is not None else None,
             self.weight[:c],
             self.bias[:c],
             training,
@@ -152,9 +165,9 @@ class DynBatchNorm2d(nn.BatchNorm2d):
         with torch.no_grad():
             self.weight.copy_(other.weight[:c])
             self.bias.copy_(other.bias[:c])
-            self.running_mean.copy_(other.running_mean[:c])
-            self.running_var.copy_(other.running_var[:c])
-            self.num_batches_tracked.copy_(other.num_batches_tracked)
+            _tracked(self.running_mean).copy_(_tracked(other.running_mean)[:c])
+            _tracked(self.running_var).copy_(_tracked(other.running_var)[:c])
+            _tracked(self.num_batches_tracked).copy_(_tracked(other.num_batches_tracked))
 
 
 class DynLinear(nn.Linear):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 
@@ -154,10 +155,14 @@ class LutPredictor:
             raise MissingEntries(self._missing_for(ops, widths, np.isnan(total)), self.hint)
         return total
 
+    @overload
+    def predict(self, archs: Arch) -> float: ...
+    @overload
+    def predict(self, archs: Sequence[Arch]) -> np.ndarray: ...
     def predict(self, archs: Sequence[Arch] | Arch) -> np.ndarray | float:
         """Predicted latency (ms) of one architecture or an array for a sequence."""
         single = isinstance(archs, Arch)
-        ops, widths = self.encode([archs] if single else archs)
+        ops, widths = self.encode([archs] if isinstance(archs, Arch) else archs)
         out = self.predict_indices(ops, widths)
         return float(out[0]) if single else out
 
@@ -241,7 +246,7 @@ def read_table(space: SearchSpace, db_path: str | Path, device: str) -> dict[str
                 f"{db_path}: no latency table for device {device!r}; run "
                 f"hurricane profile --space {space_ref(space)} --device {device} --db {db_path}"
             ) from None
-        return {e.key: e.median_ms for e in db.entries(dev, USABLE)}
+        return {e.key: e.median_ms for e in db.entries(dev, USABLE) if e.median_ms is not None}
 
 
 MIN_TO_LEARN = 20  # fewer measured entries than this teach the operator predictor too little
@@ -274,7 +279,10 @@ class LatencyModel:
     by the device's model-level calibration when one was fitted."""
 
     def __init__(
-        self, lut: LutPredictor, calibration: Calibration | None = None, predicted: list[str] = ()
+        self,
+        lut: LutPredictor,
+        calibration: Calibration | None = None,
+        predicted: Sequence[str] = (),
     ) -> None:
         self.lut, self.calibration, self.predicted_keys = lut, calibration, list(predicted)
 
@@ -298,9 +306,17 @@ class LatencyModel:
                     break
         return cls(lut, calibration, predicted)
 
+    @overload
+    def predict_sum(self, archs: Arch) -> float: ...
+    @overload
+    def predict_sum(self, archs: Sequence[Arch]) -> np.ndarray: ...
     def predict_sum(self, archs: Sequence[Arch] | Arch) -> np.ndarray | float:
         return self.lut.predict(archs)
 
+    @overload
+    def predict(self, archs: Arch) -> float: ...
+    @overload
+    def predict(self, archs: Sequence[Arch]) -> np.ndarray: ...
     def predict(self, archs: Sequence[Arch] | Arch) -> np.ndarray | float:
         summed = self.lut.predict(archs)
         return self.calibration(summed) if self.calibration else summed

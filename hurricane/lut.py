@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hurricane.lutkeys import OpInstance, key_columns
+from hurricane.lutkeys import OpInstance, PairInstance, key_columns
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -104,6 +104,13 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def _row_id(cur: sqlite3.Cursor) -> int:
+    """The id of the row an INSERT just added (sqlite3 types lastrowid as optional)."""
+    if cur.lastrowid is None:
+        raise sqlite3.DatabaseError("INSERT returned no row id")
+    return cur.lastrowid
+
+
 @dataclass(frozen=True)
 class Entry:
     key: str
@@ -138,7 +145,9 @@ class Entry:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
-def entry_from_samples(inst: OpInstance, samples: list[float], status: str = "ok", **kw) -> Entry:
+def entry_from_samples(
+    inst: OpInstance | PairInstance, samples: list[float], status: str = "ok", **kw
+) -> Entry:
     """An entry whose statistics are computed from raw samples (ms)."""
     return Entry(
         **key_columns(inst),
@@ -153,7 +162,7 @@ def entry_from_samples(inst: OpInstance, samples: list[float], status: str = "ok
     )
 
 
-def error_entry(inst: OpInstance, error: str, **kw) -> Entry:
+def error_entry(inst: OpInstance | PairInstance, error: str, **kw) -> Entry:
     return Entry(
         **key_columns(inst),
         status="error",
@@ -232,7 +241,7 @@ class LutDB:
                 "INSERT INTO runs (device_id, space, started, status, info) VALUES (?, ?, ?, ?, ?)",
                 (device_id, space, _now(), "running", json.dumps(info or {})),
             )
-        return int(cur.lastrowid)
+        return _row_id(cur)
 
     def finish_run(self, run_id: int, status: str, info: dict | None = None) -> None:
         with self.conn:
@@ -369,7 +378,7 @@ class LutDB:
                 "INSERT INTO validations (device_id, space, created, result) VALUES (?, ?, ?, ?)",
                 (device_id, space, _now(), json.dumps(result)),
             )
-        return int(cur.lastrowid)
+        return _row_id(cur)
 
     def validations(self, device_id: int | None = None) -> list[dict[str, Any]]:
         rows = self.conn.execute(

@@ -24,7 +24,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -207,6 +207,10 @@ class OpPredictor:
         floor = max(self.linear[0], 1e-4)
         return np.maximum(lin @ self.linear, floor)
 
+    @overload
+    def predict(self, records: Mapping[str, Any]) -> float: ...
+    @overload
+    def predict(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray: ...
     def predict(
         self, records: Sequence[Mapping[str, Any]] | Mapping[str, Any]
     ) -> np.ndarray | float:
@@ -214,7 +218,7 @@ class OpPredictor:
         if self.booster is None:
             raise UserError("this OpPredictor is not fitted yet: call fit(records, latencies_ms)")
         single = isinstance(records, Mapping)
-        x, lin = self._matrix([records] if single else records, learn=False)
+        x, lin = self._matrix([records] if isinstance(records, Mapping) else records, learn=False)
         if not len(x):
             return np.zeros(0)
         out = self._base(lin) * np.exp(self.booster.predict(x))

@@ -121,7 +121,7 @@ def parse_op(name: str) -> OpSpec:
     order = 0  # tokens must come in grammar order, so each name has one spelling
     for tok in tokens:
         m = re.fullmatch(r"([keg])(\d+)", tok)
-        rank = {"k": 1, "e": 2, "g": 3}.get(m.group(1)) if m else 4 if tok == "se" else 5
+        rank = {"k": 1, "e": 2, "g": 3}[m.group(1)] if m else 4 if tok == "se" else 5
         if tok not in ACT_NAMES and tok != "se" and not m:
             raise OpNameError(f"unknown operator {name!r}: token {tok!r} is not understood")
         if rank <= order:

@@ -7,6 +7,8 @@ largest widths with ``dynamic=True`` it is a supernet choice that can run narrow
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -33,6 +35,20 @@ def check_op(spec: OpSpec, cin: int, cout: int, stride: int) -> str | None:
     return None
 
 
+def _kernel(spec: OpSpec) -> int:
+    """The kernel of a family whose names must give one (``parse_op`` enforces it)."""
+    if spec.kernel is None:
+        raise ValueError(f"{spec.family} needs a kernel size, got {spec.name}")
+    return spec.kernel
+
+
+def _expansion(spec: OpSpec) -> int:
+    """The expansion of a family whose names must give one (``parse_op`` enforces it)."""
+    if spec.expansion is None:
+        raise ValueError(f"{spec.family} needs an expansion, got {spec.name}")
+    return spec.expansion
+
+
 class _Block(nn.Module):
     def __init__(self, spec: OpSpec, cin: int, cout: int, stride: int) -> None:
         super().__init__()
@@ -40,6 +56,16 @@ class _Block(nn.Module):
 
     def residual(self, cin: int, cout: int) -> bool:
         return self.stride == 1 and cin == cout
+
+    def _projection(self, proj: ConvBN | None, cin: int, cout: int) -> ConvBN:
+        """The 1x1 projection a block without a residual at these widths runs; a block built
+        without one (exact widths, residual there) cannot run at other widths."""
+        if proj is None:
+            raise ValueError(
+                f"{self.spec.name} built for {self.max_in}->{self.max_out} channels has no "
+                f"projection for {cin}->{cout}; build it with dynamic=True"
+            )
+        return proj
 
 
 class MBConv(_Block):
@@ -49,16 +75,17 @@ class MBConv(_Block):
 
     def __init__(self, spec: OpSpec, cin: int, cout: int, stride: int, act: str) -> None:
         super().__init__(spec, cin, cout, stride)
-        e, g = spec.expansion, spec.groups
+        self.expansion = e = _expansion(spec)
+        g = spec.groups
         hidden = cin * e
         self.expand = ConvBN(cin, hidden, 1, groups=g, act=act)
-        self.dw = ConvBN(hidden, hidden, spec.kernel, stride, depthwise=True, act=act)
+        self.dw = ConvBN(hidden, hidden, _kernel(spec), stride, depthwise=True, act=act)
         self.se = SqueezeExcite(hidden) if spec.se else None
         self.project = ConvBN(hidden, cout, 1, groups=g)
 
     def forward(self, x: torch.Tensor, cout: int | None = None) -> torch.Tensor:
         cin, cout = x.shape[1], cout or self.max_out
-        h = self.expand(x, cin * self.spec.expansion)
+        h = self.expand(x, cin * self.expansion)
         if self.spec.groups > 1:
             h = channel_shuffle(h, self.spec.groups)
         h = self.dw(h)
@@ -73,7 +100,7 @@ class DepthwiseSeparable(_Block):
 
     def __init__(self, spec: OpSpec, cin: int, cout: int, stride: int, act: str) -> None:
         super().__init__(spec, cin, cout, stride)
-        self.dw = ConvBN(cin, cin, spec.kernel, stride, depthwise=True, act=act)
+        self.dw = ConvBN(cin, cin, _kernel(spec), stride, depthwise=True, act=act)
         self.se = SqueezeExcite(cin) if spec.se else None
         self.project = ConvBN(cin, cout, 1)
 
@@ -91,14 +118,15 @@ class FusedMBConv(_Block):
 
     def __init__(self, spec: OpSpec, cin: int, cout: int, stride: int, act: str) -> None:
         super().__init__(spec, cin, cout, stride)
-        hidden = cin * spec.expansion
-        self.expand = ConvBN(cin, hidden, spec.kernel, stride, act=act)
+        self.expansion = _expansion(spec)
+        hidden = cin * self.expansion
+        self.expand = ConvBN(cin, hidden, _kernel(spec), stride, act=act)
         self.se = SqueezeExcite(hidden) if spec.se else None
         self.project = ConvBN(hidden, cout, 1)
 
     def forward(self, x: torch.Tensor, cout: int | None = None) -> torch.Tensor:
         cin, cout = x.shape[1], cout or self.max_out
-        h = self.expand(x, cin * self.spec.expansion)
+        h = self.expand(x, cin * self.expansion)
         if self.se is not None:
             h = self.se(h)
         y = self.project(h, cout)
@@ -118,6 +146,7 @@ class ShuffleBlock(_Block):
     ) -> None:
         super().__init__(spec, cin, cout, stride)
         k = spec.kernel or 3
+        self.proj: nn.ModuleList | None
         if stride == 1:
             # A supernet choice must hold every narrower split: size its branch for the widest.
             branch_in = cin if dynamic else cin - self.passthrough(cin, cout)
@@ -157,12 +186,13 @@ class ShuffleBlock(_Block):
     def _branch(self, x: torch.Tensor, out: int) -> torch.Tensor:
         for layer in self.branch:
             # Only pointwise convs choose a width; depthwise ones follow their input.
-            x = layer(x, out) if not layer.conv.depthwise else layer(x)
+            depthwise = cast(ConvBN, layer).conv.depthwise  # the branch holds ConvBNs only
+            x = layer(x, out) if not depthwise else layer(x)
         return self.se(x) if self.se is not None else x
 
     def forward(self, x: torch.Tensor, cout: int | None = None) -> torch.Tensor:
         cin, cout = x.shape[1], cout or self.max_out
-        if self.stride == 1:
+        if self.proj is None:  # stride 1
             left = self.passthrough(cin, cout)
             y = torch.cat([x[:, :left], self._branch(x[:, left:], cout - left)], 1)
         else:
@@ -176,7 +206,7 @@ class ConvBlock(_Block):
 
     def __init__(self, spec: OpSpec, cin: int, cout: int, stride: int, act: str) -> None:
         super().__init__(spec, cin, cout, stride)
-        self.conv = ConvBN(cin, cout, spec.kernel, stride, act=act)
+        self.conv = ConvBN(cin, cout, _kernel(spec), stride, act=act)
 
     def forward(self, x: torch.Tensor, cout: int | None = None) -> torch.Tensor:
         return self.conv(x, cout or self.max_out)
@@ -189,8 +219,9 @@ class ResidualBlock(_Block):
         self, spec: OpSpec, cin: int, cout: int, stride: int, act: str, dynamic: bool = False
     ) -> None:
         super().__init__(spec, cin, cout, stride)
-        self.conv1 = ConvBN(cin, cout, spec.kernel, stride, act=act)
-        self.conv2 = ConvBN(cout, cout, spec.kernel)
+        k = _kernel(spec)
+        self.conv1 = ConvBN(cin, cout, k, stride, act=act)
+        self.conv2 = ConvBN(cout, cout, k)
         needs_proj = dynamic or not self.residual(cin, cout)
         self.shortcut = ConvBN(cin, cout, 1, stride) if needs_proj else None
         self.act = make_act(act)
@@ -198,7 +229,7 @@ class ResidualBlock(_Block):
     def forward(self, x: torch.Tensor, cout: int | None = None) -> torch.Tensor:
         cin, cout = x.shape[1], cout or self.max_out
         y = self.conv2(self.conv1(x, cout), cout)
-        sc = x if self.residual(cin, cout) else self.shortcut(x, cout)
+        sc = x if self.residual(cin, cout) else self._projection(self.shortcut, cin, cout)(x, cout)
         return self.act(y + sc)
 
 
@@ -214,7 +245,7 @@ class Skip(_Block):
 
     def forward(self, x: torch.Tensor, cout: int | None = None) -> torch.Tensor:
         cin, cout = x.shape[1], cout or self.max_out
-        return x if self.residual(cin, cout) else self.proj(x, cout)
+        return x if self.residual(cin, cout) else self._projection(self.proj, cin, cout)(x, cout)
 
 
 def build_op(

@@ -135,7 +135,8 @@ def score_ops(
                     flops.append(f / 1e6)
                     params.append(p / 1e3)
             if lat:
-                row.append(OpScore(i, op, *(float(np.mean(v)) for v in (lat, flops, params))))
+                ms, mflops, kparams = (float(np.mean(v)) for v in (lat, flops, params))
+                row.append(OpScore(i, op, ms, mflops, kparams))
         for s, score in zip(row, fn(row)):
             s.score = score
         out.append(row)

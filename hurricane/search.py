@@ -160,8 +160,10 @@ class EvolutionSearch:
         os.replace(tmp, self.out / "state.json")
 
     def _resume(self) -> None:
-        path = self.out / "state.json" if self.out else None
-        if not path or not path.exists():
+        if self.out is None:
+            return
+        path = self.out / "state.json"
+        if not path.exists():
             return
         saved = json.loads(path.read_text())
         if saved.pop("config") != self.cfg.identity():

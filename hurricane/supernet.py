@@ -8,6 +8,8 @@ slice the shared weights (GoldenNAS's dynamic channel scaling, Once-for-All's dy
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
+from typing import cast
 
 import torch
 from torch import nn
@@ -40,6 +42,10 @@ class Supernet(nn.Module):
         self._index = [{op: j for j, op in enumerate(layer.ops)} for layer in space.layers]
         self._paths: dict[Arch, list[tuple[int, int]]] = {}
 
+    def _layer_choices(self) -> Iterable[nn.ModuleList]:
+        """Each layer's candidate blocks: ``choices`` holds one ModuleList per layer."""
+        return cast(Iterable[nn.ModuleList], self.choices)
+
     def _path(self, arch: Arch) -> list[tuple[int, int]]:
         """(choice index, output channels) per layer; validated once per distinct arch."""
         path = self._paths.get(arch)
@@ -56,7 +62,7 @@ class Supernet(nn.Module):
 
     def forward(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
         x = self.stem(x)
-        for choices, (j, cout) in zip(self.choices, self._path(arch)):
+        for choices, (j, cout) in zip(self._layer_choices(), self._path(arch)):
             x = choices[j](x, cout)
         return self.head(x)
 
@@ -91,7 +97,7 @@ class Supernet(nn.Module):
         arch = self.space.validate_arch(arch)
         sub = Subnet(self.space, arch)
         load_active_weights(sub.stem, self.stem)
-        for block, choices, (j, _) in zip(sub.blocks, self.choices, self._path(arch)):
+        for block, choices, (j, _) in zip(sub.blocks, self._layer_choices(), self._path(arch)):
             load_active_weights(block, choices[j])
         load_active_weights(sub.head, self.head)
         sub.train(self.training)
@@ -100,6 +106,6 @@ class Supernet(nn.Module):
     def path_parameters(self, arch: Arch) -> list[nn.Parameter]:
         """The parameters a path touches (stem, its chosen blocks, head)."""
         params = list(self.stem.parameters()) + list(self.head.parameters())
-        for choices, (j, _) in zip(self.choices, self._path(arch)):
+        for choices, (j, _) in zip(self._layer_choices(), self._path(arch)):
             params.extend(choices[j].parameters())
         return params

@@ -6,6 +6,7 @@ so that a bad value stops with one line: ``FILE: FIELD: what is wrong (what was 
 
 from __future__ import annotations
 
+import builtins
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -78,10 +79,10 @@ class Fields:
 
     def str(
         self,
-        key: str,
+        key: builtins.str,
         default: Any = _MISSING,
-        choices: tuple[str, ...] | None = None,
-        empty: bool = False,
+        choices: tuple[builtins.str, ...] | None = None,
+        empty: builtins.bool = False,
     ) -> Any:
         value = self._get(key, default)
         if value is default and default is not _MISSING:
@@ -95,10 +96,10 @@ class Fields:
 
     def int(
         self,
-        key: str,
+        key: builtins.str,
         default: Any = _MISSING,
-        lo: int | None = None,
-        choices: tuple[int, ...] | None = None,
+        lo: builtins.int | None = None,
+        choices: tuple[builtins.int, ...] | None = None,
     ) -> Any:
         value = self._get(key, default)
         if value is default and default is not _MISSING:
@@ -111,7 +112,9 @@ class Fields:
             raise self.error(key, f"must be >= {lo}, got {value}")
         return value
 
-    def float(self, key: str, default: Any = _MISSING, lo: float | None = None) -> Any:
+    def float(
+        self, key: builtins.str, default: Any = _MISSING, lo: builtins.float | None = None
+    ) -> Any:
         value = self._get(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -121,13 +124,13 @@ class Fields:
             raise self.error(key, f"must be >= {lo}, got {value}")
         return float(value)
 
-    def bool(self, key: str, default: Any = _MISSING) -> Any:
+    def bool(self, key: builtins.str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
         if not isinstance(value, bool):
             raise self.error(key, f"expected true or false, got {value!r}")
         return value
 
-    def int_list(self, key: str, default: Any = _MISSING) -> Any:
+    def int_list(self, key: builtins.str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -137,7 +140,7 @@ class Fields:
             raise self.error(key, f"expected a list of non-negative integers, got {value!r}")
         return value
 
-    def str_list(self, key: str, default: Any = _MISSING) -> Any:
+    def str_list(self, key: builtins.str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -145,7 +148,7 @@ class Fields:
             raise self.error(key, f"expected a list of non-empty strings, got {value!r}")
         return value
 
-    def sub(self, key: str, required: bool = False) -> Fields:
+    def sub(self, key: builtins.str, required: builtins.bool = False) -> Fields:
         if key not in self.table:
             if required:
                 raise self.error(key, "missing table")

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -37,6 +37,9 @@ from hurricane.provenance import provenance  # re-exported: pipelines/, benchmar
 from hurricane.space import SearchSpace
 from hurricane.space_file import load_space
 from hurricane.supernet import Supernet
+
+if TYPE_CHECKING:
+    from hurricane.shrink import Latency
 
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
@@ -256,7 +259,7 @@ class Trainer:
         self.epoch_stats = [0.0, 0, 0]  # loss sum, correct, seen so far in this epoch
 
     # --- schedule and sampling ------------------------------------------------------------
-    def _shrink_latency(self):
+    def _shrink_latency(self) -> Latency:
         from hurricane.latency import LatencyModel
 
         cfg = self.cfg
@@ -270,6 +273,8 @@ class Trainer:
     def shrink(self) -> None:
         from hurricane.shrink import shrink_step
 
+        if self.latency is None:  # loaded in __init__ whenever shrink_every is set
+            raise RuntimeError("shrink() runs only with shrink_every set")
         layers = self.sample_layers if self.sample_layers is not None else range(len(self.allowed))
         self.allowed, report = shrink_step(
             self.net,
@@ -468,7 +473,9 @@ class Trainer:
     def _teach(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Train the largest path on the labels (its gradients accumulate with the
         student's) and return its soft predictions for the sampled path to learn from."""
-        sync = self.model.no_sync() if self.dist.active else contextlib.nullcontext()
+        model = self.model  # wrapped in DistributedDataParallel exactly when dist.active
+        ddp = torch.nn.parallel.DistributedDataParallel
+        sync = model.no_sync() if isinstance(model, ddp) else contextlib.nullcontext()
         with sync:
             t_logits = self.model(x, self.teacher)
             F.cross_entropy(t_logits, y, label_smoothing=self.cfg.label_smoothing).backward()
