@@ -189,10 +189,11 @@ class ArtifactCache:
         with tempfile.TemporaryDirectory(dir=art.path.parent) as tmp:
             tmp_path = Path(tmp) / art.path.name
             tmp_path.write_bytes(data)
-            if entry.finish is not None:
+            finish = entry.finish
+            if finish is not None:
                 try:
                     with CONVERT_LOCK:
-                        quiet(lambda: entry.finish(tmp_path, x, precision))
+                        quiet(lambda: finish(tmp_path, x, precision))
                 except Exception as exc:  # noqa: BLE001
                     return ConversionError(f"{runtime} {precision} conversion failed: {exc}")
             shutil.move(str(tmp_path), art.path)

@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Self
+from typing import Self, cast
 
 import paramiko
 
@@ -229,11 +229,13 @@ class _LocalProcess(_Process):
             pipe.close()  # only the draining thread reads it, so closing here is race-free
         return data
 
+    # stdout and stderr are PIPEs with the default buffering, so Popen made them BufferedReaders
+    # (typeshed types them as IO[bytes] | None).
     def read_stdout(self, n: int) -> bytes:
-        return self._read(self.popen.stdout, n)
+        return self._read(cast(io.BufferedReader, self.popen.stdout), n)
 
     def read_stderr(self, n: int) -> bytes:
-        return self._read(self.popen.stderr, n)
+        return self._read(cast(io.BufferedReader, self.popen.stderr), n)
 
     def exited(self) -> bool:
         return self.popen.poll() is not None

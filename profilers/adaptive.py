@@ -28,7 +28,8 @@ from profilers.campaign import Campaign
 
 def candidate_pool(space: SearchSpace) -> list[OpInstance]:
     """Every (op, cin, cout) on the divisor grid between each layer's extreme widths."""
-    d, out = space.channel_divisor, {}
+    d = space.channel_divisor
+    out: dict[OpInstance, None] = {}  # insertion-ordered set
     for i, layer in enumerate(space.layers):
         h, w = space.input_shape(i)
         cins = space.in_channel_choices(i)

@@ -10,7 +10,7 @@ duplicated. How items are timed is the measurement engine's (``profilers/measure
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,7 @@ class Campaign:
         session_factory: Callable[[DeviceSpec], AgentSession] | None = None,
         position: int = 0,
         convert_workers: int | None = None,
-        instances: list[OpInstance] | None = None,
+        instances: Sequence[OpInstance | PairInstance] | None = None,
     ) -> None:
         self.space, self.spec = space, spec
         # Default: the space's every op instance; adaptive sampling passes its own.
@@ -102,7 +102,7 @@ class Campaign:
         self.convert_workers = convert_workers  # None: the runtime's default
         self.failed_conversions: dict[str, str] = {}
 
-    def _convert(self, inst: OpInstance) -> Artifact:
+    def _convert(self, inst: OpInstance | PairInstance) -> Artifact:
         if inst.key in self.failed_conversions:  # a worker tried already
             raise ConversionError(self.failed_conversions[inst.key])
         module, example = instance_module(inst)
@@ -193,7 +193,9 @@ class Campaign:
             self.db.finish_run(run_id, status, report.to_json())
         return report
 
-    def _short(self, dev: int, instances: list[OpInstance], wanted: int) -> list[OpInstance]:
+    def _short(
+        self, dev: int, instances: Sequence[OpInstance | PairInstance], wanted: int
+    ) -> list[OpInstance | PairInstance]:
         """Of ``instances``, the stored usable ones with fewer than ``wanted`` passes."""
         have = {
             e.key: len(prior(e.passes, e.median_ms, e.status)) for e in self.db.entries(dev, USABLE)
@@ -204,7 +206,13 @@ class Campaign:
 class LutSink:
     """The engine's rows as LUT entries: each committed the moment it is final."""
 
-    def __init__(self, db: LutDB, dev: int, instances: list[OpInstance], precision: str) -> None:
+    def __init__(
+        self,
+        db: LutDB,
+        dev: int,
+        instances: Sequence[OpInstance | PairInstance],
+        precision: str,
+    ) -> None:
         self.db, self.dev, self.precision = db, dev, precision
         self.by_key = {i.key: i for i in instances}
         self.run_id: int | None = None

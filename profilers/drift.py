@@ -83,7 +83,7 @@ class DriftGuard:
         return self.artifact is not None
 
     def with_reference(self, items: list[tuple[str, Artifact]]) -> list[tuple[str, Artifact]]:
-        if not self.enabled or not items:
+        if self.artifact is None or not items:  # not enabled
             return items
         return [*items, (REFERENCE_ID, self.artifact)]
 

@@ -13,7 +13,13 @@ import numpy as np
 
 from devices.artifacts import Artifact
 from devices.spec import DeviceSpec
-from devices.transport import LocalTransport, SSHTransport, Transport, TransportError
+from devices.transport import (
+    AgentProcess,
+    LocalTransport,
+    SSHTransport,
+    Transport,
+    TransportError,
+)
 from hurricane.errors import UserError
 
 AGENT_NAME = "hurricane_agent.py"
@@ -27,6 +33,8 @@ def transport_for(spec: DeviceSpec) -> Transport:
     t = spec.transport
     if t.type == "local":
         return LocalTransport()
+    if t.host is None:  # read_spec requires one for ssh; a spec built in code may lack it
+        raise UserError(f"{spec.name}: an ssh transport needs a host")
     return SSHTransport(
         t.host,
         port=t.port,
@@ -63,7 +71,7 @@ class AgentSession:
     def __init__(self, spec: DeviceSpec, transport: Transport | None = None) -> None:
         self.spec = spec
         self.transport = transport or transport_for(spec)
-        self.proc = None
+        self.proc: AgentProcess | None = None
         self.fingerprint: dict[str, Any] = {}
         self._uploaded: set[str] = set()
         self.timeout = spec.transport.command_timeout_s
@@ -105,17 +113,23 @@ class AgentSession:
         self.proc = None
         self.transport.close()
 
+    def _agent(self) -> AgentProcess:
+        """The running agent; the session must be open."""
+        if self.proc is None:
+            raise RuntimeError(f"{self.spec.name}: no profiling agent running; open() the session")
+        return self.proc
+
     def _read(self) -> dict[str, Any] | None:
-        line = self.proc.readline(timeout=self.timeout)
+        line = self._agent().readline(timeout=self.timeout)
         return None if line is None else json.loads(line)
 
     def request(self, msg: dict[str, Any], expect: str) -> dict[str, Any]:
-        self.proc.send(json.dumps(msg))
+        self._agent().send(json.dumps(msg))
         reply = self._read()
         if reply is None or reply.get("type") != expect:
             raise TransportError(
                 f"{self.spec.name}: the profiling agent did not answer {msg['cmd']!r} "
-                f"({reply!r}); its stderr: {self.proc.stderr_text()[-300:]!r}"
+                f"({reply!r}); its stderr: {self._agent().stderr_text()[-300:]!r}"
             )
         return reply
 
@@ -141,7 +155,7 @@ class AgentSession:
             "min_round_ms": m.min_round_ms,
             "seed": seed,
         }
-        self.proc.send(json.dumps(payload))
+        self._agent().send(json.dumps(payload))
         pending = [i for i, _ in items]
         while True:
             line = self._read()
@@ -155,10 +169,11 @@ class AgentSession:
                 return
 
     def _crashed(self, when: str, pending: list[str]) -> AgentCrashed:
-        code = self.proc.close()
+        proc = self._agent()
+        code = proc.close()
         return AgentCrashed(
             f"{self.spec.name}: the profiling agent ended {when} (exit code {code}); stderr: "
-            f"{self.proc.stderr_text()[-300:]!r}",
+            f"{proc.stderr_text()[-300:]!r}",
             pending,
         )
 
@@ -183,7 +198,7 @@ class AgentSession:
                 "data": base64.b64encode(data.tobytes()).decode("ascii"),
             },
         }
-        self.proc.send(json.dumps(payload))
+        self._agent().send(json.dumps(payload))
         while True:
             line = self._read()
             if line is None:
