@@ -182,8 +182,9 @@ class PipelineRun:
     def budgets_ms(self, device: str) -> dict[str, float]:
         """Each budget in milliseconds on ``device`` (label -> ms): a percentile is of the
         pipeline's space as written, before stage one (``hurricane.budgets``)."""
-        if all(b.ms is not None for b in self.p.budgets):
-            return {b.label: b.ms for b in self.p.budgets}
+        fixed = {b.label: b.ms for b in self.p.budgets if b.ms is not None}
+        if len(fixed) == len(self.p.budgets):  # milliseconds only: no LUT needed
+            return fixed
         model = LatencyModel.from_db(self.space, self.p.db, device)
         return {b.label: b.resolve(model.predict, self.space, self.p.seed) for b in self.p.budgets}
 
@@ -599,7 +600,7 @@ def _lut_unchanged(space: SearchSpace, spec: DeviceSpec, db: str, outputs: dict)
         return False
 
 
-def _same_file(path: str, sha256: str) -> bool:
+def _same_file(path: str | Path, sha256: str) -> bool:
     return Path(path).is_file() and file_sha256(path) == sha256
 
 

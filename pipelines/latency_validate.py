@@ -32,7 +32,7 @@ def sample_distinct(
 ) -> list[Arch]:
     """``n`` distinct uniformly sampled architectures (seeded), or as many as the space has
     if that is fewer but still ``at_least`` (default ``n``)."""
-    rng, seen = random.Random(seed), {}
+    rng, seen = random.Random(seed), dict[str, Arch]()
     for _ in range(50 * n + 100):
         if len(seen) == n:
             break

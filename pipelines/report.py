@@ -121,7 +121,7 @@ def history_series(history: Any) -> HistorySeries:
     by_stage: dict[str, list[dict]] = {}
     for entry in _dicts(history):
         by_stage.setdefault(_str(entry.get("stage"), "?"), []).append(entry)
-    out, archs = HistorySeries(), set()
+    out, archs = HistorySeries(), set[str]()
     for name, entries in by_stage.items():
         entries.sort(key=lambda e: _num(e.get("generation")) or 0.0)
         start, evaluated = len(out.x), 0
@@ -310,7 +310,8 @@ def _lut_grid(lut: dict) -> tuple[list[str], list[Any], np.ndarray] | None:
     """(ops, layers, ms grid with NaN where missing); None if nothing usable was measured."""
     ops = [_str(o, "?") for o in lut.get("ops") or []]
     layers = list(lut.get("layers") or [])
-    rows = lut.get("ms") if isinstance(lut.get("ms"), list) else []
+    ms_rows = lut.get("ms")
+    rows: list[Any] = ms_rows if isinstance(ms_rows, list) else []
     if not ops or not layers:
         return None
     grid = np.full((len(ops), len(layers)), np.nan)
@@ -591,7 +592,8 @@ def section_ops(data: dict) -> str:
     for k, (idx, size, cout) in enumerate(_layer_rows(data, n)):
         cells = []
         for _, m in cols:
-            widths = m.get("widths") if isinstance(m.get("widths"), list) else []
+            w = m.get("widths")
+            widths: list[Any] = w if isinstance(w, list) else []
             op = m["ops"][k] if k < len(m["ops"]) else None
             cells.append(_op_cell(op, widths[k] if k < len(widths) else None))
         rows.append(

@@ -212,7 +212,7 @@ def two_stage_command(args: argparse.Namespace, cfg) -> int:
     return 0
 
 
-def _add_search_args(p: argparse.ArgumentParser) -> None:
+def _add_search_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     d = GenerateSettings()
     p.add_argument("--population", type=int, default=d.population)
     p.add_argument("--generations", type=int, default=d.generations)

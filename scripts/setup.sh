@@ -2,7 +2,8 @@
 # Set up Hurricane on a fresh Debian machine, then optionally run something:
 #   bash scripts/setup.sh          install only
 #   bash scripts/setup.sh demo     install, then run the main job on the embedded default
-#   bash scripts/setup.sh test     install, then lint and run the test suite (what CI runs)
+#   bash scripts/setup.sh test     install, then lint, format-check, type-check and run the
+#                                  test suite (what CI runs)
 # Installs the Debian packages below, and a virtual environment in .venv holding the local
 # CPU build of PyTorch (installed first, so nothing pulls a CUDA build) and this project.
 set -euo pipefail
@@ -45,6 +46,7 @@ case "${1:-}" in
   test) shift
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
+    .venv/bin/mypy
     exec .venv/bin/python -m pytest -q "$@" ;;
   *) echo "setup: unknown action '$1' (expected demo or test)" >&2; exit 2 ;;
 esac
