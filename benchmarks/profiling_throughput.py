@@ -17,8 +17,8 @@ from pathlib import Path
 
 from devices.artifacts import ArtifactCache
 from devices.spec import load_device
-from hurricane.space import load_space
-from hurricane.train import provenance
+from hurricane.provenance import provenance
+from hurricane.space_file import load_space
 from profilers.campaign import profile
 
 RESULTS = Path(__file__).parent / "results"

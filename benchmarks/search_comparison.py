@@ -50,10 +50,11 @@ from hurricane.arch import Arch
 from hurricane.budgets import Budget
 from hurricane.final import train_final
 from hurricane.latency import LatencyModel
+from hurricane.provenance import provenance
 from hurricane.reduce import RULES, SKIP_RULES
 from hurricane.search import random_search
-from hurricane.space import load_space, space_to_toml
-from hurricane.train import TrainConfig, provenance
+from hurricane.space_file import load_space, space_to_toml
+from hurricane.train import TrainConfig
 from hurricane.two_stage import SupernetFitness, data_for, load_supernet
 from pipelines.config import DEFAULT_DB, FINAL_FROM, GenerateSettings, Pipeline
 from pipelines.jobs import PipelineRun, final_model

@@ -3,8 +3,7 @@
 A space fixes the input, a stem, a list of searchable layers (output channels, stride,
 candidate operators, optional width multipliers for channel-level search) and a head. Spaces
 are written as TOML files (the built-in ones in ``hurricane/spaces/``), read and validated by
-``hurricane.space_file``; ``load_space`` and the other file functions are importable from here
-too.
+``hurricane.space_file``.
 """
 
 from __future__ import annotations
@@ -14,46 +13,12 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hurricane.arch import Arch, ArchError
 from hurricane.dynamic import make_divisible
 from hurricane.lutkeys import PAIR_OP, OpInstance, PairInstance, head_op
-from hurricane.lutkeys import is_pair_key as is_pair_key  # re-exported
-from hurricane.lutkeys import pair_key as pair_key  # re-exported
 from hurricane.opnames import OpNameError, canonical, parse_op
-
-# Re-exported: callers across the tree import the file functions (and the key types above)
-# from here. space_file imports this module, so its names are looked up when first asked for
-# (PEP 562) instead of at import time; the TYPE_CHECKING import lets tools see them.
-if TYPE_CHECKING:
-    from hurricane.space_file import BUILTIN_DIR as BUILTIN_DIR
-    from hurricane.space_file import SpaceError as SpaceError
-    from hurricane.space_file import builtin_spaces as builtin_spaces
-    from hurricane.space_file import load_space as load_space
-    from hurricane.space_file import parse_space as parse_space
-    from hurricane.space_file import read_space as read_space
-    from hurricane.space_file import space_to_toml as space_to_toml
-
-_FILE_NAMES = frozenset(
-    {
-        "BUILTIN_DIR",
-        "SpaceError",
-        "builtin_spaces",
-        "load_space",
-        "parse_space",
-        "read_space",
-        "space_to_toml",
-    }
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _FILE_NAMES:
-        from hurricane import space_file
-
-        return getattr(space_file, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)

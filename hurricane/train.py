@@ -33,7 +33,7 @@ from hurricane.arch import Arch
 from hurricane.data import DataSplits, augment, load_data
 from hurricane.errors import UserError
 from hurricane.evaluate import accuracy, recalibrate_bn
-from hurricane.provenance import provenance  # re-exported: pipelines/, benchmarks/ import it here
+from hurricane.provenance import provenance
 from hurricane.space import SearchSpace
 from hurricane.space_file import load_space
 from hurricane.supernet import Supernet

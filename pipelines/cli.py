@@ -11,7 +11,7 @@ from hurricane.errors import UserError
 
 
 def _space_show(args: argparse.Namespace) -> int:
-    from hurricane.space import load_space
+    from hurricane.space_file import load_space
 
     space = load_space(args.space)
     summary = space.summary()
@@ -41,7 +41,7 @@ def _space_show(args: argparse.Namespace) -> int:
 
 
 def _space_list(args: argparse.Namespace) -> int:
-    from hurricane.space import builtin_spaces, load_space
+    from hurricane.space_file import builtin_spaces, load_space
 
     for name in builtin_spaces():
         space = load_space(name)
@@ -132,7 +132,7 @@ def _add_train_args(
 
 
 def _train_config(args: argparse.Namespace):
-    from hurricane.space import load_space
+    from hurricane.space_file import load_space
     from hurricane.train import TrainConfig, parse_layers
 
     space = load_space(args.space)

@@ -15,7 +15,7 @@ from devices.spec import builtin_devices, load_device
 from hurricane.budgets import Budget, BudgetError
 from hurricane.reduce import RULES, SKIP_RULES
 from hurricane.search import SearchConfig
-from hurricane.space import builtin_spaces, load_space
+from hurricane.space_file import builtin_spaces, load_space
 from hurricane.tomlcheck import ConfigError, Fields, read_toml
 from hurricane.train import TrainConfig
 

@@ -26,11 +26,13 @@ from hurricane.errors import UserError
 from hurricane.final import train_final
 from hurricane.latency import LatencyModel, fill_missing, read_table
 from hurricane.lut import LutDB
+from hurricane.provenance import provenance
 from hurricane.reduce import reduce_space, scores_json
 from hurricane.search import EvolutionSearch
-from hurricane.space import SearchSpace, load_space, space_to_toml
+from hurricane.space import SearchSpace
+from hurricane.space_file import load_space, space_to_toml
 from hurricane.stage_a import default_split, stage_a_base
-from hurricane.train import TrainConfig, provenance, train
+from hurricane.train import TrainConfig, train
 from hurricane.two_stage import data_for, stage_a_config, two_stage
 from pipelines.config import Pipeline
 from pipelines.steps import Steps, digest, file_sha256

@@ -10,7 +10,7 @@ from pipelines.config import DEFAULT_DB
 
 def _validate(args: argparse.Namespace) -> int:
     from devices.spec import load_device
-    from hurricane.space import load_space
+    from hurricane.space_file import load_space
     from pipelines.latency_validate import summary_lines, validate_latency
 
     space, spec = load_space(args.space), load_device(args.device)
@@ -32,7 +32,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from devices.spec import load_device
     from hurricane.latency import LatencyModel
-    from hurricane.space import load_space
+    from hurricane.space_file import load_space
 
     space = load_space(args.space)
     model = LatencyModel.from_db(space, args.db, load_device(args.device).name)
@@ -48,7 +48,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace) -> int:
     from devices.spec import load_device
-    from hurricane.space import load_space
+    from hurricane.space_file import load_space
     from profilers.adaptive import adaptive_sample
 
     report = adaptive_sample(

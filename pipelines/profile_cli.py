@@ -61,7 +61,7 @@ def _profile_one(space_ref: str, spec_ref: str, db: str, kw: dict) -> dict:
     """One device's campaign, in its own process (spawned: torch tracing is not
     thread-safe, and JAX, which the LiteRT converter loads, does not survive a fork)."""
     from devices.spec import load_device
-    from hurricane.space import load_space
+    from hurricane.space_file import load_space
     from profilers.campaign import profile
 
     return profile(load_space(space_ref), load_device(spec_ref), db, **kw).to_json()
@@ -69,7 +69,7 @@ def _profile_one(space_ref: str, spec_ref: str, db: str, kw: dict) -> dict:
 
 def _profile(args: argparse.Namespace) -> int:
     from devices.spec import load_device
-    from hurricane.space import load_space
+    from hurricane.space_file import load_space
 
     load_space(args.space)  # fail on a bad file before starting anything
     specs = [load_device(d) for d in args.device]

@@ -12,8 +12,9 @@ from hurricane.arch import Arch
 from hurricane.errors import UserError
 from hurricane.latency import USABLE, LatencyModel, read_table
 from hurricane.lut import LutDB
-from hurricane.space import OpInstance, SearchSpace
-from hurricane.train import provenance
+from hurricane.lutkeys import OpInstance
+from hurricane.provenance import provenance
+from hurricane.space import SearchSpace
 from pipelines.steps import digest
 
 

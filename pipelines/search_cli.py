@@ -37,7 +37,7 @@ def _latency_model(space, db: str, device: str):
 
 def _shrink(args: argparse.Namespace) -> int:
     from devices.spec import load_device
-    from hurricane.space import load_space
+    from hurricane.space_file import load_space
     from pipelines.jobs import shrink_for_device
 
     space = load_space(args.space)
@@ -100,7 +100,7 @@ def _search(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from hurricane.search import EvolutionSearch, random_search
-    from hurricane.space import load_space
+    from hurricane.space_file import load_space
     from hurricane.train import TrainConfig
     from hurricane.two_stage import SupernetFitness, data_for, load_supernet
 
@@ -170,7 +170,7 @@ def two_stage_command(args: argparse.Namespace, cfg) -> int:
     """``hurricane train --two-stage``: stage A, its search, stage B, its search, final."""
     import math
 
-    from hurricane.space import load_space
+    from hurricane.space_file import load_space
     from hurricane.stage_a import default_split, stage_a_base
     from hurricane.two_stage import data_for, two_stage
 

@@ -29,7 +29,7 @@ def ort_lut(tmp_path_factory):
     (database, device spec file, artifact cache). Tests that change it work on a copy."""
     from devices.artifacts import ArtifactCache
     from devices.spec import load_device
-    from hurricane.space import load_space
+    from hurricane.space_file import load_space
     from profilers.campaign import profile
 
     tmp = tmp_path_factory.mktemp("ort_lut")

@@ -14,7 +14,7 @@ import torch
 
 from devices.artifacts import Artifact, ArtifactCache
 from devices.spec import DeviceSpec, load_device, parse_device
-from hurricane.space import load_space
+from hurricane.space_file import load_space
 from hurricane.subnet import build_subnet
 from profilers.session import AgentCrashed, AgentSession, InferenceFailed
 from tests.sshd import SSHServer

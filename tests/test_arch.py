@@ -8,7 +8,7 @@ import random
 import pytest
 
 from hurricane.arch import Arch, ArchError
-from hurricane.space import load_space, parse_space
+from hurricane.space_file import load_space, parse_space
 
 BUILTINS = ["demo", "default", "fbnet", "proxyless"]
 

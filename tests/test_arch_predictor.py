@@ -12,7 +12,7 @@ from hurricane.arch_predictor import ArchPredictor
 from hurricane.calibration import Calibration, accuracy
 from hurricane.costs import instance_cost
 from hurricane.errors import UserError
-from hurricane.space import load_space
+from hurricane.space_file import load_space
 
 
 def device_ms(space, arch: Arch) -> float:

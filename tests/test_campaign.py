@@ -12,7 +12,7 @@ from devices.artifacts import ArtifactCache
 from devices.spec import load_device
 from devices.transport import TransportError
 from hurricane.errors import UserError
-from hurricane.space import load_space
+from hurricane.space_file import load_space
 from profilers.campaign import profile, space_instances
 from profilers.measure import latency_of, round_cv
 from profilers.session import AgentSession

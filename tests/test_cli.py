@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hurricane.space import builtin_spaces, load_space
+from hurricane.space_file import builtin_spaces, load_space
 from pipelines.cli import main
 
 pytestmark = pytest.mark.usefixtures("single_thread")

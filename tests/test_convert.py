@@ -100,7 +100,7 @@ def test_conversion_workers_keep_converter_chatter_off_the_terminal(tmp_path: Pa
         f"""
         from pathlib import Path
         from devices.artifacts import ArtifactCache, convert_all
-        from hurricane.space import load_space
+        from hurricane.space_file import load_space
         from hurricane.subnet import instance_module
         if __name__ == "__main__":
             space = load_space({str(Path(__file__).parent / "spaces" / "tiny.toml")!r})

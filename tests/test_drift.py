@@ -10,7 +10,7 @@ import pytest
 from devices.artifacts import ArtifactCache
 from devices.spec import load_device
 from hurricane.errors import UserError
-from hurricane.space import load_space
+from hurricane.space_file import load_space
 from profilers.campaign import profile
 from profilers.drift import REFERENCE_ID, DriftGuard
 from profilers.measure import latency_of

@@ -11,7 +11,7 @@ import pytest
 from hurricane.arch import Arch
 from hurricane.latency import LutPredictor, MissingEntries
 from hurricane.lut import LutDB
-from hurricane.space import load_space
+from hurricane.space_file import load_space
 
 TINY = Path(__file__).parent / "spaces" / "tiny.toml"
 

@@ -15,7 +15,8 @@ from devices.spec import load_device
 from hurricane.calibration import spread_choice
 from hurricane.errors import UserError
 from hurricane.latency import LatencyModel, LutPredictor, MissingEntries, fill_missing, read_table
-from hurricane.space import OpInstance, load_space, parse_space
+from hurricane.lutkeys import OpInstance
+from hurricane.space_file import load_space, parse_space
 from pipelines.cli import main
 from pipelines.latency_validate import POOL, sample_distinct
 from profilers.adaptive import adaptive_sample, candidate_pool

@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from hurricane.lut import LutDB, entry_from_samples, error_entry
-from hurricane.space import OpInstance
+from hurricane.lutkeys import OpInstance
 
 A = OpInstance("mb_k3_e3", 16, 24, 14, 14, 2, "relu")
 B = OpInstance("skip", 24, 24, 7, 7, 1, "relu")

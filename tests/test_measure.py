@@ -10,7 +10,7 @@ import pytest
 
 from devices.artifacts import ArtifactCache
 from devices.spec import load_device
-from hurricane.space import load_space
+from hurricane.space_file import load_space
 from hurricane.subnet import instance_module
 from profilers.campaign import profile
 from profilers.drift import REFERENCE_ID

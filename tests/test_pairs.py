@@ -13,7 +13,8 @@ from devices.spec import load_device
 from hurricane.arch import Arch
 from hurricane.errors import UserError
 from hurricane.latency import LutPredictor, fill_missing, read_table
-from hurricane.space import PAIR_OP, is_pair_key, load_space
+from hurricane.lutkeys import PAIR_OP, is_pair_key
+from hurricane.space_file import load_space
 from hurricane.subnet import build_subnet, instance_module
 from profilers.campaign import profile, space_instances
 

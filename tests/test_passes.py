@@ -12,7 +12,7 @@ from devices.artifacts import ArtifactCache
 from devices.spec import load_device
 from hurricane.errors import UserError
 from hurricane.lut import LutDB
-from hurricane.space import load_space
+from hurricane.space_file import load_space
 from profilers.campaign import profile
 from profilers.models import measure_archs
 from profilers.passes import prior, spread, with_pass

@@ -16,7 +16,7 @@ from hurricane.errors import UserError
 from hurricane.latency import LutPredictor, MissingEntries
 from hurricane.reduce import reduce_space, score_ops
 from hurricane.search import BudgetTooLow, EvolutionSearch, SearchConfig, random_search
-from hurricane.space import load_space, parse_space, space_to_toml
+from hurricane.space_file import load_space, parse_space, space_to_toml
 
 TINY = Path(__file__).parent / "spaces" / "tiny.toml"
 

@@ -16,7 +16,7 @@ from hurricane.arch import Arch
 from hurricane.final import train_final
 from hurricane.latency import LatencyModel
 from hurricane.shrink import drop_worst
-from hurricane.space import load_space
+from hurricane.space_file import load_space
 from hurricane.subnet import build_subnet
 from hurricane.train import TrainConfig, Trainer
 from pipelines.cli import main

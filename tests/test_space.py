@@ -7,7 +7,6 @@ import math
 
 import pytest
 
-from hurricane import space as space_module
 from hurricane.opnames import FBNET_OPS, VOCABULARY, canonical
 from hurricane.space_file import SpaceError, builtin_spaces, load_space, parse_space, space_to_toml
 from hurricane.tomlcheck import ConfigError
@@ -437,13 +436,6 @@ def test_invalid_toml_is_one_line() -> None:
     assert msg.startswith("bad.toml: ")
     assert "\n" not in msg
     assert "TOML" in msg
-
-
-def test_file_functions_are_importable_from_hurricane_space() -> None:
-    for name in ("SpaceError", "builtin_spaces", "load_space", "parse_space", "space_to_toml"):
-        assert getattr(space_module, name) is globals()[name], name
-    with pytest.raises(AttributeError):
-        space_module.no_such_name  # noqa: B018
 
 
 def test_space_error_is_value_error() -> None:

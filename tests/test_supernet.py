@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from hurricane.arch import Arch
-from hurricane.space import SearchSpace, load_space, parse_space
+from hurricane.space import SearchSpace
+from hurricane.space_file import load_space, parse_space
 from hurricane.subnet import build_subnet
 from hurricane.supernet import Supernet
 

@@ -13,7 +13,7 @@ from torch import nn
 from devices.artifacts import ArtifactCache
 from devices.convert import ConversionError
 from devices.tflite_split import opcode_names
-from hurricane.space import OpInstance
+from hurricane.lutkeys import OpInstance
 from hurricane.subnet import instance_module
 
 INSTANCES = [

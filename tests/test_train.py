@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from hurricane.errors import UserError
-from hurricane.space import load_space
+from hurricane.space_file import load_space
 from hurricane.supernet import Supernet
 from hurricane.train import TrainConfig, Trainer, parse_layers, train
 

@@ -11,7 +11,7 @@ import torch
 from hurricane.arch import Arch
 from hurricane.latency import LutPredictor
 from hurricane.search import SearchConfig
-from hurricane.space import load_space
+from hurricane.space_file import load_space
 from hurricane.supernet import Supernet
 from hurricane.train import TrainConfig, Trainer, train
 from hurricane.two_stage import single_stage, two_stage
