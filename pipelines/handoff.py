@@ -35,6 +35,7 @@ from hurricane.space_file import load_space, space_to_toml
 from hurricane.subnet import build_subnet
 from pipelines.steps import file_sha256
 from profilers.measure import Engine, MemorySink, judge_budget, row_noise
+from profilers.models import device_noise
 from profilers.session import AgentCrashed, AgentSession
 
 MANIFEST = "manifest.json"
@@ -146,6 +147,7 @@ def time_on_device(
     item: str,
     seed: int,
     check: Callable[[AgentSession], None] | None = None,
+    device_noise: float = 0.0,
 ) -> dict[str, Any]:
     """The model's latency on the device, timed by the measurement engine exactly as the
     final step timed the chosen model (batched with the drift reference, the spec's passes,
@@ -158,7 +160,7 @@ def time_on_device(
     if row is None or row["status"] == "error":
         why = row["error"] if row else "no timing came back"
         raise BundleError(f"{spec.name}: the exported model failed to run: {why}")
-    noise = row_noise(row, rep.noise_floor)
+    noise = row_noise(row, max(rep.noise_floor or 0.0, device_noise))
     return {
         "latency_ms": row["median_ms"],
         "round_cv": row["round_cv"],
@@ -170,6 +172,7 @@ def time_on_device(
         "runtime_version": row.get("runtime_version"),
         "delegate": row.get("delegate"),
         "noise": round(noise, 4),
+        "device_noise": device_noise,
         "noise_floor": rep.noise_floor,
         "drift": rep.drift,
         "fingerprint": rep.fingerprint,
@@ -204,8 +207,11 @@ def make_bundle(
     samples: int = 32,
     seed: int = 0,
     extra: dict[str, Any] | None = None,
+    db: str | Path | None = None,
 ) -> dict[str, Any]:
     """Export, verify on ``spec`` and write the bundle to ``out``; returns the manifest.
+    ``db``: the LUT database whose profile runs say how noisy the device is (the budget
+    decision allows for it, as the final step's does).
 
     Built in a temporary folder beside ``out`` and moved into place when complete, so an
     interrupted handoff never leaves a bundle that looks finished."""
@@ -230,7 +236,12 @@ def make_bundle(
         (work / "space.toml").write_text(space_to_toml(space, f"The space of {arch}"))
         outputs: dict[str, np.ndarray] = {}
         measured = time_on_device(
-            spec, art, "bundle", seed, lambda s: outputs.update(got=_infer(s, art, batch))
+            spec,
+            art,
+            "bundle",
+            seed,
+            lambda s: outputs.update(got=_infer(s, art, batch)),
+            device_noise(db, spec),
         )
         got, fingerprint = outputs["got"], measured.pop("fingerprint")
         device_check = compare_outputs(reference, got, _tolerance(spec))
@@ -389,8 +400,14 @@ def verify_bundle(bundle: str | Path, device: str | None = None, seed: int = 1) 
             Path(tmp) / f"{key}{Path(names[0]).suffix}",
         )
         outputs: dict[str, np.ndarray] = {}
+        same = manifest["device"]["name"] == spec.name
         measured = time_on_device(
-            spec, art, "bundle", seed, lambda s: outputs.update(got=_infer(s, art, x))
+            spec,
+            art,
+            "bundle",
+            seed,
+            lambda s: outputs.update(got=_infer(s, art, x)),
+            float(manifest["latency"].get("device_noise") or 0.0) if same else 0.0,
         )
     budget = manifest["latency"].get("budget_ms")
     decision = judge_budget(measured["latency_ms"], budget, measured["noise"])

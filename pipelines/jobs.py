@@ -493,6 +493,7 @@ class PipelineRun:
                 "pipeline": {"name": self.p.name, "source": self.p.source},
                 "provenance": provenance(),
             },
+            db=self.p.db,
         )
         ms = m["latency"]["measured_ms"]
         if m["accepted"]:

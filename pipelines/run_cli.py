@@ -189,6 +189,7 @@ def _handoff(args: argparse.Namespace) -> int:
         args.data,
         args.samples,
         args.seed,
+        db=args.db,
     )
     print(f"bundle {out}: {', '.join(m['files'])}")
     print(
@@ -271,6 +272,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     h.add_argument("target", help="RUN/DEVICE/BUDGET folder (with final.json), or 'verify'")
     h.add_argument("bundle", nargs="?", help="with 'verify': the bundle folder")
     h.add_argument("--device", default=None, help="device spec (with verify: re-measure there)")
+    h.add_argument(
+        "--db", default=DEFAULT_DB, help="LUT database: how noisy the device is (%(default)s)"
+    )
     h.add_argument(
         "--budget", default=None, help="latency budget in ms (default: the one final.json names)"
     )

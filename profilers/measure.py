@@ -376,21 +376,28 @@ def drift_json(guards: list[DriftGuard]) -> dict[str, Any]:
     return out
 
 
-def warn_if_slower(spec: DeviceSpec, profiled_ms: float | None, guard: DriftGuard | None) -> bool:
+def warn_if_slower(
+    spec: DeviceSpec, profiled: dict[str, float] | None, guard: DriftGuard | None
+) -> bool:
     """One line on stderr when this session's reference ran slower than it did while the LUT
-    was profiled. The drift guard compares batches within one session, so a device slowed for
-    the whole session (a shared host here, 11-17% for half an hour; a throttled phone) passes
-    it, and its timings are held against a LUT measured faster."""
-    if guard is None or not guard.enabled or not profiled_ms or not math.isfinite(guard.best_ms):
+    was profiled (``profiled``: ``profilers.models.profiled_reference``). The drift guard
+    compares batches within one session, so a device slowed for the whole session (a shared
+    host here, 11-17% for half an hour; a throttled phone) passes it, and its timings are held
+    against a LUT measured faster. Typical is held against typical (the medians over batches),
+    since a best of few batches is no match for a best of many."""
+    if guard is None or not guard.enabled or not profiled or not math.isfinite(guard.best_ms):
         return False
-    ratio = guard.best_ms / profiled_ms
+    if "typical_ms" in profiled:
+        now, then = guard.typical_ms, profiled["typical_ms"]
+    else:  # a profile recorded before typical figures were kept
+        now, then = guard.best_ms, profiled["best_ms"]
+    ratio = now / then
     if ratio <= 1 + guard.threshold:
         return False
     print(
         f"WARNING: {spec.name} ran its drift reference {100 * (ratio - 1):.0f}% slower in this "
-        f"session ({guard.best_ms:.4g} ms) than while its LUT was profiled "
-        f"({profiled_ms:.4g} ms); these timings are slow against the LUT: let the "
-        "device settle and measure again",
+        f"session ({now:.4g} ms) than while its LUT was profiled ({then:.4g} ms); these "
+        "timings are slow against the LUT: let the device settle and measure again",
         file=sys.stderr,
     )
     return True

@@ -9,6 +9,7 @@ interrupted run keeps what it measured and a second run measures only what is mi
 from __future__ import annotations
 
 import hashlib
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
@@ -99,7 +100,7 @@ def measure_archs(
             desc=f"measure on {spec.name}",
         )
         engine.run(todo, artifact, sink, again=wanted, seed=seed)
-        warn_if_slower(spec, profiled_reference_best(db, dev), engine.guard)
+        warn_if_slower(spec, profiled_reference(db, dev), engine.guard)
         stored = db.models(dev, h)
     return {a: stored[a] for a in wanted if a in stored}
 
@@ -117,14 +118,34 @@ class ModelSink:
         self.db.put_model(self.dev, self.space, self.hash, key, row)
 
 
-def profiled_reference_best(db: LutDB, dev: int) -> float | None:
-    """The fastest the drift reference ran in this device's profile runs (``runs.info``)."""
-    best = []
+def profiled_reference(db: LutDB, dev: int) -> dict[str, float] | None:
+    """How the drift reference ran in this device's profile runs (``runs.info``): its best
+    and its typical (median over batches) figure, and the device's noise, the share a typical
+    batch sits above the best: how far a figure can move from one batch to the next."""
+    best, typical = [], []
     for info in db.run_infos(dev):
         drift = info.get("drift") or {}
         by_pass = drift.get("reference_best_ms_by_pass") or []
         best += [v for v in (drift.get("reference_best_ms"), *by_pass) if v]
-    return min(best) if best else None
+        if drift.get("reference_median_ms"):
+            typical.append(drift["reference_median_ms"])
+    if not best:
+        return None
+    out = {"best_ms": min(best)}
+    if typical:
+        out["typical_ms"] = statistics.median(typical)
+        out["noise"] = round(max(0.0, 1 - out["best_ms"] / out["typical_ms"]), 4)
+    return out
+
+
+def device_noise(db_path: str | Path | None, spec: DeviceSpec) -> float:
+    """The device's noise from its profile runs in ``db_path`` (0 when nothing is known)."""
+    if db_path is None or not Path(db_path).is_file():
+        return 0.0
+    with LutDB(db_path) as db:
+        known = {d["name"] for d in db.devices()}
+        ref = profiled_reference(db, db.device_id(spec.name)) if spec.name in known else None
+    return float(ref.get("noise", 0.0)) if ref else 0.0
 
 
 def choose_measured(
@@ -148,10 +169,11 @@ def choose_measured(
         space, spec, [space.parse_arch(c["arch"]) for c in top], db, progress=progress
     )
     measured = []
+    floor = device_noise(db, spec)
     for c in top:
         row = rows.get(c["arch"], {})
         ms = row.get("median_ms") if row.get("status") in USABLE else None
-        decision = judge_budget(ms, budget_ms, row_noise(row) if ms is not None else 0.0)
+        decision = judge_budget(ms, budget_ms, row_noise(row, floor) if ms is not None else 0.0)
         measured.append(
             {
                 **c,

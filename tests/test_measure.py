@@ -239,3 +239,30 @@ def test_statistics_of_a_result() -> None:
     res = {"median_ms": 1.2, "round_medians_ms": [1.0, 1.5, 1.02, 1.6, 1.01, 1.4, 1.3, 1.1]}
     assert latency_of(res) == 1.2 and latency_of(res, "min") == 1.0
     assert round_cv(res, "min") == pytest.approx(0.02)
+
+
+def test_decisions_allow_for_the_noise_the_profile_measured(ort_lut, tmp_path: Path) -> None:
+    """The final step's decision takes the device's noise from its profile runs (how far a
+    typical batch sits above the best): a figure inside it is within noise, not over."""
+    from profilers.models import device_noise
+
+    db = tmp_path / "lut.sqlite"
+    with sqlite3.connect(ort_lut[0]) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)
+    space, spec = load_space(TINY), load_device(ort_lut[1])
+    arch = "ds_k3-skip-mb_k3_e3"
+    rows = measure_archs(
+        space, spec, [space.parse_arch(arch)], db, cache=ort_lut[2], progress=False, workers=0
+    )
+    ms = rows[arch]["median_ms"]
+    ranked = [{"arch": arch, "fitness": 0.5, "latency_ms": ms}]
+    over = choose_measured(space, spec, ranked, ms / 1.3, db, n=1, progress=False)
+    assert not over["accepted"] and over["decision"]["verdict"] == "over budget"
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "UPDATE runs SET info = json_set(info, '$.drift.reference_best_ms', 0.01, "
+            "'$.drift.reference_median_ms', 0.02)"
+        )
+    assert device_noise(db, spec) == 0.5
+    near = choose_measured(space, spec, ranked, ms / 1.3, db, n=1, progress=False)
+    assert near["accepted"] and near["decision"]["verdict"] == "within noise of the budget"
