@@ -3,7 +3,6 @@ ONNX Runtime LUT."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +16,6 @@ from hurricane.train import TrainConfig, Trainer
 from pipelines.cli import main
 
 TINY = str(Path(__file__).parent / "spaces" / "tiny.toml")
-
-
-def copy_db(src: Path, tmp_path: Path) -> Path:
-    db = tmp_path / "lut.sqlite"
-    with sqlite3.connect(src) as a, sqlite3.connect(db) as b:
-        a.backup(b)
-    return db
 
 
 def arch(*ops: str) -> Arch:
