@@ -40,6 +40,10 @@ RUN_PREFIX = "hurricane-run-"  # close() only ever deletes a folder whose name s
 _PID_MARK = b"hurricane-pid:"  # first stdout line of every SSH command: the pid to kill on timeout
 _CHUNK = 65536
 _STDERR_KEEP = 64 * 1024  # an agent's stderr is kept for error messages, not forever
+# The longest stdout line an agent may write: a timing reply is a few kB, an inference's
+# outputs a few hundred; anything longer is refused rather than buffered without end.
+MAX_LINE = 8 * 1024 * 1024
+_HEAD = 512  # what is kept of a refused line, to tell whose reply it was
 _KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 
 
@@ -49,6 +53,21 @@ class TransportError(UserError):
 
 class DeviceUnreachable(TransportError):
     """The connection could not be made or was lost: worth retrying, unlike a refused key."""
+
+
+class LineTooLong(TransportError):
+    """An agent wrote a line over the limit; its start (``head``) may tell whose it was."""
+
+    def __init__(self, message: str, head: str, size: int) -> None:
+        super().__init__(message)
+        self.head = head
+        self.size = size
+
+
+@dataclass(frozen=True)
+class _Overflow:
+    head: bytes
+    size: int
 
 
 class _CannotExec(TransportError):
@@ -156,19 +175,31 @@ class _Process(abc.ABC):
 
 
 class _Drain:
-    """Empties one pipe in a background thread, so a chatty command never blocks on it."""
+    """Empties one pipe in a background thread, so a chatty command never blocks on it.
 
-    def __init__(self, read: Callable[[int], bytes], lines: bool = False, keep: int = 0) -> None:
+    In line mode each chunk is scanned once, so reading is linear in the bytes received; a
+    line over ``max_line`` is not kept but reported as an ``_Overflow`` with its start."""
+
+    def __init__(
+        self,
+        read: Callable[[int], bytes],
+        lines: bool = False,
+        keep: int = 0,
+        max_line: int | None = None,
+    ) -> None:
         self._read = read
         self._keep = keep
+        self.max_line = MAX_LINE if max_line is None else max_line
         self._buf = bytearray()
         self._lock = threading.Lock()
-        self.lines: queue.Queue[bytes | None] | None = queue.Queue() if lines else None
+        self.lines: queue.Queue[bytes | _Overflow | None] | None = queue.Queue() if lines else None
         self.done = threading.Event()
         threading.Thread(target=self._loop, daemon=True, name="hurricane-drain").start()
 
     def _loop(self) -> None:
-        partial = b""
+        partial = bytearray()
+        over: list[int] = []  # [bytes dropped] while inside an over-long line
+        head = b""
         try:
             while True:
                 try:
@@ -177,19 +208,39 @@ class _Drain:
                     chunk = b""  # closed under us: same as end of file
                 if not chunk:
                     break
-                if self.lines is not None:
-                    *complete, partial = (partial + chunk).split(b"\n")
-                    for line in complete:
-                        self.lines.put(line)
+                if self.lines is None:
+                    with self._lock:
+                        self._buf += chunk
+                        if self._keep and len(self._buf) > self._keep:
+                            del self._buf[: -self._keep]
                     continue
-                with self._lock:
-                    self._buf += chunk
-                    if self._keep and len(self._buf) > self._keep:
-                        del self._buf[: -self._keep]
+                start = 0
+                while start <= len(chunk):
+                    nl = chunk.find(b"\n", start)
+                    piece = chunk[start:] if nl < 0 else chunk[start:nl]
+                    if over:
+                        over[0] += len(piece)
+                    elif len(partial) + len(piece) > self.max_line:
+                        head = bytes((partial + piece[:_HEAD])[:_HEAD])
+                        over = [len(partial) + len(piece)]
+                        partial.clear()
+                    else:
+                        partial += piece
+                    if nl < 0:
+                        break
+                    if over:
+                        self.lines.put(_Overflow(head, over[0]))
+                        over = []
+                    else:
+                        self.lines.put(bytes(partial))
+                        partial.clear()
+                    start = nl + 1
         finally:
             if self.lines is not None:
-                if partial:
-                    self.lines.put(partial)
+                if over:
+                    self.lines.put(_Overflow(head, over[0]))
+                elif partial:
+                    self.lines.put(bytes(partial))
                 self.lines.put(None)
             self.done.set()
 
@@ -398,6 +449,13 @@ class AgentProcess:
             self._proc.wait(1.0)  # let the exit status arrive before telling EOF from a loss
             self._raise_if_lost()
             return None
+        if isinstance(line, _Overflow):
+            raise LineTooLong(
+                f"{_describe(self.argv)} on {self.where} wrote a line of {line.size} bytes, "
+                f"over the limit of {self._out.max_line} bytes; it was dropped",
+                line.head.decode("utf-8", "replace"),
+                line.size,
+            )
         return line.decode("utf-8", "replace")
 
     def stderr_text(self) -> str:

@@ -35,6 +35,14 @@ class Calibration:
                 f"calibration needs at least 2 models with a prediction and a measurement, "
                 f"got {len(x)} predictions and {len(y)} measurements"
             )
+        for what, v in (("predicted", x), ("measured", y)):
+            bad = np.flatnonzero(~np.isfinite(v) | (v <= 0))
+            if len(bad):
+                i = int(bad[0])
+                raise UserError(
+                    f"calibration: model {i + 1} has a {what} latency of {v[i]!r} ms; latencies "
+                    "must be positive finite milliseconds: measure that model again"
+                )
         if np.ptp(x) <= 0:  # no spread: only a scale can be learned
             return cls(float(np.median(y / x)), 0.0, len(x))
         a = np.stack([x, np.ones_like(x)], 1) / y[:, None]

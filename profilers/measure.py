@@ -16,6 +16,9 @@ protocol is this module's, so the same model gets the same figure whoever asks:
   connection is re-opened once;
 - ``[measure] passes`` > 1 times everything again in fresh agent processes and stores the
   median of the passes (``profilers/passes.py``);
+- every reply is checked before it is stored (``profilers/replies.py``): one that is not a
+  positive finite timing of an item that was asked for is stored as that item's error, with
+  the reason, and replies that name no pending item are counted and reported;
 - every row is handed to the caller's sink the moment it is final, so an interruption loses
   at most the batch in flight.
 """
@@ -37,6 +40,7 @@ from devices.spec import DeviceSpec
 from devices.transport import DeviceUnreachable
 from profilers.drift import REFERENCE_ID, DriftGuard
 from profilers.passes import combined, merged, prior, spread
+from profilers.replies import checked
 from profilers.session import AgentCrashed, AgentSession
 
 NOISE_FLOOR_MS = 0.002  # below this spread the clock and the agent's loop dominate anyway
@@ -125,6 +129,7 @@ class MeasureReport:
     pass_spread: float | None = None
     noise_floor: float | None = None  # the reference's median round spread (relative)
     noisy_at_floor: int = 0  # noisy items not re-measured: no noisier than the device
+    bad_replies: int = 0  # agent lines that could not be used (invalid ones are errors too)
     drift: dict[str, Any] = field(default_factory=dict)
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
@@ -280,6 +285,8 @@ class Engine:
             session = self.session_factory(spec)
             session.open()
             results = _collect(session, items, seed)
+        results = [checked(r) for r in results]
+        self._report_unused(session, bar)
         for r in results:
             if r.get("id") == REFERENCE_ID and r.get("type") == "result":
                 # Unclipped: the floor is the device's own spread, however small.
@@ -340,6 +347,20 @@ class Engine:
         else:
             bar.set_postfix(ok=rep.measured, noisy=rep.noisy, err=rep.errors)
         return session, retry
+
+    def _report_unused(self, session: AgentSession, bar: tqdm) -> None:
+        """One line for the agent lines of a batch that named no pending item: they would
+        otherwise vanish without notice."""
+        lost = session.bad_replies
+        if not lost:
+            return
+        self.report.bad_replies += len(lost)
+        bar.write(
+            f"WARNING: {self.spec.name}: {len(lost)} line(s) from the agent could not be used "
+            f"(first: {lost[0][:160]}); items without a usable reply are stored as errors",
+            file=sys.stderr,
+        )
+        lost.clear()
 
     @staticmethod
     def _finish(key: str, bar: tqdm, done: set[str]) -> None:

@@ -15,12 +15,14 @@ from devices.artifacts import Artifact
 from devices.spec import DeviceSpec
 from devices.transport import (
     AgentProcess,
+    LineTooLong,
     LocalTransport,
     SSHTransport,
     Transport,
     TransportError,
 )
 from hurricane.errors import UserError
+from profilers.replies import BadReply, id_in_head, parse
 
 AGENT_NAME = "hurricane_agent.py"
 
@@ -76,6 +78,8 @@ class AgentSession:
         self._uploaded: set[str] = set()
         self.timeout = spec.transport.command_timeout_s
         self.last_infer: dict[str, Any] = {}  # the latest infer reply, less its output data
+        # Lines that could not be used and named no pending item: the engine reports them.
+        self.bad_replies: list[str] = []
 
     def __enter__(self) -> AgentSession:
         self.open()
@@ -95,8 +99,13 @@ class AgentSession:
             argv += ["--affinity", ",".join(map(str, self.spec.affinity))]
         self.proc = self.transport.start(argv)
         hello = self.request({"cmd": "hello"}, "hello")
+        if not isinstance(hello.get("fingerprint"), dict):
+            raise TransportError(
+                f"{self.spec.name}: the profiling agent's hello has no fingerprint "
+                f"({str(hello)[:120]}); check that {argv[0]} runs Hurricane's agent"
+            )
         self.fingerprint = hello["fingerprint"]
-        self.fingerprint["agent_python"] = hello.get("python")
+        self.fingerprint["agent_python"] = str(hello.get("python"))
 
     def restart_agent(self) -> None:
         if self.proc is not None:
@@ -119,14 +128,22 @@ class AgentSession:
             raise RuntimeError(f"{self.spec.name}: no profiling agent running; open() the session")
         return self.proc
 
-    def _read(self) -> dict[str, Any] | None:
-        line = self._agent().readline(timeout=self.timeout)
-        return None if line is None else json.loads(line)
+    def _read(self) -> dict[str, Any] | BadReply | None:
+        """The next line as a JSON object, a BadReply saying why it is not one, or None once
+        the agent closed its output."""
+        try:
+            line = self._agent().readline(timeout=self.timeout)
+        except LineTooLong as exc:
+            return BadReply(str(exc), id_in_head(exc.head))
+        return None if line is None else parse(line)
+
+    def _unused(self, reason: str) -> None:
+        self.bad_replies.append(reason)
 
     def request(self, msg: dict[str, Any], expect: str) -> dict[str, Any]:
         self._agent().send(json.dumps(msg))
         reply = self._read()
-        if reply is None or reply.get("type") != expect:
+        if not isinstance(reply, dict) or reply.get("type") != expect:
             raise TransportError(
                 f"{self.spec.name}: the profiling agent did not answer {msg['cmd']!r} "
                 f"({reply!r}); its stderr: {self._agent().stderr_text()[-300:]!r}"
@@ -161,12 +178,26 @@ class AgentSession:
             line = self._read()
             if line is None:
                 raise self._crashed("during a batch", pending)
+            if isinstance(line, BadReply):
+                if line.id in pending:
+                    pending.remove(line.id)
+                    yield {"type": "error", "id": line.id, "error": f"bad reply: {line.reason}"}
+                else:
+                    self._unused(line.reason)
+                continue
             kind = line.get("type")
-            if kind in ("result", "error") and line.get("id") in pending:
-                pending.remove(line["id"])
-                yield line
+            if kind in ("result", "error"):
+                if line.get("id") in pending:
+                    pending.remove(line["id"])
+                    yield line
+                else:  # an id never asked for, or answered twice
+                    self._unused(f"a {kind} for {line.get('id')!r:.80}, not pending in this batch")
             elif kind == "done":
+                for item in pending:  # nothing came back for it: say so, do not drop it
+                    yield {"type": "error", "id": item, "error": "the agent sent no reply for it"}
                 return
+            else:
+                self._unused(f"a line of type {kind!r:.40} in a measure batch")
 
     def _crashed(self, when: str, pending: list[str]) -> AgentCrashed:
         proc = self._agent()
@@ -203,6 +234,11 @@ class AgentSession:
             line = self._read()
             if line is None:
                 raise self._crashed(f"while running {item_id}", [item_id])
+            if isinstance(line, BadReply):
+                if line.id == item_id:
+                    raise TransportError(f"{self.spec.name}: running {item_id}: {line.reason}")
+                self._unused(line.reason)
+                continue
             kind = line.get("type")
             if kind == "error" and line.get("id") in (item_id, None):
                 raise InferenceFailed(

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
+import devices.transport
 from devices.transport import (
     DeviceUnreachable,
+    LineTooLong,
     LocalTransport,
     SSHTransport,
     Transport,
@@ -244,6 +246,39 @@ def test_agent_eof_and_stuck_agent_is_killed(transport: Transport) -> None:
     while running(token) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert running(token) == []
+
+
+LONG_LINES = (
+    "import sys\n"
+    "for n in map(int, sys.argv[1:]):\n"
+    '    sys.stdout.write(\'{"id": "item-%d", "pad": "\' % n + \'x\' * n + \'"}\\n\')\n'
+    "    sys.stdout.write('after %d\\n' % n)\n"
+    "sys.stdout.flush()\n"
+)
+
+
+def wire(n: int) -> int:
+    return len(json.dumps({"id": f"item-{n}", "pad": "x" * n}))
+
+
+def test_a_line_over_the_limit_is_refused_and_the_next_one_read(
+    transport: Transport, monkeypatch
+) -> None:
+    limit = 1 << 20
+    monkeypatch.setattr(devices.transport, "MAX_LINE", limit)
+    sizes = [limit - 40, limit + 1, 20 * limit]  # just under, just over, far over
+    agent = transport.start([PY, "-c", LONG_LINES, *map(str, sizes)])
+    line = agent.readline(timeout=30)
+    assert line is not None and len(line) == wire(sizes[0]) <= limit
+    assert agent.readline(timeout=30) == f"after {sizes[0]}"
+    for n in sizes[1:]:
+        with pytest.raises(LineTooLong) as exc:
+            agent.readline(timeout=30)
+        assert exc.value.size == wire(n) and exc.value.head.startswith(f'{{"id": "item-{n}"')
+        assert f"over the limit of {limit} bytes" in one_line(exc)
+        assert agent.readline(timeout=30) == f"after {n}"
+    assert agent.readline(timeout=10) is None
+    agent.close()
 
 
 # -- SSH only ----------------------------------------------------------------------------------
