@@ -689,6 +689,20 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
         )
 
 
+# The identity files ssh tries when none is configured (ssh(1), -i), in its order.
+_DEFAULT_KEYS = ("id_rsa", "id_ecdsa", "id_ecdsa_sk", "id_ed25519", "id_ed25519_sk", "id_dsa")
+
+
+def _mode(path: str) -> str:
+    return oct(os.stat(path).st_mode & 0o777)[2:].zfill(4)
+
+
+def _private(path: str) -> bool:
+    """What OpenSSH asks of a private key it owns: no access for group or others."""
+    st = os.stat(path)
+    return st.st_uid != os.getuid() or not st.st_mode & 0o077
+
+
 def _ssh_config_for(host: str, ssh_config: str | Path | None) -> dict:
     """What ssh_config (the given file, else ~/.ssh/config if any) says about `host`."""
     path = Path(ssh_config).expanduser() if ssh_config else Path("~/.ssh/config").expanduser()
@@ -769,10 +783,29 @@ class SSHTransport(Transport):
             self._client = self._connect()
             self.connections_opened += 1
 
+    def _keys(self) -> tuple[list[str], bool]:
+        """The key files to offer, and whether paramiko may add ~/.ssh keys of its own (never:
+        the defaults are listed here, so a key others can read is skipped as ssh skips it)."""
+        for k in self.key_files:
+            if not Path(k).is_file():
+                raise TransportError(f"key file {k} does not exist; pass the right key_file")
+            if not _private(k):
+                raise TransportError(
+                    f"key file {k} is accessible by others (mode {_mode(k)}); OpenSSH refuses "
+                    f"such a key, and so does Hurricane: run `chmod 600 {shlex.quote(k)}`"
+                )
+        if self.key_files:
+            return self.key_files, False
+        found = [
+            str(p) for name in _DEFAULT_KEYS if (p := Path("~/.ssh", name).expanduser()).is_file()
+        ]
+        for k in found:
+            if not _private(k):
+                log.warning("ignoring %s: accessible by others (mode %s), as ssh does", k, _mode(k))
+        return [k for k in found if _private(k)], False
+
     def _connect(self) -> paramiko.SSHClient:
-        missing = [k for k in self.key_files if not Path(k).is_file()]
-        if missing:
-            raise TransportError(f"key file {missing[0]} does not exist; pass the right key_file")
+        key_files, look_for_keys = self._keys()
         client = paramiko.SSHClient()
         if self.known_hosts.is_file():
             try:
@@ -791,9 +824,9 @@ class SSHTransport(Transport):
                 self.host,
                 port=self.port,
                 username=self.user,
-                key_filename=self.key_files or None,
+                key_filename=key_files or None,
                 allow_agent=not self.key_files,
-                look_for_keys=not self.key_files,
+                look_for_keys=look_for_keys,
                 timeout=t,
                 banner_timeout=t,
                 auth_timeout=t,
@@ -829,6 +862,15 @@ class SSHTransport(Transport):
             return TransportError(
                 f"the key file for {where} is protected by a passphrase; load it into "
                 "ssh-agent (ssh-add) and leave key_file unset"
+            )
+        if isinstance(exc, paramiko.BadAuthenticationType) and "publickey" not in (
+            exc.allowed_types or []
+        ):
+            offered = ", ".join(exc.allowed_types or []) or "nothing"
+            return TransportError(
+                f"the SSH server at {where} offers no public-key login (it allows: {offered}); "
+                "Hurricane logs in with keys only: enable PubkeyAuthentication in the device's "
+                "sshd_config"
             )
         if isinstance(exc, paramiko.AuthenticationException):
             keys = ", ".join(self.key_files) or "the SSH agent and ~/.ssh keys"

@@ -90,7 +90,11 @@ class AgentSession:
 
     def open(self) -> None:
         self.transport.open()
-        self.start_agent()
+        try:
+            self.start_agent()
+        except BaseException:
+            self.close()  # removes the work dir the failed start made on the device
+            raise
 
     def start_agent(self) -> None:
         remote = self.transport.put(agent_source(), AGENT_NAME)

@@ -47,7 +47,8 @@ class SSHServer:
     dir (the temporary folder), log (sshd's stderr).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, options: dict[str, str] | None = None) -> None:
+        """``options`` replace or add sshd_config keywords (``{"PubkeyAuthentication": "no"}``)."""
         self.dir = Path(tempfile.mkdtemp(prefix="hurricane-sshd-"))
         self.host = "127.0.0.1"
         self.port = free_port()
@@ -85,6 +86,8 @@ class SSHServer:
             "Subsystem sftp internal-sftp",
             "LogLevel ERROR",
         ]
+        for key, value in (options or {}).items():
+            lines = [ln for ln in lines if ln.split()[0] != key] + [f"{key} {value}"]
         # OpenSSH >= 9.8 penalises sources that fail to authenticate: the tests that present
         # a wrong key or refuse the host key would lock out the tests after them.
         self.config.write_text("\n".join([*lines, "PerSourcePenalties no"]) + "\n")

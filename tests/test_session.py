@@ -14,6 +14,7 @@ import torch
 
 from devices.artifacts import Artifact, ArtifactCache
 from devices.spec import DeviceSpec, load_device, parse_device
+from devices.transport import TransportError
 from hurricane.space_file import load_space
 from hurricane.subnet import build_subnet
 from profilers.session import AgentCrashed, AgentSession, InferenceFailed
@@ -153,6 +154,35 @@ def test_infer_over_ssh(net, tmp_path: Path) -> None:
             assert shipped.parent != art.path.parent
             assert shipped.read_bytes() == art.path.read_bytes()
     assert rel_error(out, ref) < REL_TOL["litert", "fp32"]
+
+
+def test_a_failed_agent_start_leaves_no_work_dir_on_the_device(tmp_path: Path) -> None:
+    remote = tmp_path / "device"
+    remote.mkdir()
+    with SSHServer() as server:
+        spec = parse_device(
+            {
+                "name": "board",
+                "kind": "mobile-cpu",
+                "python": str(tmp_path / "no-such-python"),
+                "workdir": str(remote),
+                "transport": {
+                    "type": "ssh",
+                    "host": server.host,
+                    "port": server.port,
+                    "user": server.user,
+                    "key_file": str(server.client_key),
+                    "known_hosts": str(server.known_hosts),
+                    "connect_timeout_s": 5.0,
+                },
+                "runtime": {"name": "onnxruntime"},
+            }
+        )
+        with pytest.raises(TransportError) as exc:
+            with AgentSession(spec):
+                pass
+    assert "\n" not in str(exc.value)
+    assert list(remote.iterdir()) == []  # the hurricane-run-* folder went with the failure
 
 
 def test_wrong_input_shape_is_an_error_and_the_agent_keeps_serving(net) -> None:

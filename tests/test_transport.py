@@ -318,6 +318,50 @@ def test_changed_host_key_is_refused_even_with_tofu(sshd: SSHServer, tmp_path: P
     assert known.read_text() == before
 
 
+@pytest.mark.parametrize("mode", [0o666, 0o644, 0o640], ids=oct)
+def test_a_key_others_can_read_is_refused_as_openssh_does(
+    sshd: SSHServer, tmp_path: Path, mode: int
+) -> None:
+    key = tmp_path / "key"
+    key.write_bytes(sshd.client_key.read_bytes())
+    key.chmod(mode)
+    with pytest.raises(TransportError) as exc:
+        ssh(sshd, key_file=key).open()
+    message = one_line(exc)
+    assert f"mode {mode:04o}" in message and f"chmod 600 {key}" in message
+    key.chmod(0o600)
+    with ssh(sshd, key_file=key) as t:
+        assert t.run(["true"]).returncode == 0
+
+
+def test_default_keys_others_can_read_are_skipped(
+    sshd: SSHServer, tmp_path: Path, monkeypatch
+) -> None:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    key = home / ".ssh" / "id_ed25519"
+    key.write_bytes(sshd.client_key.read_bytes())
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    key.chmod(0o644)
+    with pytest.raises(TransportError) as exc:
+        ssh(sshd, key_file=None).open()
+    assert "authentication" in one_line(exc)
+    key.chmod(0o600)
+    with ssh(sshd, key_file=None) as t:
+        assert t.run(["true"]).returncode == 0
+
+
+def test_a_password_only_server_is_not_told_to_add_a_key() -> None:
+    options = {"PubkeyAuthentication": "no", "PasswordAuthentication": "yes"}
+    with SSHServer(options) as server:
+        with pytest.raises(TransportError) as exc:
+            ssh(server).open()
+    message = one_line(exc)
+    assert "offers no public-key login (it allows: password" in message
+    assert "authorized_keys" not in message
+
+
 def test_wrong_client_key_is_refused(sshd: SSHServer, tmp_path: Path) -> None:
     stranger = tmp_path / "stranger"
     keygen(stranger)
