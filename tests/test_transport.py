@@ -375,11 +375,13 @@ def test_wrong_client_key_is_refused(sshd: SSHServer, tmp_path: Path) -> None:
         ssh(sshd, key_file=tmp_path / "missing").open()
 
 
-def test_connection_refused_names_host_and_port() -> None:
+def test_connection_refused_names_host_and_port(tmp_path: Path) -> None:
     port = free_port()
+    key = tmp_path / "key"
+    keygen(key)
     start = time.monotonic()
     with pytest.raises(DeviceUnreachable) as exc:
-        SSHTransport("127.0.0.1", port, key_file=__file__, connect_timeout=1.0).open()
+        SSHTransport("127.0.0.1", port, key_file=key, connect_timeout=1.0).open()
     assert time.monotonic() - start < 3
     assert f"127.0.0.1:{port}" in one_line(exc)
 
