@@ -15,7 +15,9 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import random
+import re
 import signal
 import sys
 import threading
@@ -146,8 +148,42 @@ def ranks_agree(module: torch.nn.Module) -> bool:
 
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as f:  # a folder we may not write to is an OSError that names it
+        torch.save(obj, f)
     os.replace(tmp, path)
+
+
+def load_tensors(path: str | Path, what: str, error: type[UserError] = UserError) -> dict[str, Any]:
+    """A torch file Hurricane wrote (``supernet.pt``, ``checkpoint.pt``, a final or bundled
+    ``model.pt``: tensors and plain str/int/float/list/dict values only), loaded with
+    ``weights_only=True``. Such a file may come from someone else (a bundle, ``--init``, a
+    supernet to search), and a full unpickle would run whatever code it carries; a file
+    holding anything else is refused with ``error``, one line naming the file."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise error(f"{path}: no such file; give the path of a {what}") from None
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if not found:
+            raise error(
+                f"{path}: not a readable {what} (damaged, or not a torch file); "
+                "use a file Hurricane wrote"
+            ) from None
+        raise error(
+            f"{path}: not a plain {what}: it holds Python objects ({found.group(1)}), which "
+            "Hurricane never loads because unpickling them could run code; use a file "
+            "Hurricane wrote"
+        ) from None
+    except Exception as exc:  # a damaged or foreign file fails in many ways inside torch.load
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        raise error(
+            f"{path}: not a readable {what} ({type(exc).__name__}: {first}); "
+            "use a file Hurricane wrote"
+        ) from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
+        raise error(f"{path}: not a {what} (no 'model' state dict); use a file Hurricane wrote")
+    return obj
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -222,10 +258,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.net = net or Supernet(self.space)
         if cfg.init and net is None:
+            state = load_tensors(cfg.init, "supernet (--init)")["model"]
             try:
-                state = torch.load(cfg.init, map_location="cpu", weights_only=False)["model"]
                 self.net.load_state_dict(state)
-            except (OSError, KeyError, RuntimeError) as exc:
+            except RuntimeError as exc:
                 first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
                 raise UserError(
                     f"--init {cfg.init}: not a supernet of space "
@@ -344,7 +380,8 @@ class Trainer:
         path = self.out / CHECKPOINT
         if not path.exists():
             return False
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        # Tensors and plain values only (no RNG states: every draw is seeded by the step).
+        ckpt = load_tensors(path, "training checkpoint")
         old = TrainConfig(**ckpt["config"]).identity()
         new = self.cfg.identity()
         changed = [k for k in new if old.get(k) != new[k]]

@@ -16,8 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from hurricane.arch import Arch
 from hurricane.data import DataSplits, load_data
 from hurricane.errors import UserError
@@ -26,7 +24,7 @@ from hurricane.search import EvolutionSearch, Latency, SearchConfig
 from hurricane.space import SearchSpace
 from hurricane.space_file import load_space
 from hurricane.supernet import Supernet
-from hurricane.train import TrainConfig, train
+from hurricane.train import TrainConfig, load_tensors, train
 
 
 class SupernetFitness:
@@ -51,8 +49,13 @@ class SupernetFitness:
 
 
 def load_supernet(space: SearchSpace, path: str | Path) -> Supernet:
+    """A trained ``supernet.pt`` of ``space``; tensors only (``train.load_tensors``)."""
     net = Supernet(space)
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+    try:
+        net.load_state_dict(load_tensors(path, "supernet")["model"])
+    except RuntimeError as exc:  # another space's supernet: missing or misshapen weights
+        first = str(exc).strip().splitlines()[0][:200]
+        raise UserError(f"{path}: not a supernet of space {space.name!r} ({first})") from None
     return net.eval()
 
 

@@ -10,12 +10,12 @@ and ``manifest.json``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
-import platform
+import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,11 +28,13 @@ import hurricane
 from devices.artifacts import Artifact
 from devices.runtimes import COMMON_DISTS, ONNX_COPY, REGISTRY
 from devices.spec import DeviceSpec, load_device
-from hurricane.data import load_data
+from hurricane.data import DataSplits, TensorImages, load_data
 from hurricane.errors import UserError
+from hurricane.provenance import portable_path, provenance
 from hurricane.space import SearchSpace
 from hurricane.space_file import load_space, space_to_toml
 from hurricane.subnet import build_subnet
+from hurricane.train import load_tensors
 from pipelines.steps import file_sha256
 from profilers.measure import Engine, MemorySink, judge_budget, row_noise
 from profilers.models import device_noise
@@ -40,6 +42,7 @@ from profilers.session import AgentCrashed, AgentSession
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
+SHA256 = re.compile(r"[0-9a-f]{64}")
 # Host packages whose versions a bundle records: every runtime's, and the ONNX copy's.
 CONVERTERS = tuple(dict.fromkeys([*COMMON_DISTS, *(d for r in REGISTRY.values() for d in r.dists)]))
 
@@ -56,11 +59,45 @@ def _version(dist: str) -> str | None:
 
 
 def load_final_model(space: SearchSpace, model_pt: str | Path) -> tuple[torch.nn.Module, str]:
-    saved = torch.load(model_pt, map_location="cpu", weights_only=False)
+    """The network a final ``model.pt`` holds. Tensors and plain values only: a bundle is
+    data, and a file that would need a full unpickle (which can run code) is refused."""
+    saved = load_tensors(model_pt, "final model", BundleError)
+    if not isinstance(saved.get("arch"), str):
+        raise BundleError(f"{model_pt}: no architecture ('arch'); use a file Hurricane wrote")
     arch = space.parse_arch(saved["arch"])
     net = build_subnet(space, arch)
-    net.load_state_dict(saved["model"])
+    try:
+        net.load_state_dict(saved["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise BundleError(f"{model_pt}: its weights do not fit {arch} ({first})") from None
     return net.eval(), str(arch)
+
+
+def data_digest(splits: DataSplits) -> str:
+    """sha256 of a data set's splits as loaded: its images and labels (in-memory data), or
+    its files' names, sizes and labels (an image folder, whose files are read on demand), so
+    the same data gives the same digest wherever it lives."""
+    h = hashlib.sha256()
+    for part in (splits.train, splits.val, splits.test):
+        h.update(f"{len(part)}\n".encode())
+        h.update(part.labels.numpy().tobytes())
+        if isinstance(part, TensorImages):
+            h.update(str(tuple(part.images.shape)).encode())
+            h.update(part.images.contiguous().numpy().tobytes())
+        else:
+            for f in part.files:
+                h.update(f"{f.parent.name}/{f.name} {f.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+def portable(value: Any) -> Any:
+    """``value`` (JSON-like) with every string made portable (``portable_path``)."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [portable(v) for v in value]
+    return portable_path(value) if isinstance(value, str) else value
 
 
 def device_format(spec: DeviceSpec) -> list[str]:
@@ -208,15 +245,22 @@ def make_bundle(
     seed: int = 0,
     extra: dict[str, Any] | None = None,
     db: str | Path | None = None,
+    keep_local: bool = False,
 ) -> dict[str, Any]:
     """Export, verify on ``spec`` and write the bundle to ``out``; returns the manifest.
     ``db``: the LUT database whose profile runs say how noisy the device is (the budget
     decision allows for it, as the final step's does).
 
+    The manifest says what reproduces the result (versions, commit, settings, the data
+    set's name and digest) and no more: paths are made relative (``portable_path``), the
+    host's name is left out, and ``extra`` is recorded the same way. ``keep_local`` keeps
+    them as they are, for a bundle that stays in-house.
+
     Built in a temporary folder beside ``out`` and moved into place when complete, so an
     interrupted handoff never leaves a bundle that looks finished."""
     space = load_space(space_ref)
     net, arch = load_final_model(space, model_pt)
+    local = (lambda text: text) if keep_local else portable_path
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     splits = load_data(data, space.resolution, space.in_channels, space.classes)
@@ -244,6 +288,10 @@ def make_bundle(
             device_noise(db, spec),
         )
         got, fingerprint = outputs["got"], measured.pop("fingerprint")
+        described = {**splits.describe(), "digest": data_digest(splits)}
+        described["source"] = local(described["source"])
+        if not keep_local:  # the device's host name (this host's, for a local device)
+            fingerprint = {k: v for k, v in (fingerprint or {}).items() if k != "hostname"}
         device_check = compare_outputs(reference, got, _tolerance(spec))
         onnx_check = compare_outputs(
             reference,
@@ -273,7 +321,7 @@ def make_bundle(
             "reasons": reasons,
             "space": {
                 "name": space.name,
-                "source": space_ref,
+                "source": local(space_ref),
                 "structure_hash": space.structure_hash(),
                 "file": "space.toml",
             },
@@ -281,7 +329,7 @@ def make_bundle(
             "device": {
                 "name": spec.name,
                 "kind": spec.kind,
-                "spec": spec.source,
+                "spec": local(spec.source),
                 "fingerprint": fingerprint,
             },
             "runtime": {
@@ -307,19 +355,16 @@ def make_bundle(
                 "protocol": protocol(spec),
                 **{k: v for k, v in measured.items() if k != "latency_ms"},
             },
-            "accuracy": {**(accuracy or {}), "data": splits.describe()},
+            "accuracy": {**(accuracy or {}), "data": described},
             "verification": {
                 "samples": len(batch),
-                "from": f"{data} test split, seed {seed}",
+                "from": f"{local(data)} test split, seed {seed}",
                 "device": device_check,
                 "onnx": onnx_check,
             },
-            "host": {
-                "python": platform.python_version(),
-                "machine": platform.machine(),
-                "argv": sys.argv,
-            },
-            **(extra or {}),
+            **(portable(extra or {}) if not keep_local else (extra or {})),
+            # Recorded here, after ``extra``: a caller's own provenance() has the host name.
+            "provenance": provenance(keep_local),
         }
         manifest["files"] = {
             p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
@@ -334,57 +379,135 @@ def make_bundle(
     return manifest
 
 
-def check_files(bundle: str | Path) -> list[str]:
-    """Problems with a bundle's files against its manifest (empty when all match)."""
-    bundle = Path(bundle)
+def _manifest_path(bundle: Path) -> Path:
     path = bundle / MANIFEST
     if not path.is_file():
         raise BundleError(f"{bundle}: no {MANIFEST}; is this a Hurricane bundle folder?")
+    return path
+
+
+def manifest_digest(bundle: str | Path) -> str:
+    """sha256 of the bundle's ``manifest.json``: the one figure to pin. The manifest holds
+    every other file's sha256, so a bundle whose manifest has this digest and whose files
+    match it is, byte for byte, the bundle that digest was taken of."""
+    return file_sha256(_manifest_path(Path(bundle)))
+
+
+def read_manifest(bundle: str | Path) -> dict[str, Any]:
+    """A bundle's manifest, with its ``files`` table checked: each entry a file name of
+    this folder with a sha256, so that every file can be checked against it."""
+    path = _manifest_path(Path(bundle))
     try:
         manifest = json.loads(path.read_text())
-        files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: not a readable manifest ({exc}); re-run the handoff") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{path}: no 'files' table; re-run the handoff")
+    for name, info in files.items():
+        if name in ("", ".", "..", MANIFEST) or Path(name).name != name or "\\" in name:
+            raise BundleError(
+                f"{path}: files entry {name!r} is not a file of the bundle folder; "
+                "re-run the handoff"
+            )
+        sha = info.get("sha256") if isinstance(info, dict) else None
+        if not isinstance(sha, str) or not SHA256.fullmatch(sha):
+            raise BundleError(
+                f"{path}: files entry {name!r} has no sha256 (64 hex digits), so {name} "
+                "cannot be checked; re-run the handoff"
+            )
+    if not isinstance(manifest.get("accepted"), bool):
+        raise BundleError(f"{path}: no 'accepted' verdict (true or false); re-run the handoff")
+    return manifest
+
+
+def check_files(bundle: str | Path) -> list[str]:
+    """Problems with a bundle's files against its manifest (empty when all match). What
+    cannot be checked at all is a ``BundleError``: a manifest entry without its sha256, or
+    a file or folder in the bundle that the manifest does not list."""
+    bundle = Path(bundle)
+    files = read_manifest(bundle)["files"]
+    extra = sorted(
+        p.name + ("/" if p.is_dir() else "")
+        for p in bundle.iterdir()
+        if p.name != MANIFEST and p.name not in files
+    )
+    if extra:
+        raise BundleError(
+            f"{bundle}: {', '.join(extra)} not listed in its {MANIFEST}; a bundle holds only "
+            "the files its manifest lists: remove them, or re-run the handoff"
+        )
     problems = []
     for name, info in files.items():
         f = bundle / name
-        if not f.is_file():
+        if f.is_symlink():
+            problems.append(f"{name}: a link, not a file of the bundle")
+        elif not f.is_file():
             problems.append(f"{name}: missing")
         elif file_sha256(f) != info["sha256"]:
             problems.append(f"{name}: sha256 differs from the manifest (changed or corrupt)")
-    extra = sorted(
-        p.name
-        for p in bundle.iterdir()
-        if p.is_file() and p.name != MANIFEST and p.name not in files
-    )
-    problems += [f"{name}: not listed in the manifest" for name in extra]
     return problems
 
 
-def verify_bundle(bundle: str | Path, device: str | None = None, seed: int = 1) -> dict[str, Any]:
-    """Re-check a bundle's checksums and, with a device spec, run and time it there again."""
+def check_digest(bundle: str | Path, digest: str) -> str:
+    """Refuse a bundle whose manifest's sha256 is not the pinned ``digest``; returns it."""
+    want = digest.strip().lower()
+    if not SHA256.fullmatch(want):
+        raise UserError(
+            f"--digest {digest}: not a sha256 (64 hex digits); give the manifest digest "
+            "printed when the bundle was made"
+        )
+    got = manifest_digest(bundle)
+    if got != want:
+        raise BundleError(
+            f"{Path(bundle) / MANIFEST}: sha256 {got}, not the pinned {want}; this is not the "
+            "bundle you pinned: get it again from whoever made it"
+        )
+    return got
+
+
+def verify_bundle(
+    bundle: str | Path, device: str | None = None, seed: int = 1, digest: str | None = None
+) -> dict[str, Any]:
+    """Re-check a bundle's checksums (and, with ``digest``, that its manifest is the pinned
+    one) and, with a device spec, run and time it there again. ``ok`` in the result is
+    whether it passes: files match, outputs match, and both the manifest's verdict and the
+    new measurement accept it."""
     bundle = Path(bundle)
+    if digest is not None:
+        check_digest(bundle, digest)
     problems = check_files(bundle)
-    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest = read_manifest(bundle)
     result: dict[str, Any] = {
         "bundle": str(bundle),
         "files": len(manifest["files"]),
         "problems": problems,
         "accepted": manifest["accepted"],
+        "digest": manifest_digest(bundle),
+        "pinned": digest is not None,
+        "ok": not problems and manifest["accepted"],
     }
     if device is None or problems:
         return result
     spec = load_device(device)
     names = device_format(spec)
-    if names[0] not in manifest["files"]:
+    try:
+        made_for, made_on = manifest["runtime"]["name"], manifest["device"]["name"]
+        latency = manifest["latency"]
+        recorded_ms, budget = latency["measured_ms"], latency.get("budget_ms")
+        noise = float(latency.get("device_noise") or 0.0)
+        shape = [int(n) for n in manifest["format"]["input_shape"]]
+    except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(
-            f"{bundle}: holds no {names[0]} for {spec.name}'s runtime "
-            f"{spec.runtime.name}; it was made for "
-            f"{manifest['runtime']['name']}"
+            f"{bundle / MANIFEST}: lacks a readable {exc} field; re-run the handoff"
+        ) from None
+    if any(n not in manifest["files"] for n in names):
+        raise BundleError(
+            f"{bundle}: holds no {' + '.join(names)} for {spec.name}'s runtime "
+            f"{spec.runtime.name}; it was made for {made_for}"
         )
     space = load_space(bundle / "space.toml")
     net, _ = load_final_model(space, bundle / "model.pt")
-    shape = manifest["format"]["input_shape"]
     x = torch.randn(8, *shape[1:], generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         reference = net(x).numpy()
@@ -400,25 +523,25 @@ def verify_bundle(bundle: str | Path, device: str | None = None, seed: int = 1) 
             Path(tmp) / f"{key}{Path(names[0]).suffix}",
         )
         outputs: dict[str, np.ndarray] = {}
-        same = manifest["device"]["name"] == spec.name
         measured = time_on_device(
             spec,
             art,
             "bundle",
             seed,
             lambda s: outputs.update(got=_infer(s, art, x)),
-            float(manifest["latency"].get("device_noise") or 0.0) if same else 0.0,
+            noise if made_on == spec.name else 0.0,
         )
-    budget = manifest["latency"].get("budget_ms")
     decision = judge_budget(measured["latency_ms"], budget, measured["noise"])
+    check = compare_outputs(reference, outputs["got"], _tolerance(spec))
     result.update(
         device=spec.name,
         measured_ms=measured["latency_ms"],
-        manifest_measured_ms=manifest["latency"]["measured_ms"],
+        manifest_measured_ms=recorded_ms,
         budget_ms=budget,
         within_budget=decision["accepted"],
         decision=decision,
         noise=measured["noise"],
-        outputs=compare_outputs(reference, outputs["got"], _tolerance(spec)),
+        outputs=check,
+        ok=result["ok"] and decision["accepted"] and check["passed"],
     )
     return result

@@ -35,7 +35,7 @@ def summary_lines(run, seconds: float) -> list[str]:
                 f"{'' if accepted in (True, None) else ', NOT ACCEPTED'}"
             )
             if hand.get("bundle"):
-                lines.append(f"    bundle: {hand['bundle']}")
+                lines.append(f"    bundle: {hand['bundle']} (manifest sha256 {hand.get('digest')})")
     if getattr(run, "report_path", None):
         lines.append(f"report: {run.report_path}")
     return lines
@@ -116,7 +116,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _handoff(args: argparse.Namespace) -> int:
-    from pipelines.handoff import make_bundle, verify_bundle
+    from pipelines.handoff import make_bundle, manifest_digest, verify_bundle
 
     if args.target == "verify":
         if not args.bundle:
@@ -124,7 +124,7 @@ def _handoff(args: argparse.Namespace) -> int:
                 "handoff verify: give the bundle folder (hurricane handoff verify "
                 "runs/NAME/bundles/DEVICE-BUDGET [--device SPEC])"
             )
-        res = verify_bundle(args.bundle, args.device)
+        res = verify_bundle(args.bundle, args.device, digest=args.digest)
         for p in res["problems"]:
             print(f"  {p}")
         print(
@@ -132,6 +132,7 @@ def _handoff(args: argparse.Namespace) -> int:
             f"{'checksums match' if not res['problems'] else 'CHECKSUMS FAIL'}; "
             f"manifest says {'accepted' if res['accepted'] else 'NOT ACCEPTED'}"
         )
+        print(f"  manifest sha256 {res['digest']}{' (as pinned)' if res['pinned'] else ''}")
         if "measured_ms" in res:
             o = res["outputs"]
             print(
@@ -142,12 +143,9 @@ def _handoff(args: argparse.Namespace) -> int:
                 f"{'match' if o['passed'] else 'DIFFER'} (relative error "
                 f"{o['relative_error']:.2g}, top-1 agreement {o['top1_agreement']:.0%})"
             )
-        ok = (
-            not res["problems"]
-            and res.get("within_budget", True)
-            and res.get("outputs", {}).get("passed", True)
-        )
-        return 0 if ok else 1
+        if res["problems"] or not res.get("outputs", {}).get("passed", True):
+            return 1
+        return 0 if res["ok"] else 3  # NOT ACCEPTED: recorded, or over budget again
     if not args.device:
         raise UserError("handoff: give --device SPEC (the device to export for and verify on)")
     from devices.spec import load_device
@@ -190,8 +188,10 @@ def _handoff(args: argparse.Namespace) -> int:
         args.samples,
         args.seed,
         db=args.db,
+        keep_local=args.private_paths,
     )
     print(f"bundle {out}: {', '.join(m['files'])}")
+    print(f"  manifest sha256 {manifest_digest(out)} (pin it: handoff verify BUNDLE --digest ...)")
     print(
         f"  {spec.name}: measured {m['latency']['measured_ms']:.4f} ms (budget {budget} ms); "
         f"outputs vs PyTorch: relative error "
@@ -272,6 +272,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     h.add_argument("target", help="RUN/DEVICE/BUDGET folder (with final.json), or 'verify'")
     h.add_argument("bundle", nargs="?", help="with 'verify': the bundle folder")
     h.add_argument("--device", default=None, help="device spec (with verify: re-measure there)")
+    h.add_argument(
+        "--digest",
+        default=None,
+        metavar="SHA256",
+        help="with verify: refuse the bundle unless its manifest.json has this sha256",
+    )
+    h.add_argument(
+        "--private-paths",
+        action="store_true",
+        help="keep local paths, the command line and the host name in the manifest "
+        "(for a bundle that stays in-house)",
+    )
     h.add_argument(
         "--db", default=DEFAULT_DB, help="LUT database: how noisy the device is (%(default)s)"
     )

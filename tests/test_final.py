@@ -39,7 +39,7 @@ def test_final_model_from_inherited_weights(tmp_path) -> None:
     res = train_final(TINY, a, tmp_path / "scratch", steps=40, seed=0, progress=False)
     assert res["from"] == "scratch" and res["test_images"] == 10000 and res["steps"] == 40
     assert res["test_acc"] > 0.3  # 40 steps of a real network on Fashion-MNIST, chance is 0.1
-    saved = torch.load(res["model"], weights_only=False)
+    saved = torch.load(res["model"], weights_only=True)
     net = build_subnet(space, saved["arch"])
     net.load_state_dict(saved["model"])  # a standalone network, not a supernet
     # Fine-tuning from the run above (its supernet holds the trained path) starts where it

@@ -15,7 +15,7 @@ import pytest
 
 from hurricane.tomlcheck import ConfigError
 from pipelines.config import builtin_pipelines, load_pipeline, parse_pipeline
-from pipelines.handoff import MANIFEST, check_files, verify_bundle
+from pipelines.handoff import MANIFEST, check_files, manifest_digest, verify_bundle
 from pipelines.jobs import PipelineRun
 from pipelines.steps import Steps
 from tests.sshd import SSHServer
@@ -422,8 +422,11 @@ def test_generate_handoff_and_verify_commands(generated, tmp_path, capsys) -> No
         )
         == 0
     )
-    assert "accepted" in capsys.readouterr().out
-    assert main(["handoff", "verify", str(tmp_path / "b"), "--device", str(spec)]) == 0
+    made = capsys.readouterr().out
+    digest = manifest_digest(tmp_path / "b")  # printed to pin: handoff verify --digest
+    assert "accepted" in made and f"manifest sha256 {digest}" in made
+    args = ["handoff", "verify", str(tmp_path / "b"), "--device", str(spec), "--digest", digest]
+    assert main(args) == 0
     assert "checksums match" in capsys.readouterr().out
     (tmp_path / "b" / "model.onnx").write_bytes(b"broken")
     assert main(["handoff", "verify", str(tmp_path / "b")]) == 1

@@ -53,7 +53,7 @@ def run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 def load_state(out: Path) -> dict[str, torch.Tensor]:
-    return torch.load(out / "supernet.pt", map_location="cpu", weights_only=False)["model"]
+    return torch.load(out / "supernet.pt", map_location="cpu", weights_only=True)["model"]
 
 
 def test_parse_layers() -> None:
@@ -128,7 +128,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path: Path) -> None:
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
-    step_at_kill = torch.load(ckpt, weights_only=False)["step"]
+    step_at_kill = torch.load(ckpt, weights_only=True)["step"]
     assert 0 < step_at_kill < steps
     assert not (killed / "summary.json").exists()
 
@@ -168,7 +168,7 @@ def test_ctrl_c_saves_and_resumes(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "run again to resume" in err
-    step = torch.load(out / "checkpoint.pt", weights_only=False)["step"]
+    step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
     assert 20 <= step < 400
 
 
@@ -187,6 +187,44 @@ def test_changed_config_is_refused(tmp_path: Path, single_thread) -> None:
         train(TrainConfig(**{**base, "lr": 0.2}))
     again = train(TrainConfig(**{**base, "lr": 0.2}), fresh=True)
     assert again["config"]["lr"] == 0.2 and again["resumed_from"] == []
+
+
+class _Payload:
+    """Pickles into a call that creates ``marker``: what a hostile .pt file would carry."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_init_and_checkpoint_files_load_tensors_only(tmp_path: Path, single_thread) -> None:
+    """``--init`` takes someone else's supernet and a run folder may be copied from
+    elsewhere: a file that needs a full unpickle (which would run code) is refused in one
+    line naming it, and what Hurricane itself writes loads and resumes as before."""
+    base = dict(space=TINY, steps=2, batch_size=32, train_limit=128, eval_paths=0)
+    base.update(progress=False)
+    first = train(TrainConfig(**base, out=str(tmp_path / "a")))
+    # Its own files load with weights_only=True: resuming a finished run and starting
+    # from its supernet both work.
+    assert train(TrainConfig(**base, out=str(tmp_path / "a")))["steps"] == first["steps"]
+    init = tmp_path / "a" / "supernet.pt"
+    train(TrainConfig(**base, out=str(tmp_path / "b"), init=str(init)))
+    marker = tmp_path / "ran.txt"
+    evil = tmp_path / "evil.pt"
+    torch.save({"space": "tiny", "model": _Payload(marker)}, evil)
+    with pytest.raises(UserError) as err:
+        train(TrainConfig(**base, out=str(tmp_path / "c"), init=str(evil)))
+    msg = str(err.value)
+    assert msg.startswith(f"{evil}: not a plain supernet (--init)") and "\n" not in msg
+    assert not marker.exists()
+    ckpt = tmp_path / "a" / "checkpoint.pt"
+    saved = torch.load(ckpt, weights_only=True)
+    torch.save({**saved, "history": _Payload(marker)}, ckpt)
+    with pytest.raises(UserError, match="checkpoint.pt: not a plain training checkpoint"):
+        train(TrainConfig(**base, out=str(tmp_path / "a")))
+    assert not marker.exists()
 
 
 def test_ddp_two_processes(tmp_path: Path) -> None:

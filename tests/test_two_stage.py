@@ -93,7 +93,7 @@ def test_in_place_distillation(tmp_path: Path) -> None:
     # The teacher's own blocks learn too (they get the label loss every step).
     init = Supernet(space)
     torch.manual_seed(0)
-    trained = torch.load(tmp_path / "d" / "supernet.pt", weights_only=False)["model"]
+    trained = torch.load(tmp_path / "d" / "supernet.pt", weights_only=True)["model"]
     key = next(k for k in trained if k.startswith("choices.0.0.") and k.endswith("weight"))
     assert not torch.equal(trained[key], init.state_dict()[key])
 
