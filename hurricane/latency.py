@@ -8,6 +8,7 @@ table lacks is NaN there and is reported by key, never read as zero.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import overload
@@ -109,6 +110,13 @@ class LutPredictor:
     @classmethod
     def from_db(cls, space: SearchSpace, db_path: str | Path, device: str) -> LutPredictor:
         return cls(space, read_table(space, db_path, device), device)
+
+    def needed(self) -> int:
+        """How many operator instances (stem, layer entries, heads) the space needs."""
+        keys = {self.stem_key, *self.head_keys}
+        for k in self._keys:
+            keys.update(k.ravel().tolist())
+        return len(keys)
 
     def missing(self) -> list[str]:
         """Every key of the space this table lacks."""
@@ -238,7 +246,7 @@ def read_table(space: SearchSpace, db_path: str | Path, device: str) -> dict[str
             f"{db_path}: no such LUT database; run hurricane profile --space "
             f"{space_ref(space)} --device {device} --db {db_path}"
         )
-    with LutDB(db_path) as db:
+    with LutDB(db_path, readonly=True) as db:
         try:
             dev = db.device_id(device)
         except KeyError:
@@ -247,6 +255,52 @@ def read_table(space: SearchSpace, db_path: str | Path, device: str) -> dict[str
                 f"hurricane profile --space {space_ref(space)} --device {device} --db {db_path}"
             ) from None
         return {e.key: e.median_ms for e in db.entries(dev, USABLE) if e.median_ms is not None}
+
+
+class MostlyPredicted(UserError):
+    """Most of what a command needs would be the operator predictor's, and it was told to
+    require measured latencies (``--require-measured``)."""
+
+
+def predicted_note(
+    space: SearchSpace,
+    db_path: str | Path,
+    device: str,
+    device_ref: str | None = None,
+    require: bool = False,
+) -> str | None:
+    """None while at least half of the operator instances ``space`` needs are measured on
+    ``device`` (usable entries); else one line with the figures and the exact ``hurricane
+    profile`` command that measures them (``device_ref``: the spec as the user named it),
+    or, with ``require``, ``MostlyPredicted`` saying the same. A LUT profiled for another
+    space fills a space's every gap from the op predictor, and nothing else would say so.
+    Too few measured to predict from, the filling refuses with its own line
+    (``fill_missing``), so this one says nothing."""
+    table = read_table(space, db_path, device)
+    lut = LutPredictor(space, table, device)
+    missing, needed = set(lut.missing()), lut.needed()
+    if 2 * len(missing) <= needed or len(table) < MIN_TO_LEARN:
+        return None
+    with LutDB(db_path, readonly=True) as db:
+        failed = missing & {e.key for e in db.entries(db.device_id(device), ["error"])}
+    command = shlex.join(
+        ["hurricane", "profile", "--space", space_ref(space), "--device", device_ref or device]
+        + ["--db", str(db_path)]
+        + (["--retry-errors"] if failed else [])
+    )
+    figures = (
+        f"{len(missing)} of {needed} operator instances space {space.name} needs on {device} "
+        f"are predicted, not measured"
+        + (f" ({len(failed)} of them failed to measure)" if failed else "")
+    )
+    if require:
+        raise MostlyPredicted(
+            f"{db_path}: {figures}, and --require-measured refuses that; measure them: {command}"
+        )
+    return (
+        f"warning: {figures} in {db_path}: what follows rests on the operator predictor's "
+        f"guesses; measure them: {command}"
+    )
 
 
 MIN_TO_LEARN = 20  # fewer measured entries than this teach the operator predictor too little
@@ -298,7 +352,7 @@ class LatencyModel:
             table, predicted = fill_missing(space, table, device)
         lut = LutPredictor(space, table, device)
         calibration = None
-        with LutDB(db_path) as db:
+        with LutDB(db_path, readonly=True) as db:
             for row in reversed(db.validations(db.device_id(device))):
                 res = row["result"]
                 if res.get("space_hash") == space.structure_hash() and res.get("calibration"):

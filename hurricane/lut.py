@@ -2,19 +2,27 @@
 
 Every entry is committed as soon as it is measured, so an interrupted profiling run loses
 nothing, and ``(device, key)`` is the primary key, so running again never duplicates one.
+
+A file that is not a LUT (not SQLite, another program's database, a folder) or that cannot
+be written (a read-only file or folder) is refused with one line naming it, before anything
+is written to it; readers (``readonly=True``) still read a database they cannot write.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hurricane.errors import UserError
 from hurricane.lutkeys import OpInstance, PairInstance, key_columns
 
 SCHEMA = """
@@ -90,7 +98,17 @@ CREATE TABLE IF NOT EXISTS validations (
     created TEXT NOT NULL,
     result TEXT NOT NULL
 );
+-- The campaign profiling a device now, if any (LutDB.device_lock): one per device.
+CREATE TABLE IF NOT EXISTS locks (
+    device TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    proc TEXT,
+    started TEXT NOT NULL,
+    what TEXT
+);
 """
+TABLES = ("devices", "runs", "entries", "models", "validations")  # a LUT has these
 
 # Columns added since the first release; a file made before them gains them when opened.
 ADDED_COLUMNS = {"entries": {"passes": "TEXT"}, "models": {"passes": "TEXT"}}
@@ -171,22 +189,177 @@ def error_entry(inst: OpInstance | PairInstance, error: str, **kw) -> Entry:
     )
 
 
-class LutDB:
-    """A LUT database file. Safe to open from several processes (WAL, busy timeout)."""
+def _writable(path: Path) -> bool:
+    """Whether this process may write ``path`` (a folder: create files in it)."""
+    mode = os.W_OK | (os.X_OK if path.is_dir() else 0)
+    return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
 
-    def __init__(self, path: str | Path) -> None:
+
+def _proc(pid: int) -> tuple[str, str] | None:
+    """(state, identity) of a process of this host, from /proc: the identity (boot id and
+    start time) tells it from a later process given the same pid. None where /proc does not
+    say (no such process, or not Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    rest = stat[stat.rindex(")") + 2 :].split()  # from field 3 (state); 22 is the start time
+    return rest[0], f"{boot}:{rest[19]}"
+
+
+def _alive(pid: int, host: str, proc: str | None) -> bool:
+    """Whether a lock's holder still runs. A holder on another host counts as running: it
+    cannot be asked, and a WAL database is only shared by the processes of one host."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    now = _proc(pid)
+    if now is None:
+        return True
+    state, ident = now
+    return state not in ("Z", "X") and (proc is None or ident == proc)  # not reaped; not reused
+
+
+class DeviceBusy(UserError):
+    """Another campaign, still running, holds the device's lock on this database."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class LutDB:
+    """A LUT database file. Safe to open from several processes (WAL, busy timeout).
+
+    ``readonly``: the caller only reads (lookups, ``lut show``); such a LutDB also opens a
+    database whose file or folder it cannot write, which WAL mode cannot open for writing.
+    """
+
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
-        self.conn.executescript(SCHEMA)
-        for table, cols in ADDED_COLUMNS.items():
-            have = {r["name"] for r in self.conn.execute(f"PRAGMA table_info({table})")}
-            for col, kind in cols.items():
-                if col not in have:
-                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
+        if self.path.is_dir():
+            raise UserError(
+                f"{self.path}: a folder, not a LUT database file; give a file path, e.g. "
+                f"--db {self.path / 'lut.sqlite'}"
+            )
+        if not readonly:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(
+                    f"{self.path}: cannot create its folder {self.path.parent} "
+                    f"({exc.strerror}); give a --db in a folder you can write"
+                ) from None
+        if self.path.is_file() and self.path.stat().st_size:
+            try:
+                with open(self.path, "rb") as f:
+                    head = f.read(16)
+            except OSError as exc:
+                raise self._refusal(exc.strerror or str(exc)) from None
+            if head != b"SQLite format 3\x00":
+                raise self._refusal("file is not a database")
+        if not readonly and self.path.exists() and not self._can_write():
+            # SQLite would open it, and fail at the first write, mid-campaign.
+            raise self._refusal("not writable")
+        try:
+            self.conn = self._open()
+        except sqlite3.DatabaseError as exc:
+            if not (readonly and self.path.is_file() and not self._can_write()):
+                raise self._refusal(str(exc)) from None
+            try:
+                self.conn = self._open_readonly()
+            except sqlite3.DatabaseError:
+                raise self._refusal(str(exc)) from None
+
+    def _connect(self, target: str | Path, uri: bool = False) -> sqlite3.Connection:
+        conn = sqlite3.connect(target, timeout=30.0, isolation_level=None, uri=uri)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def _check_tables(self, conn: sqlite3.Connection) -> set[str]:
+        """The file's tables; refuses another program's database (reading only, so a file
+        that is not ours is left as it was)."""
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if names and not names & set(TABLES):
+            raise UserError(
+                f"{self.path}: an SQLite database, but not a Hurricane LUT (its tables: "
+                f"{', '.join(sorted(names)[:5])}); give another --db"
+            )
+        return names
+
+    def _open(self) -> sqlite3.Connection:
+        conn = self._connect(self.path)
+        try:
+            self._check_tables(conn)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(SCHEMA)
+            for table, cols in ADDED_COLUMNS.items():
+                have = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
+                for col, kind in cols.items():
+                    if col not in have:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        """The database opened for reading where this process cannot write its file or
+        folder: read-only mode, or, where WAL mode cannot even read that way (it needs the
+        -shm file), as immutable, which is sound only while no write-ahead log holds
+        anything the file lacks, so a non-empty -wal file is refused."""
+        uri = self.path.resolve().as_uri()
+        conn = self._connect(f"{uri}?mode=ro", uri=True)
+        try:
+            names = self._check_tables(conn)
+        except sqlite3.DatabaseError:
+            conn.close()
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.exists() and wal.stat().st_size:
+                raise
+            conn = self._connect(f"{uri}?immutable=1", uri=True)
+            try:
+                names = self._check_tables(conn)
+            except BaseException:
+                conn.close()
+                raise
+        if "entries" not in names:
+            conn.close()
+            raise UserError(f"{self.path}: holds no LUT yet; run 'hurricane profile' first")
+        return conn
+
+    def _can_write(self) -> bool:
+        return _writable(self.path) and _writable(self.path.parent.resolve())
+
+    def _refusal(self, why: str) -> UserError:
+        """One line for a database file that cannot be opened: which, why, what to do."""
+        p = self.path
+        if not p.parent.is_dir():
+            return UserError(f"{p}: no such folder {p.parent}; give the LUT database's path")
+        if "not a database" in why or "malformed" in why:
+            return UserError(
+                f"{p}: not a LUT database ({why}); give the file 'hurricane profile' wrote, "
+                "or a new path (this file was left as it is)"
+            )
+        if p.exists() and not _writable(p):
+            return UserError(
+                f"{p}: the database is read-only; make it writable (chmod u+w {p}) or give "
+                "a writable copy as --db"
+            )
+        if not _writable(p.parent.resolve()):
+            return UserError(
+                f"{p}: its folder {p.parent} is read-only, and SQLite must create "
+                f"{p.name}-wal and {p.name}-shm beside the database; make the folder "
+                "writable or copy the database to one that is"
+            )
+        return UserError(f"{p}: cannot open the LUT database ({why})")
 
     def close(self) -> None:
         self.conn.close()
@@ -249,6 +422,87 @@ class LutDB:
                 "UPDATE runs SET finished = ?, status = ?, info = COALESCE(?, info) WHERE id = ?",
                 (_now(), status, json.dumps(info) if info is not None else None, run_id),
             )
+
+    @contextmanager
+    def device_lock(
+        self,
+        device: str,
+        what: str = "",
+        wait: bool = False,
+        poll_s: float = 1.0,
+        on_wait: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Iterator[dict[str, Any] | None]:
+        """Hold ``device``'s campaign lock on this database while the block runs: two
+        campaigns on one device would measure the same entries, the last writer winning, and
+        each would disturb the other's timings. Held by another running process, it refuses
+        (``DeviceBusy``, naming the pid) or, with ``wait``, waits for it. Yields the lock a
+        holder that no longer runs left (killed, say), taken over, or None.
+
+        The lock is a row of the ``locks`` table (pid, host, the process's start time,
+        started), written in an IMMEDIATE transaction, so two takers cannot both win. Not
+        SQLite's own locks on a side connection: those are the whole file's, one writer at a
+        time, so holding one through a campaign would stop the campaign's own commits and
+        every other device's; and a row can say who holds it. A holder that died without
+        releasing (SIGKILL, a power cut) leaves its row; the next taker sees its pid gone (or
+        reused by another process: the start time differs) and takes it over. Taking the lock
+        also marks ``interrupted`` this device's runs still ``running``: only the lock's
+        holder runs one, so those were left by a process that is gone."""
+        me, host = os.getpid(), socket.gethostname()
+        ident = _proc(me)
+        told = False
+        while True:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = self.conn.execute("SELECT * FROM locks WHERE device = ?", (device,))
+                found = row.fetchone()
+                holder = dict(found) if found else None
+                free = holder is None or not _alive(holder["pid"], holder["host"], holder["proc"])
+                if free:
+                    self.conn.execute(
+                        "INSERT OR REPLACE INTO locks (device, pid, host, proc, started, what) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (device, me, host, ident[1] if ident else None, _now(), what),
+                    )
+                    self.conn.execute(
+                        "UPDATE runs SET status = 'interrupted' WHERE status = 'running' AND "
+                        "device_id IN (SELECT id FROM devices WHERE name = ?)",
+                        (device,),
+                    )
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+            if free:
+                break
+            assert holder is not None
+            if not wait:
+                raise DeviceBusy(self._busy(device, holder), holder["pid"])
+            if on_wait is not None and not told:
+                on_wait(holder)
+                told = True
+            time.sleep(poll_s)
+        try:
+            yield holder
+        finally:
+            self.conn.execute(
+                "DELETE FROM locks WHERE device = ? AND pid = ? AND host = ?", (device, me, host)
+            )
+
+    def _busy(self, device: str, h: dict[str, Any]) -> str:
+        here = h["host"] == socket.gethostname()
+        return (
+            f"{self.path}: device {device!r} is being profiled by pid {h['pid']}"
+            f"{'' if here else ' on ' + h['host']} (since {h['started']}"
+            f"{', ' + h['what'] if h['what'] else ''}); two campaigns on one device disturb "
+            "each other's timings: wait for it (hurricane profile --wait) or stop it"
+            + (
+                ""
+                if here
+                else f"; if it no longer runs there: sqlite3 {self.path} "
+                f"\"DELETE FROM locks WHERE device = '{device}'\""
+            )
+        )
 
     # --- entries ------------------------------------------------------------------------
     def put(self, device_id: int, entry: Entry, run_id: int | None = None) -> None:
@@ -369,7 +623,7 @@ class LutDB:
         return {
             **dict(r),
             "samples": json.loads(r["samples"] or "[]"),
-            "passes": json.loads(r["passes"] or "[]"),
+            "passes": json.loads(r["passes"] or "[]") if "passes" in r.keys() else [],
         }
 
     def add_validation(self, device_id: int, space: str, result: dict[str, Any]) -> int:
@@ -410,5 +664,5 @@ class LutDB:
             precision=r["precision"],
             delegate=r["delegate"],
             attempts=r["attempts"],
-            passes=tuple(json.loads(r["passes"] or "[]")),
+            passes=tuple(json.loads(r["passes"] or "[]") if "passes" in r.keys() else ()),
         )

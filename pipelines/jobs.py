@@ -24,7 +24,7 @@ from typing import Any
 from devices.spec import DeviceSpec, load_device
 from hurricane.errors import UserError
 from hurricane.final import train_final
-from hurricane.latency import LatencyModel, fill_missing, read_table
+from hurricane.latency import LatencyModel, fill_missing, predicted_note, read_table
 from hurricane.lut import LutDB
 from hurricane.provenance import provenance
 from hurricane.reduce import reduce_space, scores_json
@@ -174,8 +174,11 @@ def final_model(
 class PipelineRun:
     """One pipeline's steps over its devices and budgets."""
 
-    def __init__(self, p: Pipeline, echo: Echo = print, progress: bool = True) -> None:
+    def __init__(
+        self, p: Pipeline, echo: Echo = print, progress: bool = True, require_measured: bool = False
+    ) -> None:
         self.p, self.echo, self.progress = p, echo, progress
+        self.require_measured = require_measured  # refuse a LUT the op predictor mostly fills
         self.root = Path(p.out)
         self.steps = Steps(self.root, echo)
         self.space = load_space(p.space)
@@ -223,6 +226,9 @@ class PipelineRun:
                 workdir=base / "latency",
             )
             prof = {**prof, "digest": digest([prof["digest"], val["digest"]])}
+        note = predicted_note(self.space, p.db, dev, device_ref, self.require_measured)
+        if note:
+            print(f"hurricane: {note}", file=sys.stderr)
         if g.k > 0:
             shr = self.steps.run(
                 f"shrink-{dev}",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pipelines.config import DEFAULT_DB
 
@@ -31,15 +32,19 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from devices.spec import load_device
-    from hurricane.latency import LatencyModel
+    from hurricane.latency import LatencyModel, predicted_note
     from hurricane.space_file import load_space
 
     space = load_space(args.space)
-    model = LatencyModel.from_db(space, args.db, load_device(args.device).name)
+    name = load_device(args.device).name
+    note = predicted_note(space, args.db, name, args.device, args.require_measured)
+    if note:
+        print(f"hurricane: {note}", file=sys.stderr)
+    model = LatencyModel.from_db(space, args.db, name)
     archs = [space.parse_arch(a) for a in args.arch]
     for a, summed, pred in zip(archs, model.predict_sum(archs), model.predict(archs)):
         print(f"{pred:9.4f} ms  (LUT sum {summed:.4f})  {a}")
-    if model.predicted_keys:
+    if model.predicted_keys and not note:
         print(f"note: {len(model.predicted_keys)} LUT entries were predicted, not measured")
     if model.calibration is None:
         print("note: no calibration stored for this space; run hurricane latency validate")
@@ -102,6 +107,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     pred.add_argument("--device", required=True, help="device spec TOML file or example name")
     pred.add_argument("--db", default=DEFAULT_DB)
     pred.add_argument("arch", nargs="+", help="architecture strings")
+    pred.add_argument(
+        "--require-measured",
+        action="store_true",
+        help="refuse when more than half of the operator instances the space needs are not "
+        "measured on the device (the operator predictor would guess them)",
+    )
     pred.set_defaults(func=_predict)
 
     samp = lsub.add_parser(

@@ -84,6 +84,7 @@ def _profile(args: argparse.Namespace) -> int:
             "remeasure_noisy": args.remeasure_noisy,
             "limit": args.limit,
             "position": i,
+            "wait": args.wait,
         }
         for i in range(len(specs))
     ]
@@ -121,7 +122,7 @@ def _lut_rows(db_path: str, device: str | None) -> list[dict]:
     if not Path(db_path).exists():
         raise ConfigError(f"{db_path}: no LUT database here; run 'hurricane profile' first")
     out = []
-    with LutDB(db_path) as db:
+    with LutDB(db_path, readonly=True) as db:
         devices = db.devices()
         if device and device not in {d["name"] for d in devices}:
             raise ConfigError(
@@ -142,7 +143,7 @@ def _lut_show(args: argparse.Namespace) -> int:
     from hurricane.lut import LutDB
 
     rows = _lut_rows(args.db, args.device)
-    with LutDB(args.db) as db:
+    with LutDB(args.db, readonly=True) as db:
         for d in db.devices():
             if args.device and d["name"] != args.device:
                 continue
@@ -211,6 +212,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--remeasure-noisy",
         action="store_true",
         help="measure entries flagged noisy again (say, once the device is idle)",
+    )
+    prof.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another campaign is profiling the device on this database, wait for it to "
+        "finish, then measure what it left (default: refuse, naming its pid)",
     )
     prof.add_argument("--no-progress", action="store_true")
     prof.set_defaults(func=_profile)

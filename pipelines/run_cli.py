@@ -41,11 +41,11 @@ def summary_lines(run, seconds: float) -> list[str]:
     return lines
 
 
-def execute(p: Pipeline, progress: bool = True) -> int:
+def execute(p: Pipeline, progress: bool = True, require_measured: bool = False) -> int:
     from pipelines.jobs import PipelineRun
 
     t0 = time.perf_counter()
-    run = PipelineRun(p, progress=progress)
+    run = PipelineRun(p, progress=progress, require_measured=require_measured)
     try:
         run.run()
     except KeyboardInterrupt:
@@ -67,7 +67,7 @@ def execute(p: Pipeline, progress: bool = True) -> int:
 def _run(args: argparse.Namespace) -> int:
     p = load_pipeline(args.pipeline)
     p = replace(p, out=args.out or p.out, db=args.db or p.db)
-    return execute(p, progress=not args.no_progress)
+    return execute(p, not args.no_progress, args.require_measured)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -105,7 +105,7 @@ def _generate(args: argparse.Namespace) -> int:
         },
         "command line",
     )
-    return execute(p, progress=not args.no_progress)
+    return execute(p, not args.no_progress, args.require_measured)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -205,11 +205,14 @@ def _handoff(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    from pipelines.search_cli import add_require_measured
+
     r = sub.add_parser("run", help="run a whole pipeline file (resumable, step by step)")
     r.add_argument("pipeline", help="pipeline TOML file or example name (demo, mobile-cpu, ...)")
     r.add_argument("--out", default=None, help="run folder (default: the file's 'out')")
     r.add_argument("--db", default=None, help="LUT database (default: the file's 'db')")
     r.add_argument("--no-progress", action="store_true")
+    add_require_measured(r)
     r.set_defaults(func=_run)
 
     d = GenerateSettings()
@@ -262,6 +265,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--train-limit", type=int, default=None)
     g.add_argument("--seed", type=int, default=Pipeline.seed)
     g.add_argument("--no-progress", action="store_true")
+    add_require_measured(g)
     g.set_defaults(func=_generate)
 
     h = sub.add_parser(

@@ -18,13 +18,16 @@ from hurricane.train import TrainConfig
 from pipelines.config import DEFAULT_DB, FINAL_FROM, GenerateSettings
 
 
-def _latency_model(space, db: str, device: str):
+def _latency_model(space, db: str, device: str, require_measured: bool = False):
     from devices.spec import load_device
-    from hurricane.latency import LatencyModel
+    from hurricane.latency import LatencyModel, predicted_note
 
     spec = load_device(device)
+    note = predicted_note(space, db, spec.name, device, require_measured)
+    if note:  # mostly predicted: one line with the figures and the command that measures
+        print(f"hurricane: {note}", file=sys.stderr)
     model = LatencyModel.from_db(space, db, spec.name)
-    if model.predicted_keys:  # filled, not measured: say which, and how to measure them
+    if model.predicted_keys and not note:  # a few filled: say which, and how to measure them
         keys = model.predicted_keys
         print(
             f"note: {len(keys)} LUT entries this space needs are not measured on {spec.name} "
@@ -37,17 +40,22 @@ def _latency_model(space, db: str, device: str):
 
 def _shrink(args: argparse.Namespace) -> int:
     from devices.spec import load_device
+    from hurricane.latency import predicted_note
     from hurricane.space_file import load_space
     from pipelines.jobs import shrink_for_device
 
     space = load_space(args.space)
+    spec = load_device(args.device)
+    note = predicted_note(space, args.db, spec.name, args.device, args.require_measured)
+    if note:
+        print(f"hurricane: {note}", file=sys.stderr)
     made_by = (
         f"Made by: hurricane shrink --space {args.space} --device {args.device} "
         f"--k {args.k} --rule {args.rule} --skip {args.skip} from {args.db}"
     )
     res = shrink_for_device(
         space,
-        load_device(args.device),
+        spec,
         args.db,
         args.k,
         args.rule,
@@ -106,7 +114,7 @@ def _search(args: argparse.Namespace) -> int:
 
     space = load_space(args.space)
     Budget.parse(args.budget)  # a mistyped budget fails before the LUT is read
-    spec, model = _latency_model(space, args.db, args.device)
+    spec, model = _latency_model(space, args.db, args.device, args.require_measured)
     _budget_ms(args, space, model)
     cfg = _search_config(args)
     pt = _supernet_pt(args.supernet)
@@ -178,7 +186,7 @@ def two_stage_command(args: argparse.Namespace, cfg) -> int:
         raise UserError("--two-stage searches between its stages: give --device and --budget")
     space = load_space(args.space)
     Budget.parse(args.budget)  # a mistyped budget fails before the LUT is read
-    spec, model = _latency_model(space, args.db, args.device)
+    spec, model = _latency_model(space, args.db, args.device, args.require_measured)
     _budget_ms(args, space, model)
     split = default_split(space, args.split)
     if args.steps is not None:
@@ -257,6 +265,15 @@ def _add_search_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
 _BUDGET_HELP = "latency budget: ms, or a percentile of the space's latencies like 40%%"
 
 
+def add_require_measured(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument(
+        "--require-measured",
+        action="store_true",
+        help="refuse when more than half of the operator instances the space needs are not "
+        "measured on the device (the operator predictor would guess them)",
+    )
+
+
 def add_two_stage_args(p: argparse.ArgumentParser) -> None:
     """``hurricane train --two-stage`` options (the train options come from cli.py)."""
     g = p.add_argument_group("two-stage (HURRICANE)")
@@ -276,6 +293,7 @@ def add_two_stage_args(p: argparse.ArgumentParser) -> None:
         help="stage B steps (default: as many as stage A, from --steps/--epochs)",
     )
     g.add_argument("--budget", default=None, help=_BUDGET_HELP)
+    add_require_measured(g)
     _add_search_args(g)
 
 
@@ -297,6 +315,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="keep skip where it is an identity (default) or everywhere",
     )
     sh.add_argument("--out", default=None, help="reduced space file (default: runs/spaces/)")
+    add_require_measured(sh)
     sh.set_defaults(func=_shrink)
 
     se = sub.add_parser("search", help="stage two: evolutionary search under a latency budget")
@@ -313,4 +332,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     se.add_argument("--seed", type=int, default=TrainConfig.seed)
     se.add_argument("--random", action="store_true", help="random search baseline instead")
+    add_require_measured(se)
     se.set_defaults(func=_search)

@@ -5,10 +5,15 @@ artifact (cached), ship them in batches to the device's agent, and store every r
 moment it arrives. Running again skips what is stored, so an interrupted campaign (Ctrl-C, a
 dropped connection, a rebooted board) continues where it stopped with nothing lost or
 duplicated. How items are timed is the measurement engine's (``profilers/measure.py``).
+
+One campaign per device and database at a time (``LutDB.device_lock``): a second one refuses,
+naming the first one's pid, or with ``wait`` waits for it, then measures only what the first
+left; a lock left by a killed campaign is taken over, and its run marked interrupted.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -89,8 +94,10 @@ class Campaign:
         position: int = 0,
         convert_workers: int | None = None,
         instances: Sequence[OpInstance | PairInstance] | None = None,
+        wait: bool = False,
     ) -> None:
         self.space, self.spec = space, spec
+        self.wait = wait  # for another campaign on this device, rather than refuse
         # Default: the space's every op instance; adaptive sampling passes its own.
         self.instances = instances
         self.db = LutDB(db_path)
@@ -110,6 +117,27 @@ class Campaign:
         return self.cache.get(module, example, rt.name, rt.precision)
 
     def run(self) -> CampaignReport:
+        """Profile what the LUT lacks, holding the device's lock (taken before reading what
+        is stored, so a campaign that waited measures only what the other one left)."""
+
+        def waiting(h: dict[str, Any]) -> None:
+            print(
+                f"waiting for pid {h['pid']}, profiling {self.spec.name} in {self.db.path} "
+                f"since {h['started']}, to finish",
+                file=sys.stderr,
+            )
+
+        what = f"space {self.space.name}"
+        with self.db.device_lock(self.spec.name, what, self.wait, on_wait=waiting) as left:
+            if left is not None:
+                print(
+                    f"took over the lock pid {left['pid']} left on {self.spec.name} in "
+                    f"{self.db.path}: it no longer runs",
+                    file=sys.stderr,
+                )
+            return self._run()
+
+    def _run(self) -> CampaignReport:
         spec, space = self.spec, self.space
         instances = (
             self.instances

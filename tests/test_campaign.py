@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -185,3 +188,44 @@ def test_min_of_round_medians_statistic(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text(body + 'statistic = "mean"\n')
     with pytest.raises(UserError, match="bad.toml.*statistic"):
         load_device(tmp_path / "bad.toml")
+
+
+def test_a_killed_campaigns_lock_is_taken_over_and_its_run_marked_interrupted(
+    tmp_path: Path, capsys
+) -> None:
+    """SIGKILL leaves no chance to release the lock or close the run: the next campaign on
+    the device takes the lock over (its pid no longer runs) and marks the run interrupted."""
+    db = tmp_path / "lut.sqlite"
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "pipelines.cli", "profile", "--space", str(TINY)]
+    cmd += ["--device", "local-onnxruntime", "--db", str(db), "--no-progress"]
+    env = {**os.environ, "HURRICANE_CACHE": str(tmp_path / "hc")}
+    first = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 120
+        while time.monotonic() < end:  # until it holds the lock and has opened its run
+            assert first.poll() is None
+            try:
+                with sqlite3.connect(db) as conn:
+                    lock = conn.execute("SELECT pid FROM locks").fetchall()
+                    runs = conn.execute("SELECT status FROM runs").fetchall()
+            except sqlite3.Error:
+                lock = runs = []
+            if lock and runs:
+                break
+            time.sleep(0.1)
+        assert lock == [(first.pid,)] and runs == [("running",)]
+    finally:
+        first.kill()  # SIGKILL
+        first.wait()
+    with sqlite3.connect(db) as conn:  # left behind
+        assert conn.execute("SELECT pid FROM locks").fetchall() == [(first.pid,)]
+    cache = ArtifactCache(tmp_path / "hc" / "artifacts")
+    spec = load_device("local-onnxruntime")
+    report = profile(load_space(TINY), spec, db, cache=cache, progress=False, limit=2)
+    assert report.new_entries == 2
+    assert f"took over the lock pid {first.pid} left" in capsys.readouterr().err
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM locks").fetchone()[0] == 0
+        statuses = [s for (s,) in conn.execute("SELECT status FROM runs ORDER BY id")]
+    assert statuses == ["interrupted", "done"]

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hurricane.arch import Arch
-from hurricane.latency import LutPredictor, MissingEntries
+from hurricane.latency import (
+    LutPredictor,
+    MissingEntries,
+    MostlyPredicted,
+    predicted_note,
+    read_table,
+)
 from hurricane.lut import LutDB
 from hurricane.space_file import load_space
+from profilers.campaign import space_instances
 
 TINY = Path(__file__).parent / "spaces" / "tiny.toml"
 
@@ -73,3 +81,73 @@ def test_missing_entries_are_named(lut, tmp_path: Path) -> None:
     assert pred.predict(Arch.of(["skip"] * 3, [0.5] * 3)) > 0
     with pytest.raises(Exception, match="no latency table for device 'nope'"):
         LutPredictor.from_db(space, db, "nope")
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_lut_of_another_space_is_said_and_refused_on_request(lut, ort_lut, tmp_path, capsys):
+    """`shrink --space demo` on a database profiled for another space once chose ops from
+    hundreds of predicted entries without a word."""
+    from pipelines.cli import main
+
+    db, device = lut
+    spec = ort_lut[1]
+    demo = load_space("demo")
+    probe = LutPredictor(demo, read_table(demo, db, device), device)
+    predicted, needed = len(set(probe.missing())), probe.needed()
+    assert 2 * predicted > needed  # tiny's table holds almost none of demo's entries
+    figures = f"{predicted} of {needed} operator instances space demo needs on ort are predicted"
+    command = f"hurricane profile --space demo --device {spec} --db {db}"
+    out = tmp_path / "reduced.toml"
+    shrink = ["shrink", "--space", "demo", "--device", str(spec), "--db", str(db)]
+    assert main([*shrink, "--out", str(out)]) == 0
+    line = _one_line(capsys.readouterr().err)
+    assert figures in line and line.endswith(command), line
+    out.unlink()
+    predict = ["latency", "predict", "--space", "demo", "--device", str(spec), "--db", str(db)]
+    arch = str(demo.default_arch())
+    assert main([*predict, arch]) == 0
+    assert figures in _one_line(capsys.readouterr().err)
+    search = ["search", "--space", "demo", "--device", str(spec), "--db", str(db)]
+    search += ["--budget", "1", "--supernet", str(tmp_path / "none")]
+    for args in ([*shrink, "--out", str(out)], [*predict, arch], search):
+        assert main([*args, "--require-measured"]) == 2
+        line = _one_line(capsys.readouterr().err)
+        assert figures in line and "--require-measured refuses" in line and command in line
+    assert not out.exists()  # refused before anything was written
+    # The space the table was profiled for: measured, so not a word, and not refused.
+    tiny = ["shrink", "--space", str(TINY), "--device", str(spec), "--db", str(db)]
+    assert main([*tiny, "--out", str(out), "--require-measured"]) == 0
+    assert "predicted" not in capsys.readouterr().err
+
+
+def test_predicted_means_more_than_half_of_the_needed_instances(lut, tmp_path) -> None:
+    src, device = lut
+    db = tmp_path / "lut.sqlite"
+    with sqlite3.connect(src) as a, sqlite3.connect(db) as b:
+        a.backup(b)
+    space = load_space(TINY)
+    needed = LutPredictor(space, {}, device).needed()
+    assert needed == len(space_instances(space))
+    keys = sorted(i.key for i in space_instances(space))
+    conn = sqlite3.connect(db)
+    with conn:  # half missing, half stored but failed: half predicted, the rest measured
+        conn.executemany("DELETE FROM entries WHERE key = ?", [(k,) for k in keys[: needed // 4]])
+        conn.executemany(
+            "UPDATE entries SET status = 'error', median_ms = NULL WHERE key = ?",
+            [(k,) for k in keys[needed // 4 : needed // 2]],
+        )
+    assert predicted_note(space, db, device) is None
+    with conn:
+        conn.execute("DELETE FROM entries WHERE key = ?", (keys[needed // 2],))
+    note = predicted_note(space, db, device, "ort.toml")
+    assert note is not None
+    assert f"{needed // 2 + 1} of {needed} operator instances" in note
+    failed = needed // 2 - needed // 4
+    assert f"({failed} of them failed to measure)" in note and note.endswith(" --retry-errors")
+    with pytest.raises(MostlyPredicted, match="--require-measured refuses"):
+        predicted_note(space, db, device, "ort.toml", require=True)
