@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from devices.runtimes import NAMES, REGISTRY, Runtime
+from hurricane.names import check_name
 from hurricane.tomlcheck import ConfigError, Fields, read_toml
 
 KINDS = ("cpu", "mobile-cpu", "dsp", "vpu")
@@ -153,7 +154,7 @@ def parse_device(data: dict[str, Any], source: str = "<string>") -> DeviceSpec:
             "search",
         }
     )
-    name = top.str("name", Path(source).stem)
+    name = check_name("device", top.str("name", Path(source).stem), source, ConfigError)
     kind = top.str("kind", choices=KINDS)
 
     tf = top.sub("transport")

@@ -13,6 +13,7 @@ import gzip
 import math
 import os
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,8 +129,14 @@ def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2, flip: bool = Tr
 
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise DataError(
+            f"{path}: not a readable gzip file ({exc}); the file is truncated or corrupt, "
+            "reinstall or re-download it"
+        ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise DataError(f"{path}: not an IDX file (bad magic number)")
     ndim = data[3]

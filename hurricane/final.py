@@ -57,9 +57,8 @@ def train_final(
     splits = load_data(data, space.resolution, space.in_channels, space.classes, cfg.val_fraction)
     recalibrate_bn(sub, splits.train, cfg.bn_batches, 256, seed)
     test_acc = accuracy(sub, splits.test)
-    torch.save(
-        {"space": space.name, "arch": str(arch), "model": sub.state_dict()}, out / "model.pt"
-    )
+    with open(out / "model.pt", "wb") as f:  # an unwritable folder: an OSError naming it
+        torch.save({"space": space.name, "arch": str(arch), "model": sub.state_dict()}, f)
     return {
         "arch": str(arch),
         "test_acc": test_acc,

@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from hurricane.names import check_name
 from hurricane.opnames import ACT_NAMES, OpNameError, canonical, parse_op
 from hurricane.ops import check_op
 from hurricane.space import HeadSpec, LayerSpec, SearchSpace, StemSpec
@@ -65,7 +66,7 @@ def read_space(data: dict[str, Any], source: str = "<memory>") -> SearchSpace:
     """A space from a parsed TOML table, or the first problem with it as a ``SpaceError``."""
     top = Fields(data, source, error_type=SpaceError)
     top.only(TOP_FIELDS)
-    name = top.str("name", Path(source).stem)
+    name = check_name("space", top.str("name", Path(source).stem), source, SpaceError)
     description = top.str("description", "", empty=True)
     act = _act(top, "act", "relu")
     divisor = top.int("channel_divisor", 8, lo=1)

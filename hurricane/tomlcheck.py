@@ -7,6 +7,7 @@ so that a bad value stops with one line: ``FILE: FIELD: what is wrong (what was 
 from __future__ import annotations
 
 import builtins
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,14 @@ def read_toml(
     path = Path(path).expanduser()
     if not path.is_file():
         raise error_type(f"{path}: {what} not found")
-    return loads_toml(path.read_text(), str(path), error_type)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error_type(
+            f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}); "
+            "TOML files are UTF-8: save it in that encoding"
+        ) from None
+    return loads_toml(text, str(path), error_type)
 
 
 class Fields:
@@ -113,13 +121,20 @@ class Fields:
         return value
 
     def float(
-        self, key: builtins.str, default: Any = _MISSING, lo: builtins.float | None = None
+        self,
+        key: builtins.str,
+        default: Any = _MISSING,
+        lo: builtins.float | None = None,
+        finite: builtins.bool = True,
     ) -> Any:
+        """A number; ``nan`` and ``inf`` are refused unless the field says ``finite=False``."""
         value = self._get(key, default)
         if value is default and default is not _MISSING:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(key, f"expected a number, got {value!r}")
+        if math.isnan(value) or (finite and math.isinf(value)):
+            raise self.error(key, f"expected a finite number, got {value!r}")
         if lo is not None and value < lo:
             raise self.error(key, f"must be >= {lo}, got {value}")
         return float(value)

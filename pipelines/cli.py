@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from hurricane.errors import UserError
+from pipelines.argtypes import (
+    Parser,
+    below_one,
+    nonnegative_finite_float,
+    nonnegative_int,
+    open_fraction,
+    positive_finite_float,
+    positive_int,
+)
 
 
 def _space_show(args: argparse.Namespace) -> int:
@@ -66,18 +77,25 @@ def _add_train_args(
         help="fashion-mnist | cifar10:DIR | imagefolder:DIR | idx:DIR (default: %(default)s)",
     )
     p.add_argument("--out", default=out_default, help="run folder (checkpoints, summary)")
-    p.add_argument("--epochs", type=float, default=epochs or d.epochs)
+    p.add_argument("--epochs", type=positive_finite_float, default=epochs or d.epochs)
     p.add_argument(
-        "--steps", type=int, default=None, help="train this many steps (overrides --epochs)"
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="train this many steps (overrides --epochs)",
     )
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="checkpoint every N steps")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=d.batch_size, help="global batch size"
+    )
+    p.add_argument("--lr", type=positive_finite_float, default=d.lr)
+    p.add_argument("--momentum", type=nonnegative_finite_float, default=d.momentum)
+    p.add_argument("--weight-decay", type=nonnegative_finite_float, default=d.weight_decay)
+    p.add_argument("--label-smoothing", type=below_one, default=d.label_smoothing)
+    p.add_argument("--warmup-steps", type=nonnegative_int, default=d.warmup_steps)
+    p.add_argument("--seed", type=nonnegative_int, default=d.seed)
+    p.add_argument(
+        "--ckpt-every", type=positive_int, default=d.ckpt_every, help="checkpoint every N steps"
+    )
     p.add_argument(
         "--sample-layers",
         default=None,
@@ -101,30 +119,36 @@ def _add_train_args(
     )
     p.add_argument(
         "--shrink-every",
-        type=int,
+        type=nonnegative_int,
         default=d.shrink_every,
         help="progressive shrinking: every N steps drop each layer's op that does "
         "worst for its latency (needs --device; default: off)",
     )
     p.add_argument(
         "--shrink-paths",
-        type=int,
+        type=positive_int,
         default=d.shrink_paths,
         help="paths evaluated per shrinking event",
     )
     p.add_argument(
         "--shrink-keep",
-        type=int,
+        type=positive_int,
         default=d.shrink_keep,
         help="never shrink a layer below this many ops",
     )
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    p.add_argument("--train-limit", type=int, default=None, help="use at most N training images")
+    p.add_argument("--val-fraction", type=open_fraction, default=d.val_fraction)
     p.add_argument(
-        "--eval-limit", type=int, default=d.eval_limit, help="validation images per eval"
+        "--train-limit", type=positive_int, default=None, help="use at most N training images"
     )
-    p.add_argument("--eval-paths", type=int, default=d.eval_paths, help="paths evaluated per epoch")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument(
+        "--eval-limit", type=positive_int, default=d.eval_limit, help="validation images per eval"
+    )
+    p.add_argument(
+        "--eval-paths", type=nonnegative_int, default=d.eval_paths, help="paths evaluated per epoch"
+    )
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads per process"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--fresh", action="store_true", help="discard a checkpoint in --out and start over"
@@ -212,7 +236,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="hurricane",
         description="Hardware-aware neural architecture search: profile devices, search under "
         "a latency budget, hand over a verified model.",
@@ -257,7 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        if exc.code == 2:  # a bad flag or value, already printed as one line (Parser.error)
+            return 2
+        raise
     try:
         return args.func(args)
     except UserError as exc:
@@ -269,6 +298,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into head and the like
         sys.stderr.close()
         return 0
+    except OSError as exc:  # a folder made read-only: one line, not a traceback
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        print(f"hurricane: error: {_cannot_write(exc)}", file=sys.stderr)
+        return 2
+
+
+def _cannot_write(exc: OSError) -> str:
+    """A refused write as one line naming the folder. Checkpoints, supernets and step records
+    are written under a temporary name and then renamed, so what was there stays: the same
+    command resumes once the folder can be written."""
+    if not exc.filename:
+        return f"{exc.strerror}; make the output folder writable and run the command again"
+    folder = Path(exc.filename).parent
+    return (
+        f"{folder}: cannot write {Path(exc.filename).name} there ({exc.strerror}); make the "
+        "folder writable (or give another --out) and run the same command again to resume"
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ naming the file, the field and what was expected. Examples in ``pipelines/exampl
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 from devices.spec import builtin_devices, load_device
 from hurricane.budgets import Budget, BudgetError
+from hurricane.names import check_name
 from hurricane.reduce import RULES, SKIP_RULES
 from hurricane.search import SearchConfig
 from hurricane.space_file import builtin_spaces, load_space
@@ -21,6 +21,8 @@ from hurricane.train import TrainConfig
 
 # The one LUT database every command reads and writes unless told otherwise.
 DEFAULT_DB = "runs/hurricane.sqlite"
+# The source of a pipeline that ``hurricane generate`` builds from its flags.
+COMMAND_LINE = "command line"
 # How the chosen architecture's final training starts: from its supernet weights or anew.
 FINAL_FROM = ("inherited", "scratch")
 
@@ -123,6 +125,12 @@ class Pipeline:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def budgets_field(self) -> str:
+        """Where the budgets were written, for an error to name: ``hurricane generate``'s
+        ``--budget`` flag, or the pipeline file's ``budgets`` field."""
+        return "--budget" if self.source == COMMAND_LINE else f"{self.source}: budgets:"
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Pipeline:
         """The pipeline ``to_json`` wrote (``RUN/pipeline.json``)."""
@@ -193,11 +201,7 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
         }
     )
     base = Path(source).parent if source != "<string>" else Path.cwd()
-    name = top.str("name", Path(source).stem)
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise top.error(
-            "name", f"use letters, digits, '.', '_' or '-' (it names folders), got {name!r}"
-        )
+    name = check_name("pipeline", top.str("name", Path(source).stem), source, ConfigError)
     space = _ref(top.str("space"), base, builtin_spaces(), top, "space", load_space)
     devices = top.str_list("devices")
     if not devices:

@@ -26,6 +26,7 @@ from hurricane.errors import UserError
 from hurricane.final import train_final
 from hurricane.latency import LatencyModel, fill_missing, predicted_note, read_table
 from hurricane.lut import LutDB
+from hurricane.names import child_path
 from hurricane.provenance import provenance
 from hurricane.reduce import reduce_space, scores_json
 from hurricane.search import EvolutionSearch
@@ -40,6 +41,20 @@ from profilers.campaign import _spec_json, profile, space_instances
 from profilers.models import choose_measured
 
 Echo = Callable[[str], None]
+
+
+def check_reachable(typed: str, budget_ms: float, model: LatencyModel, where: str) -> None:
+    """Refuse, before any training, a budget under the fastest architecture the LUT allows
+    (the search would find nothing): ``where`` and ``typed`` are the flag or field and the
+    value as the user wrote them."""
+    fastest, arch = model.fastest()
+    if budget_ms < fastest:
+        resolved = "" if typed == f"{budget_ms:g}" else f" ({budget_ms:g} ms)"
+        raise UserError(
+            f"{where} {typed}{resolved}: no architecture fits; the fastest in this space is "
+            f"{fastest:.4g} ms on {model.lut.device} ({arch}); give a budget of at least "
+            f"{fastest:.4g} ms"
+        )
 
 
 def lut_digest(space: SearchSpace, spec: DeviceSpec, db: str | Path) -> dict[str, Any]:
@@ -84,7 +99,7 @@ def shrink_for_device(
     reduced, scores = reduce_space(
         space, table, k=k, rule=rule, exclude=exclude, name=name, skip=skip
     )
-    out = Path(out or f"runs/spaces/{name}.toml")
+    out = Path(out) if out else child_path("runs/spaces", f"{name}.toml")
     header = (
         f"Stage one for device {spec.name}: top {k} per layer by rule {rule!r}, "
         f"skip={skip}"
@@ -197,7 +212,7 @@ class PipelineRun:
         p, g = self.p, self.p.generate
         spec = load_device(device_ref)
         dev = spec.name
-        base = self.root / dev
+        base = child_path(self.root, dev)
         spec_digest = digest(_spec_json(spec))
         prof = self.steps.run(
             f"profile-{dev}",
@@ -262,6 +277,9 @@ class PipelineRun:
         cfg = g.train_config(space_file, p.data, base / "supernet", p.seed, self.progress)
         model = LatencyModel.from_db(space, p.db, dev)
         budgets = self.budgets_ms(dev)
+        for b in p.budgets:
+            typed = f"{b.ms:g}" if b.ms is not None else f"{b.percentile:g}%"
+            check_reachable(typed, budgets[b.label], model, p.budgets_field)
         fixed = stage_a_base(model, split, min(budgets.values())) if g.two_stage else None
 
         def train_supernet() -> dict[str, Any]:
@@ -336,7 +354,7 @@ class PipelineRun:
     ) -> dict[str, Any]:
         p, g = self.p, self.p.generate
         dev, label = spec.name, budget.label
-        work = self.root / dev / label
+        work = child_path(self.root, dev, label)
         scfg = g.search_config(budget_ms, p.seed)
         steps_b = g.steps_b or g.steps
 
@@ -466,7 +484,7 @@ class PipelineRun:
             p.validate_models,
             p.calibration_models,
             p.seed,
-            self.root / spec.name / "latency",
+            child_path(self.root, spec.name, "latency"),
             progress=self.progress,
         )
         for line in summary_lines(res):
@@ -477,7 +495,7 @@ class PipelineRun:
     def _handoff(self, spec, space_file, fin, budget_ms, label) -> dict[str, Any]:
         from pipelines.handoff import make_bundle
 
-        out = self.root / "bundles" / f"{spec.name}-{label}"
+        out = child_path(self.root, "bundles", f"{spec.name}-{label}")
         acc = {
             "test_acc": fin.get("test_acc"),
             "test_images": fin.get("test_images"),

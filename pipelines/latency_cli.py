@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipelines.argtypes import int_at_least, nonnegative_int, positive_finite_float, positive_int
 from pipelines.config import DEFAULT_DB
 
 
@@ -85,14 +86,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     val.add_argument("--space", required=True, help="built-in space name or TOML file")
     val.add_argument("--device", required=True, help="device spec TOML file or example name")
-    val.add_argument("--n", type=int, default=100, help="held-out models (default: %(default)s)")
+    val.add_argument(
+        "--n", type=positive_int, default=100, help="held-out models (default: %(default)s)"
+    )
     val.add_argument(
         "--calibration",
-        type=int,
+        type=int_at_least(2),
         default=30,
         help="models to fit the calibration on (default: %(default)s)",
     )
-    val.add_argument("--seed", type=int, default=0)
+    val.add_argument("--seed", type=nonnegative_int, default=0)
     val.add_argument("--db", default=DEFAULT_DB, help="LUT database (default: %(default)s)")
     val.add_argument(
         "--out",
@@ -123,14 +126,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     samp.add_argument("--space", required=True)
     samp.add_argument("--device", required=True)
     samp.add_argument("--db", default=DEFAULT_DB)
-    samp.add_argument("--budget", type=int, default=200, help="configurations to profile at most")
+    samp.add_argument(
+        "--budget", type=positive_int, default=200, help="configurations to profile at most"
+    )
     samp.add_argument(
         "--target-mape",
-        type=float,
+        type=positive_finite_float,
         default=0.05,
         help="stop once cross-validated MAPE is below this (default: %(default)s)",
     )
-    samp.add_argument("--per-round", type=int, default=40)
-    samp.add_argument("--seed", type=int, default=0)
+    samp.add_argument("--per-round", type=positive_int, default=40)
+    samp.add_argument("--seed", type=nonnegative_int, default=0)
     samp.add_argument("--no-progress", action="store_true")
     samp.set_defaults(func=_sample)

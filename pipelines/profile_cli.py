@@ -12,6 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from hurricane.errors import UserError
+from pipelines.argtypes import nonnegative_int, positive_int
 from pipelines.config import DEFAULT_DB
 
 
@@ -206,7 +207,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="device spec (repeat for several devices, profiled concurrently)",
     )
     prof.add_argument("--db", default=DEFAULT_DB, help="LUT database (default: %(default)s)")
-    prof.add_argument("--limit", type=int, default=None, help="measure at most N new entries")
+    prof.add_argument(
+        "--limit", type=positive_int, default=None, help="measure at most N new entries"
+    )
     prof.add_argument("--retry-errors", action="store_true", help="measure failed entries again")
     prof.add_argument(
         "--remeasure-noisy",
@@ -227,7 +230,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     show = lsub.add_parser("show", help="per-device counts and entries")
     show.add_argument("--db", default=DEFAULT_DB)
     show.add_argument("--device", default=None)
-    show.add_argument("--limit", type=int, default=20, help="entries to list (0: all)")
+    show.add_argument("--limit", type=nonnegative_int, default=20, help="entries to list (0: all)")
     show.set_defaults(func=_lut_show)
     export = lsub.add_parser("export", help="entries as CSV or JSON")
     export.add_argument("--db", default=DEFAULT_DB)

@@ -14,7 +14,21 @@ from hurricane.budgets import Budget
 from hurricane.errors import UserError
 from hurricane.reduce import RULES, SKIP_RULES
 from hurricane.train import TrainConfig
-from pipelines.config import DEFAULT_DB, FINAL_FROM, GenerateSettings, Pipeline, load_pipeline
+from pipelines.argtypes import (
+    below_one,
+    budget,
+    int_at_least,
+    nonnegative_int,
+    positive_int,
+)
+from pipelines.config import (
+    COMMAND_LINE,
+    DEFAULT_DB,
+    FINAL_FROM,
+    GenerateSettings,
+    Pipeline,
+    load_pipeline,
+)
 
 
 def summary_lines(run, seconds: float) -> list[str]:
@@ -103,7 +117,7 @@ def _generate(args: argparse.Namespace) -> int:
             "generate": gen,
             "handoff": {"enabled": False},
         },
-        "command line",
+        COMMAND_LINE,
     )
     return execute(p, not args.no_progress, args.require_measured)
 
@@ -227,43 +241,52 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--budget",
         action="append",
         required=True,
+        type=budget,
         help="latency budget: ms, or a percentile like 40%% (repeatable)",
     )
     g.add_argument("--data", default=Pipeline.data)
     g.add_argument("--db", default=DEFAULT_DB, help="LUT database (default: %(default)s)")
     g.add_argument("--out", default="runs/generate")
-    g.add_argument("--k", type=int, default=d.k, help="stage one: ops kept per layer (0: none)")
+    g.add_argument(
+        "--k", type=nonnegative_int, default=d.k, help="stage one: ops kept per layer (0: none)"
+    )
     g.add_argument("--rule", default=d.rule, choices=list(RULES), help="stage one's rule")
     g.add_argument("--skip", default=d.skip, choices=SKIP_RULES, help="where stage one keeps skip")
     g.add_argument("--single-stage", action="store_true", help="SPOS instead of two-stage")
-    g.add_argument("--split", type=int, default=None)
+    g.add_argument("--split", type=positive_int, default=None)
     g.add_argument(
-        "--steps", type=int, default=d.steps, help="supernet steps per stage (default: %(default)s)"
+        "--steps",
+        type=positive_int,
+        default=d.steps,
+        help="supernet steps per stage (default: %(default)s)",
     )
-    g.add_argument("--steps-b", type=int, default=None)
+    g.add_argument("--steps-b", type=positive_int, default=None)
     g.add_argument("--distill", action="store_true")
     g.add_argument(
-        "--eval-limit", type=int, default=d.eval_limit, help="validation images per fitness"
+        "--eval-limit",
+        type=positive_int,
+        default=d.eval_limit,
+        help="validation images per fitness",
     )
-    g.add_argument("--population", type=int, default=d.population)
-    g.add_argument("--generations", type=int, default=d.generations)
+    g.add_argument("--population", type=int_at_least(2), default=d.population)
+    g.add_argument("--generations", type=positive_int, default=d.generations)
     g.add_argument(
         "--min-budget-fraction",
-        type=float,
+        type=below_one,
         default=d.min_budget_fraction,
         metavar="F",
         help="make no candidate predicted under F x the budget (default: %(default)s)",
     )
-    g.add_argument("--verify-top", type=int, default=d.verify_top)
-    g.add_argument("--final-steps", type=int, default=d.final_steps)
+    g.add_argument("--verify-top", type=positive_int, default=d.verify_top)
+    g.add_argument("--final-steps", type=nonnegative_int, default=d.final_steps)
     g.add_argument(
         "--final-from",
         choices=FINAL_FROM,
         default=d.final_from,
         help="fine-tune the chosen model from its supernet weights, or retrain it",
     )
-    g.add_argument("--train-limit", type=int, default=None)
-    g.add_argument("--seed", type=int, default=Pipeline.seed)
+    g.add_argument("--train-limit", type=positive_int, default=None)
+    g.add_argument("--seed", type=nonnegative_int, default=Pipeline.seed)
     g.add_argument("--no-progress", action="store_true")
     add_require_measured(g)
     g.set_defaults(func=_generate)
@@ -292,14 +315,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--db", default=DEFAULT_DB, help="LUT database: how noisy the device is (%(default)s)"
     )
     h.add_argument(
-        "--budget", default=None, help="latency budget in ms (default: the one final.json names)"
+        "--budget",
+        type=budget,
+        default=None,
+        help="latency budget in ms (default: the one final.json names)",
     )
     h.add_argument("--out", default=None, help="bundle folder (default: beside final.json)")
     h.add_argument("--data", default=TrainConfig.data)
     h.add_argument(
-        "--samples", type=int, default=Pipeline.handoff_samples, help="images compared with PyTorch"
+        "--samples",
+        type=positive_int,
+        default=Pipeline.handoff_samples,
+        help="images compared with PyTorch",
     )
-    h.add_argument("--seed", type=int, default=Pipeline.seed)
+    h.add_argument("--seed", type=nonnegative_int, default=Pipeline.seed)
     h.set_defaults(func=_handoff)
 
     rep = sub.add_parser(

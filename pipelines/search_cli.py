@@ -15,6 +15,7 @@ from hurricane.errors import UserError
 from hurricane.latency import space_ref
 from hurricane.reduce import RULES, SKIP_RULES
 from hurricane.train import TrainConfig
+from pipelines.argtypes import below_one, budget, int_at_least, nonnegative_int, positive_int
 from pipelines.config import DEFAULT_DB, FINAL_FROM, GenerateSettings
 
 
@@ -78,16 +79,17 @@ def _shrink(args: argparse.Namespace) -> int:
 def _budget_ms(args: argparse.Namespace, space, model) -> float:
     """``--budget`` in milliseconds (a percentile as ``hurricane generate`` resolves it);
     kept on ``args.budget_ms`` for what follows."""
+    from pipelines.jobs import check_reachable
+
     budget = Budget.parse(args.budget)
     args.budget_ms = budget.resolve(model.predict, space, args.seed)
     if budget.percentile is not None:
         print(f"budget {args.budget} of {space.name}'s latencies: {args.budget_ms:g} ms")
+    check_reachable(args.budget, args.budget_ms, model, "--budget")
     return args.budget_ms
 
 
 def _search_config(args: argparse.Namespace):
-    if not 0 <= args.min_budget_fraction < 1:
-        raise UserError(f"--min-budget-fraction must be in [0, 1), got {args.min_budget_fraction}")
     g = GenerateSettings(
         population=args.population,
         generations=args.generations,
@@ -222,14 +224,14 @@ def two_stage_command(args: argparse.Namespace, cfg) -> int:
 
 def _add_search_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     d = GenerateSettings()
-    p.add_argument("--population", type=int, default=d.population)
-    p.add_argument("--generations", type=int, default=d.generations)
-    p.add_argument("--parents", type=int, default=d.parents)
-    p.add_argument("--mutations", type=int, default=d.mutations)
-    p.add_argument("--crossovers", type=int, default=d.crossovers)
+    p.add_argument("--population", type=int_at_least(2), default=d.population)
+    p.add_argument("--generations", type=positive_int, default=d.generations)
+    p.add_argument("--parents", type=positive_int, default=d.parents)
+    p.add_argument("--mutations", type=nonnegative_int, default=d.mutations)
+    p.add_argument("--crossovers", type=nonnegative_int, default=d.crossovers)
     p.add_argument(
         "--min-budget-fraction",
-        type=float,
+        type=below_one,
         default=d.min_budget_fraction,
         metavar="F",
         help="make no candidate predicted under F x the budget (0.9: search "
@@ -237,7 +239,7 @@ def _add_search_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
     )
     p.add_argument(
         "--verify-top",
-        type=int,
+        type=positive_int,
         default=d.verify_top,
         help="measure the best N candidates on the device; keep the best within "
         "budget (default: %(default)s)",
@@ -249,7 +251,7 @@ def _add_search_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
     )
     p.add_argument(
         "--final-steps",
-        type=int,
+        type=nonnegative_int,
         default=d.final_steps,
         help="fine-tune the chosen model this many steps from its inherited "
         "weights, then score it on the test split; 0 skips it (default: %(default)s)",
@@ -284,15 +286,18 @@ def add_two_stage_args(p: argparse.ArgumentParser) -> None:
         "samples the earlier ones; then the search and final model",
     )
     g.add_argument(
-        "--split", type=int, default=None, help="first layer of stage A (default: half the layers)"
+        "--split",
+        type=positive_int,
+        default=None,
+        help="first layer of stage A (default: half the layers)",
     )
     g.add_argument(
         "--steps-b",
-        type=int,
+        type=positive_int,
         default=None,
         help="stage B steps (default: as many as stage A, from --steps/--epochs)",
     )
-    g.add_argument("--budget", default=None, help=_BUDGET_HELP)
+    g.add_argument("--budget", type=budget, default=None, help=_BUDGET_HELP)
     add_require_measured(g)
     _add_search_args(g)
 
@@ -303,7 +308,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--space", required=True)
     sh.add_argument("--device", required=True, help="device spec (its LUT must be profiled)")
     sh.add_argument("--db", default=DEFAULT_DB, help="LUT database (default: %(default)s)")
-    sh.add_argument("--k", type=int, default=d.k, help="ops kept per layer (default: %(default)s)")
+    sh.add_argument(
+        "--k", type=nonnegative_int, default=d.k, help="ops kept per layer (default: %(default)s)"
+    )
     sh.add_argument(
         "--rule", default=d.rule, choices=list(RULES), help="how ops are ranked per layer"
     )
@@ -321,16 +328,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     se = sub.add_parser("search", help="stage two: evolutionary search under a latency budget")
     se.add_argument("--space", required=True)
     se.add_argument("--device", required=True)
-    se.add_argument("--budget", required=True, help=_BUDGET_HELP)
+    se.add_argument("--budget", type=budget, required=True, help=_BUDGET_HELP)
     se.add_argument("--supernet", required=True, help="trained run folder or supernet.pt")
     se.add_argument("--data", default=TrainConfig.data)
     se.add_argument("--db", default=DEFAULT_DB, help="LUT database (default: %(default)s)")
     se.add_argument("--out", default="runs/search")
     _add_search_args(se)
     se.add_argument(
-        "--eval-limit", type=int, default=d.eval_limit, help="validation images per fitness"
+        "--eval-limit",
+        type=positive_int,
+        default=d.eval_limit,
+        help="validation images per fitness",
     )
-    se.add_argument("--seed", type=int, default=TrainConfig.seed)
+    se.add_argument("--seed", type=nonnegative_int, default=TrainConfig.seed)
     se.add_argument("--random", action="store_true", help="random search baseline instead")
     add_require_measured(se)
     se.set_defaults(func=_search)

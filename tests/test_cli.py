@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -364,3 +366,153 @@ def test_a_mistyped_budget_is_one_line_before_any_lut_is_read(tmp_path: Path, ca
         assert main([*command, *base, "--budget", "fast"]) == 2
         line = _error_line(capsys)
         assert "a budget is milliseconds" in line and "'fast'" in line
+
+
+# --- bad numbers and files: one line each, before anything runs --------------------------------
+
+
+def _usage_error(capsys, argv: list[str]) -> str:
+    """The one line a bad flag value prints (exit status 2, no usage block)."""
+    assert main(argv) == 2
+    return _error_line(capsys)
+
+
+@pytest.mark.parametrize("steps", ["-5", "0"])
+def test_train_steps_must_be_positive(tmp_path: Path, capsys, steps: str) -> None:
+    """-5 trained nothing and wrote an untrained supernet.pt (exit 0); 0 fell back to
+    --epochs without a word."""
+    out = tmp_path / "run"
+    line = _usage_error(capsys, ["train", "--space", "demo", f"--steps={steps}", "--out", str(out)])
+    assert f"argument --steps: expected an integer >= 1, got '{steps}'" in line
+    assert not out.exists()
+
+
+def test_profile_limit_must_be_positive(tmp_path: Path, capsys) -> None:
+    """--limit -5 measured all but the last five entries."""
+    db = tmp_path / "lut.sqlite"
+    argv = ["profile", "--space", "demo", "--device", "local-onnxruntime", "--db", str(db)]
+    line = _usage_error(capsys, [*argv, "--limit=-5"])
+    assert "argument --limit: expected an integer >= 1, got '-5'" in line
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400", "-1"])
+def test_search_budget_must_be_finite_and_positive(tmp_path: Path, capsys, value: str) -> None:
+    """nan made an AssertionError deep in the search; inf searched with no limit."""
+    argv = ["search", "--space", "demo", "--device", "local-litert", "--supernet", "s"]
+    line = _usage_error(capsys, [*argv, "--db", str(tmp_path / "x.sqlite"), f"--budget={value}"])
+    assert "argument --budget: a budget is milliseconds" in line and f"got '{value}'" in line
+
+
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_generate_budget_names_the_flag(tmp_path: Path, capsys, value: str) -> None:
+    argv = ["generate", "--space", "demo", "--device", "local-litert", "--out", str(tmp_path)]
+    line = _usage_error(capsys, [*argv, "--budget", value])
+    assert "argument --budget: a budget is milliseconds" in line and f"got '{value}'" in line
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "want"),
+    [
+        ("--lr", "nan", "a finite number > 0"),
+        ("--epochs", "inf", "a finite number > 0"),
+        ("--val-fraction", "1.5", "a finite number in (0, 1)"),
+        ("--min-budget-fraction", "nan", "a finite number in [0, 1)"),
+        ("--ckpt-every", "0", "an integer >= 1"),
+        ("--population", "1", "an integer >= 2"),
+    ],
+)
+def test_every_number_flag_of_a_kind_is_read_one_way(capsys, flag: str, value: str, want) -> None:
+    line = _usage_error(capsys, ["train", "--space", "demo", f"{flag}={value}"])
+    assert f"argument {flag}: expected {want}, got '{value}'" in line
+
+
+def test_a_pipeline_file_that_is_not_utf8_is_one_line(tmp_path: Path, capsys) -> None:
+    f = tmp_path / "latin.toml"
+    f.write_bytes('name = "p"\ndescription = "caf\xe9"\n'.encode("latin-1"))
+    assert main(["run", str(f)]) == 2
+    line = _error_line(capsys)
+    assert f"{f}: not UTF-8 text" in line and "0xe9" in line
+
+
+def _writable(folder: Path) -> bool:
+    probe = folder / ".probe"
+    try:
+        probe.write_text("")
+    except OSError:
+        return False
+    probe.unlink()
+    return True
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path):
+    """``folder`` made read-only: chmod, and where that does not stop us (root), the
+    immutable attribute."""
+    folder.chmod(0o555)
+    immutable = False
+    try:
+        if _writable(folder) and shutil.which("chattr"):
+            immutable = subprocess.run(["chattr", "+i", str(folder)]).returncode == 0
+        if _writable(folder):
+            pytest.skip("cannot make a folder read-only on this machine")
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
+def _last_error_line(capsys) -> str:
+    """The error line a command ends with, after its progress lines; the only one."""
+    lines = capsys.readouterr().err.strip("\n").split("\n")
+    assert [x for x in lines if "error" in x] == lines[-1:], lines
+    return lines[-1]
+
+
+def test_a_read_only_output_folder_is_one_line_and_loses_nothing(tmp_path: Path, capsys) -> None:
+    space = tmp_path / "tiny.toml"
+    space.write_text(TINY)
+    out = tmp_path / "run"
+    args = ["train", "--space", str(space), "--steps", "2", "--batch-size", "16"]
+    args += ["--train-limit", "32", "--eval-limit", "16", "--eval-paths", "1"]
+    args += ["--out", str(out), "--no-progress", "--threads", "1"]
+    assert main(args) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with _read_only(out):
+        # Resumes from the checkpoint, then cannot write the supernet.
+        assert main(args) == 2
+        line = _last_error_line(capsys)
+        assert line.startswith(f"hurricane: error: {out}: cannot write "), line
+        assert "make the folder writable" in line and "again to resume" in line
+        assert main([*args, "--fresh"]) == 2  # --fresh would remove the checkpoint first
+        assert _last_error_line(capsys).startswith(f"hurricane: error: {out}: cannot write ")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_budget_under_the_fastest_architecture_is_refused_before_training(
+    ort_lut, tmp_path: Path, capsys
+) -> None:
+    """It was refused only once the supernet had trained, with a hint naming --latency-ms,
+    a flag generate does not have."""
+    db, spec, _ = ort_lut
+    copy = tmp_path / "lut.sqlite"
+    shutil.copy(db, copy)
+    tiny = str(Path(__file__).parent / "spaces" / "tiny.toml")
+    out = tmp_path / "gen"
+    argv = ["generate", "--space", tiny, "--device", str(spec), "--db", str(copy)]
+    argv += ["--out", str(out), "--k", "0", "--steps", "2", "--no-progress"]
+    assert main([*argv, "--budget", "0.0001"]) == 2
+    line = _error_line(capsys)
+    assert "--budget 0.0001: no architecture fits; the fastest in this space is " in line, line
+    assert " ms on ort (" in line and "give a budget of at least" in line
+    assert "--latency-ms" not in line
+    assert not (out / "ort" / "supernet").exists()
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(
+        f'space = "{tiny}"\ndevices = ["{spec}"]\nbudgets = [0.0001]\ndb = "{copy}"\n'
+        f'out = "{out}"\n[generate]\nk = 0\n'
+    )
+    assert main(["run", str(pipeline), "--no-progress"]) == 2
+    assert f"{pipeline}: budgets: 0.0001: no architecture fits" in _error_line(capsys)

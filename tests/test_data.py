@@ -274,6 +274,28 @@ def test_truncated_idx_file_is_a_data_error(tmp_path: Path) -> None:
     assert "train-images-idx3-ubyte" in str(exc.value)
 
 
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (lambda b: b[: len(b) // 2], "ended before the end-of-stream marker"),  # cut short
+        (lambda b: b"not gzip at all", "Not a gzipped file"),
+        (lambda b: b[:12] + bytes(len(b) - 12), "Error -3 while decompressing"),  # zeroed
+        (lambda b: b[:-8] + bytes(8), "CRC check failed"),
+    ],
+)
+def test_corrupt_gzip_is_a_data_error(tmp_path: Path, damage, words: str) -> None:
+    """Fashion-MNIST's files are .gz: a damaged one is one line naming it, not a zlib or
+    EOF traceback."""
+    _idx_folder(tmp_path, n_train=20, n_test=5, gz=True)
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(DataError) as exc:
+        load_data(f"fashion-mnist:{tmp_path}", (28, 28), 1)
+    msg = str(exc.value)
+    assert msg.startswith(f"{path}: not a readable gzip file"), msg
+    assert words in msg and "re-download" in msg and "\n" not in msg
+
+
 def test_idx_bad_magic(tmp_path: Path) -> None:
     _idx_folder(tmp_path, n_train=20, n_test=5)
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"PK\x03\x04 not an idx file")

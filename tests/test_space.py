@@ -370,6 +370,11 @@ BAD_CASES = {
         "name",
         "string",
     ),
+    "name_that_leaves_its_folder": (  # names stage one's files: runs/spaces/SPACE-DEVICE-kK
+        _edit('name = "small"', 'name = "x/../../../../../ESCAPED"'),
+        "name",
+        "a space name must be a plain file name",
+    ),
     "head_not_a_table": (
         "head = 3\n" + BASE,
         "head",
@@ -441,3 +446,15 @@ def test_invalid_toml_is_one_line() -> None:
 def test_space_error_is_value_error() -> None:
     assert issubclass(SpaceError, ValueError)
     assert issubclass(SpaceError, ConfigError)  # read through tomlcheck.Fields, as specs are
+
+
+def test_a_space_file_that_is_not_utf8_is_one_line(tmp_path) -> None:
+    path = tmp_path / "latin.toml"
+    path.write_bytes(
+        _edit('name = "small"', 'name = "small"\ndescription = "caf\xe9"').encode("latin-1")
+    )
+    with pytest.raises(SpaceError) as info:
+        load_space(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: not UTF-8 text") and "0xe9" in msg, msg
+    assert "\n" not in msg

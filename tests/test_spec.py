@@ -67,6 +67,23 @@ name = "litert"
             "non-negative",
         ),
         (("[runtime]", "[measure]\nrounds = 0\n[runtime]"), "measure.rounds", ">= 1"),
+        # nan passes every "< lo" test: it turned noise flagging off without a word
+        (
+            ("[runtime]", "[measure]\ncv_threshold = nan\n[runtime]"),
+            "measure.cv_threshold",
+            "finite",
+        ),
+        (
+            ("[runtime]", "[measure]\ndrift_threshold = inf\n[runtime]"),
+            "measure.drift_threshold",
+            "finite",
+        ),
+        (
+            ('host = "h"', 'host = "h"\nconnect_timeout_s = inf'),
+            "transport.connect_timeout_s",
+            "finite",
+        ),
+        (('name = "x"', 'name = "x/../../../../../ESCAPED"'), "name", "plain file name"),
     ],
 )
 def test_bad_fields(edit: tuple[str, str], field: str, needle: str) -> None:
@@ -102,3 +119,23 @@ def test_missing_and_unknown(tmp_path: Path) -> None:
     bad.write_text("kind = [")
     with pytest.raises(ConfigError, match="broken.toml: not valid TOML"):
         load_device(bad)
+
+
+def test_a_name_that_leaves_its_folder_is_refused_at_load(tmp_path: Path) -> None:
+    """A device's name names run folders (RUN/DEVICE, RUN/bundles/DEVICE-BUDGET)."""
+    f = tmp_path / "evil.toml"
+    f.write_text(BASE.replace('name = "x"', 'name = "x/../../../../../ESCAPED"'))
+    with pytest.raises(ConfigError) as err:
+        load_device(f)
+    msg = str(err.value)
+    assert msg.startswith(f"{f}: name: a device name must be a plain file name"), msg
+    assert "'x/../../../../../ESCAPED'" in msg and "\n" not in msg
+
+
+def test_a_spec_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    f = tmp_path / "latin.toml"
+    f.write_bytes(BASE.replace('host = "h"', 'host = "caf\xe9"').encode("latin-1"))
+    with pytest.raises(ConfigError) as err:
+        load_device(f)
+    msg = str(err.value)
+    assert msg.startswith(f"{f}: not UTF-8 text") and "0xe9" in msg and "\n" not in msg
