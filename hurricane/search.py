@@ -209,7 +209,7 @@ class EvolutionSearch:
         if self.min_latency:
             ms, arch = self.min_latency()
             msg += f"; the fastest in this space is {ms:.4g} ms ({arch})"
-        return BudgetTooLow(msg + "; raise --latency-ms")
+        return BudgetTooLow(msg + "; raise the budget (--budget, or budgets in a pipeline file)")
 
     def top(self, k: int) -> list[tuple[str, float]]:
         return sorted(self.state.evaluated.items(), key=lambda kv: -kv[1])[:k]
