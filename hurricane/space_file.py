@@ -66,7 +66,8 @@ def read_space(data: dict[str, Any], source: str = "<memory>") -> SearchSpace:
     """A space from a parsed TOML table, or the first problem with it as a ``SpaceError``."""
     top = Fields(data, source, error_type=SpaceError)
     top.only(TOP_FIELDS)
-    name = check_name("space", top.str("name", Path(source).stem), source, SpaceError)
+    default = "space" if source == "<string>" else Path(source).stem  # text given in code
+    name = check_name("space", top.str("name", default), source, SpaceError)
     description = top.str("description", "", empty=True)
     act = _act(top, "act", "relu")
     divisor = top.int("channel_divisor", 8, lo=1)
