@@ -66,7 +66,9 @@ def test_device_check_keeps_the_fittest_within_budget(ort_lut, tmp_path) -> None
         {"arch": str(big), "fitness": 0.9, "latency_ms": 0.0},  # a wrong prediction
         {"arch": str(small), "fitness": 0.8, "latency_ms": 0.0},
     ]
-    budget = (ms_big * ms_small) ** 0.5
+    # Just above the small one: the big one (about 1.4x on this space, where every figure
+    # is mostly the runtime's own overhead) is over it unless the noise exceeds 40%.
+    budget = ms_small * 1.01
     got = choose_measured(space, spec, ranked, budget, db, progress=False)
     assert got["arch"] == str(small) and got["accepted"] and got["measured_ms"] == ms_small
     assert [c["accepted"] for c in got["candidates"]] == [False, True]
