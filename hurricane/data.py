@@ -16,12 +16,16 @@ import pickle
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from hurricane.errors import UserError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
@@ -52,7 +56,10 @@ class TensorImages:
 
 
 class FolderImages:
-    """Image files decoded on demand, resized (shorter side) and centre-cropped."""
+    """Image files decoded on demand, resized (shorter side) and centre-cropped.
+
+    ``image`` is the one place a file becomes a tensor for evaluation; ``batch`` stacks it,
+    and ``hurricane.loader`` shares ``open_image`` and ``normalise`` for training batches."""
 
     def __init__(
         self, files: list[Path], labels: torch.Tensor, resolution: tuple[int, int], channels: int
@@ -69,23 +76,49 @@ class FolderImages:
         files = [self.files[i] for i in idx.tolist()]
         return FolderImages(files, self.labels[idx], self.resolution, self.channels)
 
-    def _load(self, path: Path) -> torch.Tensor:
+    def open_image(self, i: int) -> PILImage:
+        """Image ``i`` decoded to L or RGB; a file PIL cannot read is a one-line DataError
+        that names it (a training run stops on it, not on a PIL traceback)."""
+        from PIL import Image
+
+        path = self.files[i]
+        try:
+            with Image.open(path) as src:
+                return src.convert("L" if self.channels == 1 else "RGB")
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            why = why.replace(f": '{path}'", "").replace(f" '{path}'", "")  # named once is enough
+            raise DataError(
+                f"{path}: cannot read this image ({why}); replace the file or delete it"
+            ) from None
+
+    def image(self, i: int) -> torch.Tensor:
+        """Image ``i`` as uint8 (C, H, W): shorter side resized to fit, then centre-cropped."""
         from PIL import Image
 
         h, w = self.resolution
-        with Image.open(path) as src:
-            img = src.convert("L" if self.channels == 1 else "RGB")
-            scale = max(h / img.height, w / img.width)
-            size = (max(w, round(img.width * scale)), max(h, round(img.height * scale)))
-            img = img.resize(size, Image.Resampling.BILINEAR)
-            left, top = (size[0] - w) // 2, (size[1] - h) // 2
-            img = img.crop((left, top, left + w, top + h))
-            arr = np.asarray(img, dtype=np.uint8).reshape(h, w, -1)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        img = self.open_image(i)
+        scale = max(h / img.height, w / img.width)
+        size = (max(w, round(img.width * scale)), max(h, round(img.height * scale)))
+        img = img.resize(size, Image.Resampling.BILINEAR)
+        left, top = (size[0] - w) // 2, (size[1] - h) // 2
+        return pil_to_uint8(img.crop((left, top, left + w, top + h)))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (C, H, W) or (N, C, H, W) to float32 with this data's mean and std; the same
+        per-element arithmetic for one image or a batch, so both give identical values."""
+        mean, std = self.mean.view(-1, 1, 1), self.std.view(-1, 1, 1)
+        return (x.float().div_(255) - mean) / std
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.stack([self._load(self.files[i]) for i in idx.tolist()]).float().div_(255)
-        return (x - self.mean) / self.std, self.labels[idx]
+        x = torch.stack([self.image(i) for i in idx.tolist()])
+        return self.normalise(x), self.labels[idx]
+
+
+def pil_to_uint8(img: PILImage) -> torch.Tensor:
+    """A PIL image (L or RGB) as a uint8 (C, H, W) tensor."""
+    arr = np.asarray(img, dtype=np.uint8).reshape(img.height, img.width, -1)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
 Images = TensorImages | FolderImages

@@ -14,11 +14,11 @@ from typing import Any
 import torch
 
 from hurricane.arch import Arch
+from hurricane.compute import TrainOn, is_main
 from hurricane.data import load_data
 from hurricane.evaluate import accuracy, recalibrate_bn
-from hurricane.space import SearchSpace
 from hurricane.space_file import load_space
-from hurricane.train import TrainConfig, train
+from hurricane.train import TrainConfig, Trainer
 
 
 def train_final(
@@ -32,9 +32,11 @@ def train_final(
     seed: int = 0,
     batch_size: int = 128,
     progress: bool = True,
+    train_on: TrainOn | None = None,
 ) -> dict[str, Any]:
-    """Train ``arch`` for ``steps`` (from the supernet ``init`` if given) and score it on the
-    whole test split. Writes ``model.pt`` (the standalone network's state dict) to ``out``."""
+    """Train ``arch`` for ``steps`` (from the supernet ``init`` if given) on ``train_on``'s
+    torch device and score it on the whole test split. Writes ``model.pt`` (the standalone
+    network's fp32 state dict, on the CPU) to ``out``; under torchrun rank 0 writes it."""
     out = Path(out)
     space = load_space(space_ref)
     arch = space.parse_arch(str(arch))
@@ -51,14 +53,20 @@ def train_final(
         init=str(init) if init else None,
         eval_paths=1,
         progress=progress,
+        **(train_on or TrainOn()).fields(),
     )
-    summary = train(cfg)
-    sub = _extract(space, out / "train" / "supernet.pt", arch)
+    trainer = Trainer(cfg)
+    trainer.dist.barrier()
+    summary = trainer.train()
+    c, w = trainer.compute, trainer.workers
+    sub = c.module(trainer.net.eval().extract(arch))
     splits = load_data(data, space.resolution, space.in_channels, space.classes, cfg.val_fraction)
-    recalibrate_bn(sub, splits.train, cfg.bn_batches, 256, seed)
-    test_acc = accuracy(sub, splits.test)
-    with open(out / "model.pt", "wb") as f:  # an unwritable folder: an OSError naming it
-        torch.save({"space": space.name, "arch": str(arch), "model": sub.state_dict()}, f)
+    recalibrate_bn(sub, splits.train, cfg.bn_batches, 256, seed, c, w)
+    test_acc = accuracy(sub, splits.test, compute=c, workers=w)
+    if is_main():
+        state = {k: v.float().cpu() for k, v in sub.state_dict().items()}
+        with open(out / "model.pt", "wb") as f:  # an unwritable folder: an OSError naming it
+            torch.save({"space": space.name, "arch": str(arch), "model": state}, f)
     return {
         "arch": str(arch),
         "test_acc": test_acc,
@@ -68,10 +76,5 @@ def train_final(
         "from": "inherited weights" if init else "scratch",
         "lr": cfg.lr,
         "model": str(out / "model.pt"),
+        "trained_on": summary["trained_on"],
     }
-
-
-def _extract(space: SearchSpace, supernet_pt: Path, arch: Arch) -> torch.nn.Module:
-    from hurricane.two_stage import load_supernet
-
-    return load_supernet(space, supernet_pt).extract(arch)

@@ -9,6 +9,11 @@ recomputing its batch-norm statistics on a few training batches.
 Every generation appends its population to ``history.jsonl`` and rewrites ``state.json``
 atomically; a killed search resumes from the last finished generation and gives the same
 result as an uninterrupted one (each generation draws from its own seeded generator).
+
+Under ``torchrun`` every rank runs the same search (the same seeds make the same
+candidates), each evaluates its share of a generation's new candidates and all gather the
+fitnesses (``hurricane.compute.share``), so all hold the same state; rank 0 alone writes
+and logs. Fitness is most of a search's time, so this divides it by the number of ranks.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from hurricane.arch import Arch
+from hurricane.compute import group_size, is_main, main_only, share
 from hurricane.errors import UserError
 from hurricane.space import SearchSpace
 
@@ -90,7 +96,8 @@ class EvolutionSearch:
         self.min_latency = min_latency
         self.fixed = space.parse_arch(cfg.fixed) if cfg.fixed else None
         self.layers = cfg.layers if cfg.layers is not None else list(range(len(space.layers)))
-        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.log = say if is_main() else (lambda msg: None)
         self.state = _State()
 
     # --- making candidates ----------------------------------------------------------------
@@ -152,7 +159,7 @@ class EvolutionSearch:
 
     # --- persistence ----------------------------------------------------------------------
     def _save(self) -> None:
-        if not self.out:
+        if not self.out or not is_main():
             return
         self.out.mkdir(parents=True, exist_ok=True)
         tmp = self.out / "state.json.tmp"
@@ -163,9 +170,10 @@ class EvolutionSearch:
         if self.out is None:
             return
         path = self.out / "state.json"
-        if not path.exists():
+        # Rank 0 reads, every rank resumes from what it read (its disk alone need hold it).
+        saved = main_only(lambda: json.loads(path.read_text()) if path.exists() else None)
+        if saved is None:
             return
-        saved = json.loads(path.read_text())
         if saved.pop("config") != self.cfg.identity():
             raise UserError(
                 f"{path}: a search with other settings is stored here; use another "
@@ -174,7 +182,7 @@ class EvolutionSearch:
         self.state = _State(**saved)
         # Generations after the stored state did not finish: drop their history lines.
         hist = self.out / "history.jsonl"
-        if hist.exists():
+        if hist.exists() and is_main():
             lines = [
                 ln
                 for ln in hist.read_text().splitlines()
@@ -183,7 +191,7 @@ class EvolutionSearch:
             hist.write_text("".join(ln + "\n" for ln in lines))
 
     def _record(self, gen: int, population: list[str]) -> None:
-        if not self.out:
+        if not self.out or not is_main():
             return
         self.out.mkdir(parents=True, exist_ok=True)
         row = {
@@ -198,11 +206,11 @@ class EvolutionSearch:
 
     # --- the loop -------------------------------------------------------------------------
     def _evaluate(self, archs: list[Arch]) -> None:
-        for a in archs:
-            key = str(a)
-            if key not in self.state.evaluated:
-                assert self.state.latency[key] <= self.cfg.budget_ms  # made within budget
-                self.state.evaluated[key] = float(self.fitness(a))
+        new = [a for a in archs if str(a) not in self.state.evaluated]
+        for a in new:
+            assert self.state.latency[str(a)] <= self.cfg.budget_ms  # made within budget
+        for a, fit in zip(new, share(new, lambda a: float(self.fitness(a))), strict=True):
+            self.state.evaluated[str(a)] = fit
 
     def _too_low(self) -> BudgetTooLow:
         msg = f"latency budget {self.cfg.budget_ms:g} ms: no architecture found within it"
@@ -216,6 +224,8 @@ class EvolutionSearch:
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
+        if group_size() > 1:
+            self.log(f"{group_size()} processes share each generation's fitness evaluations")
         self._resume()
         t0 = time.perf_counter() - self.state.seconds
         if self.min_latency and self.min_latency()[0] > cfg.budget_ms:

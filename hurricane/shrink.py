@@ -16,8 +16,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from hurricane.arch import Arch
+from hurricane.compute import Compute
 from hurricane.data import DataSplits
 from hurricane.evaluate import accuracy, recalibrate_bn
 from hurricane.supernet import Supernet
@@ -36,6 +38,8 @@ def shrink_step(
     keep: int,
     seed: int,
     bn_batches: int = 10,
+    compute: Compute | None = None,
+    workers: int = 0,
 ) -> tuple[list[list[str]], dict[str, Any]]:
     """One shrinking event: the narrowed candidate lists and what was measured and dropped."""
     rng = random.Random(seed)
@@ -50,9 +54,10 @@ def shrink_step(
     was_training = net.training
     accs = []
     for i, a in enumerate(archs):
-        sub = net.extract(a)
-        recalibrate_bn(sub, data.train, bn_batches, 256, seed=seed + i)
-        accs.append(accuracy(sub, data.val))
+        sub: nn.Module = net.extract(a)  # built where the supernet's weights are
+        sub = compute.module(sub) if compute is not None else sub
+        recalibrate_bn(sub, data.train, bn_batches, 256, seed + i, compute, workers)
+        accs.append(accuracy(sub, data.val, compute=compute, workers=workers))
     net.train(was_training)
     lat = np.asarray(latency(archs), dtype=float)
     new, dropped, scores = drop_worst(archs, np.array(accs), lat, allowed, layers, keep)

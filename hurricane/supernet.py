@@ -95,7 +95,8 @@ class Supernet(nn.Module):
         if isinstance(arch, str):
             arch = self.space.parse_arch(arch)
         arch = self.space.validate_arch(arch)
-        sub = Subnet(self.space, arch)
+        with torch.device(next(self.parameters()).device):  # built where the weights are
+            sub = Subnet(self.space, arch)
         load_active_weights(sub.stem, self.stem)
         for block, choices, (j, _) in zip(sub.blocks, self._layer_choices(), self._path(arch)):
             load_active_weights(block, choices[j])

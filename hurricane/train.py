@@ -2,9 +2,16 @@
 
 Every random choice of a step (the path, the batch order, the augmentation, dropout) is drawn
 from generators seeded by ``(seed, step)``, so a run killed at any point and resumed from its
-last checkpoint ends with exactly the weights of an uninterrupted run. Under ``torchrun``
-each process takes its share of every global batch and gradients are averaged by DDP (gloo on
-CPU); all processes sample the same path, so the step equals one large-batch step.
+last checkpoint ends with exactly the weights of an uninterrupted run (on the CPU; on CUDA
+the resumed run takes the same paths and batches, but cuDNN's kernels are not bitwise
+deterministic). Under ``torchrun`` each process takes its share of every global batch and
+DDP averages the gradients (NCCL on GPUs, gloo on the CPU); all processes sample the same
+path, so the step equals one large-batch step.
+
+A global batch is cut into ``shards`` = processes x ``micro_batches`` equal parts, each with
+its own augmentation and dropout seed; batch norm normalises over one shard. So a run's
+weights depend on the number of shards, not on how they are spread: one process with
+``micro_batches = 2`` trains what two processes do (up to float summation order).
 """
 
 from __future__ import annotations
@@ -22,9 +29,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributed as dist
@@ -32,9 +40,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hurricane.arch import Arch
-from hurricane.data import DataSplits, augment, load_data
+from hurricane.compute import Compute, Dist, TrainOn, compute_for, main_only
+from hurricane.data import DataSplits, load_data
 from hurricane.errors import UserError
 from hurricane.evaluate import accuracy, recalibrate_bn
+from hurricane.loader import default_workers, iterate
 from hurricane.provenance import provenance
 from hurricane.space import SearchSpace
 from hurricane.space_file import load_space
@@ -47,7 +57,18 @@ CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 LOG = "log.jsonl"
 # Fields that may change between a run and its resumption without changing its result.
-RESUMABLE_FIELDS = {"out", "ckpt_every", "progress", "threads"}
+# Where it computes may change too (a CPU run resumed on a GPU takes the same paths and
+# batches), and so may how the shards are spread (``Trainer.shards`` is checked instead).
+RESUMABLE_FIELDS = {
+    "out",
+    "ckpt_every",
+    "progress",
+    "threads",
+    "torch_device",
+    "channels_last",
+    "workers",
+    "micro_batches",
+}
 
 
 @dataclass
@@ -83,6 +104,12 @@ class TrainConfig:
     shrink_keep: int = 2
     latency_db: str | None = None
     latency_device: str | None = None
+    # Where and how it computes (``hurricane.compute.TrainOn``): not the target --device.
+    torch_device: str = TrainOn.torch_device
+    precision: str = TrainOn.precision
+    channels_last: bool = TrainOn.channels_last
+    workers: int | None = TrainOn.workers
+    micro_batches: int = 1  # shards of each process's batch, gradients accumulated
     extra: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
@@ -106,27 +133,13 @@ def parse_layers(text: str | None, n_layers: int) -> list[int] | None:
     return sorted(out)
 
 
-class _Dist:
-    """Process-group facts; a single process when not launched by torchrun."""
-
-    def __init__(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.active = self.world > 1
-        if self.active and not dist.is_initialized():
-            dist.init_process_group("gloo")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier()
-
-
 def _step_rng(seed: int, step: int, salt: int) -> int:
     return (seed * 1_000_003 + step) * 31 + salt
+
+
+def _shard_salt(salt: int, shard: int) -> int:
+    """A per-shard salt; shard 0's is ``salt`` itself, as before shards existed."""
+    return salt + 16 * shard
 
 
 def state_digest(module: torch.nn.Module, params_only: bool = False) -> str:
@@ -224,9 +237,14 @@ class Trainer:
         net: Supernet | None = None,
     ) -> None:
         self.cfg = cfg
-        self.dist = _Dist()
+        self.compute: Compute = compute_for(cfg.torch_device, cfg.precision, cfg.channels_last)
+        self.dist = Dist(self.compute)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if cfg.micro_batches < 1:
+            raise UserError(f"micro_batches must be at least 1, got {cfg.micro_batches}")
+        self.shards = self.dist.world * cfg.micro_batches
+        self.workers = default_workers() if cfg.workers is None else cfg.workers
         self.space = space or load_space(cfg.space)
         self.data = data or load_data(
             cfg.data,
@@ -244,9 +262,11 @@ class Trainer:
         ):
             raise UserError(f"sample_layers {self.sample_layers} outside layers 0..{n_layers - 1}")
         self.fixed = self.space.parse_arch(cfg.fixed) if cfg.fixed else None
-        if cfg.batch_size % self.dist.world:
+        if cfg.batch_size % self.shards:
             raise UserError(
-                f"batch size {cfg.batch_size} does not split over {self.dist.world} processes"
+                f"batch size {cfg.batch_size} does not split into {self.shards} equal shards "
+                f"({self.dist.world} process(es) x {cfg.micro_batches} micro-batch(es)); "
+                "choose a batch size they divide"
             )
         self.steps_per_epoch = len(self.data.train) // cfg.batch_size
         if self.steps_per_epoch == 0:
@@ -256,7 +276,7 @@ class Trainer:
             )
         self.total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
         torch.manual_seed(cfg.seed)
-        self.net = net or Supernet(self.space)
+        self.net = net or Supernet(self.space)  # built on the CPU: the same start anywhere
         if cfg.init and net is None:
             state = load_tensors(cfg.init, "supernet (--init)")["model"]
             try:
@@ -267,14 +287,16 @@ class Trainer:
                     f"--init {cfg.init}: not a supernet of space "
                     f"{self.space.name!r} ({type(exc).__name__}: {first})"
                 ) from None
+        self.net = cast(Supernet, self.compute.module(self.net))
         self.teacher = self.net.largest(self.sample_layers, self.fixed) if cfg.distill else None
         self.allowed: list[list[str]] = [list(layer.ops) for layer in self.space.layers]
         self.shrink_history: list[dict[str, Any]] = []
         self.latency = self._shrink_latency() if cfg.shrink_every else None
         self.model: torch.nn.Module = self.net
         if self.dist.active:
+            ids = [self.compute.device] if self.compute.cuda else None
             self.model = torch.nn.parallel.DistributedDataParallel(
-                self.net, find_unused_parameters=True
+                self.net, device_ids=ids, find_unused_parameters=True
             )
         decay = [p for p in self.net.parameters() if p.ndim > 1]
         no_decay = [p for p in self.net.parameters() if p.ndim <= 1]
@@ -287,6 +309,7 @@ class Trainer:
             momentum=cfg.momentum,
             nesterov=cfg.momentum > 0,
         )
+        self.scaler = self.compute.scaler()
         self.out = Path(cfg.out)
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -323,6 +346,8 @@ class Trainer:
             self.cfg.shrink_keep,
             _step_rng(self.cfg.seed, self.step, 6),
             self.cfg.bn_batches,
+            self.compute,
+            self.workers,
         )
         report = {"step": self.step, **report}
         self.shrink_history.append(report)
@@ -342,17 +367,33 @@ class Trainer:
         rng = random.Random(_step_rng(self.cfg.seed, step, 1))
         return self.space.sample_arch(rng, self.sample_layers, self.fixed, self.allowed)
 
-    def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def my_shards(self) -> range:
+        """The shards of every global batch this process trains (``micro_batches`` of them)."""
+        micro = self.cfg.micro_batches
+        return range(self.dist.rank * micro, (self.dist.rank + 1) * micro)
+
+    def shard_plan(self, step: int) -> list[tuple[int, torch.Tensor]]:
+        """This process's shards of step ``step``'s global batch: (augmentation seed, image
+        indices) each, for ``hurricane.loader.iterate``."""
         epoch, b = divmod(step, self.steps_per_epoch)
         gen = torch.Generator().manual_seed(_step_rng(self.cfg.seed, epoch, 2))
         perm = torch.randperm(len(self.data.train), generator=gen)
         idx = perm[b * self.cfg.batch_size : (b + 1) * self.cfg.batch_size]
-        idx = idx[self.dist.rank :: self.dist.world]
-        x, y = self.data.train.batch(idx)
-        if self.cfg.augment:
-            aug = torch.Generator().manual_seed(_step_rng(self.cfg.seed, step, 3 + self.dist.rank))
-            x = augment(x, aug)
-        return x, y
+        return [
+            (_step_rng(self.cfg.seed, step, _shard_salt(3, j)), idx[j :: self.shards])
+            for j in self.my_shards()
+        ]
+
+    def batches_from(self, step: int) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
+        """Every shard batch from ``step`` on, in order (file data in worker processes)."""
+        plans = (p for s in range(step, self.total_steps) for p in self.shard_plan(s))
+        yield from iterate(
+            self.data.train,
+            plans,
+            train=self.cfg.augment,
+            workers=self.workers,
+            pin_memory=self.compute.cuda,
+        )
 
     # --- checkpoints ----------------------------------------------------------------------
     def _checkpoint(self) -> dict[str, Any]:
@@ -365,6 +406,8 @@ class Trainer:
             "resumed_from": self.resumed_from,
             "seconds": self.seconds,
             "world_size": self.dist.world,
+            "shards": self.shards,
+            "scaler": self.scaler.state_dict() if self.scaler else None,
             "epoch_stats": self.epoch_stats,
             "allowed": self.allowed,
             "shrink_history": self.shrink_history,
@@ -378,21 +421,29 @@ class Trainer:
 
     def try_resume(self) -> bool:
         path = self.out / CHECKPOINT
-        if not path.exists():
+
+        def read() -> dict[str, Any] | None:
+            # Tensors and plain values only (no RNG states: every draw is seeded by the step).
+            return load_tensors(path, "training checkpoint") if path.exists() else None
+
+        # Rank 0 reads and hands it over: on several machines only its disk need hold it.
+        ckpt = main_only(read)
+        if ckpt is None:
             return False
-        # Tensors and plain values only (no RNG states: every draw is seeded by the step).
-        ckpt = load_tensors(path, "training checkpoint")
         old = TrainConfig(**ckpt["config"]).identity()
         new = self.cfg.identity()
         changed = [k for k in new if old.get(k) != new[k]]
-        if ckpt.get("world_size", 1) != self.dist.world:
-            changed.append("world_size")
+        there = dict(old)
+        there["shards"] = ckpt.get("shards", ckpt.get("world_size", 1))
+        if there["shards"] != self.shards:
+            changed.append("shards")
         if changed:
             k = changed[0]
+            now = self.shards if k == "shards" else new[k]
+            why = " (processes x micro-batches)" if k == "shards" else ""
             raise UserError(
-                f"{self.out} holds a checkpoint of a different run ({k}: "
-                f"{old.get(k, ckpt.get('world_size'))!r} there, "
-                f"{new.get(k, self.dist.world)!r} now); use another --out or pass --fresh"
+                f"{self.out} holds a checkpoint of a different run ({k}{why}: "
+                f"{there.get(k)!r} there, {now!r} now); use another --out or pass --fresh"
             )
         self.net.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
@@ -403,6 +454,8 @@ class Trainer:
         self.epoch_stats = ckpt["epoch_stats"]
         self.allowed = ckpt.get("allowed", self.allowed)
         self.shrink_history = ckpt.get("shrink_history", [])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
         return True
 
     # --- evaluation -----------------------------------------------------------------------
@@ -416,10 +469,11 @@ class Trainer:
         """Validation accuracy of fixed sample paths, each extracted with recalibrated BN;
         the supernet itself is not touched."""
         accs = []
+        c, w = self.compute, self.workers
         for i, arch in enumerate(self.eval_paths()):
-            sub = self.net.extract(arch)
-            recalibrate_bn(sub, self.data.train, self.cfg.bn_batches, 256, seed=self.cfg.seed + i)
-            accs.append(accuracy(sub, self.data.val))
+            sub = c.module(self.net.extract(arch))
+            recalibrate_bn(sub, self.data.train, self.cfg.bn_batches, 256, self.cfg.seed + i, c, w)
+            accs.append(accuracy(sub, self.data.val, compute=c, workers=w))
         return accs
 
     # --- the loop -------------------------------------------------------------------------
@@ -446,34 +500,34 @@ class Trainer:
         t_last = t_session
         self.model.train()
         stop = _StopOnInterrupt()
+        batches = self.batches_from(self.step)
         try:
             while self.step < self.total_steps:
                 if stop.requested:
                     raise KeyboardInterrupt
                 step = self.step
                 arch = self.path_at(step)
-                x, y = self.batch_at(step)
+                shards = [next(batches) for _ in self.my_shards()]
                 for group in self.opt.param_groups:
                     group["lr"] = self.lr_at(step)
-                torch.manual_seed(_step_rng(cfg.seed, step, 5 + self.dist.rank))
                 self.opt.zero_grad(set_to_none=True)
-                if self.teacher is not None:
-                    soft = self._teach(x, y)
-                    logits = self.model(x, arch)
-                    F.kl_div(F.log_softmax(logits, 1), soft, reduction="batchmean").backward()
-                    with torch.no_grad():
-                        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                else:
-                    logits = self.model(x, arch)
-                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                    loss.backward()
-                self.opt.step()
-                self.step += 1
                 stats = self.epoch_stats
-                stats[0] += float(loss.detach()) * len(y)
-                stats[1] += int((logits.argmax(1) == y).sum())
-                stats[2] += len(y)
-                images += len(y) * self.dist.world
+                for k, (j, (x, y)) in enumerate(zip(self.my_shards(), shards, strict=True)):
+                    x = self.compute.batch(x)
+                    y = y.to(self.compute.device, non_blocking=self.compute.cuda)
+                    torch.manual_seed(_step_rng(cfg.seed, step, _shard_salt(5, j)))
+                    last = k == len(shards) - 1  # DDP averages the gradients after the last
+                    loss, logits = self._shard_step(x, y, arch, sync=last)
+                    stats[0] += float(loss) * len(y)
+                    stats[1] += int((logits.argmax(1) == y).sum())
+                    stats[2] += len(y)
+                    images += len(y) * self.dist.world
+                if self.scaler is not None:
+                    self.scaler.step(self.opt)
+                    self.scaler.update()
+                else:
+                    self.opt.step()
+                self.step += 1
                 bar.update(1)
                 if self.step % 10 == 0:
                     bar.set_postfix(loss=f"{stats[0] / max(1, stats[2]):.3f}")
@@ -503,19 +557,45 @@ class Trainer:
             raise
         finally:
             stop.restore()
+            batches.close()  # file data: stops the loader's worker processes
         bar.close()
         session = time.perf_counter() - t_session
         return self._finish(images, session)
 
+    def _no_sync(self) -> contextlib.AbstractContextManager[Any]:
+        """Accumulate gradients without DDP's all-reduce (a backward before the last)."""
+        model = self.model  # wrapped in DistributedDataParallel exactly when dist.active
+        ddp = torch.nn.parallel.DistributedDataParallel
+        return model.no_sync() if isinstance(model, ddp) else contextlib.nullcontext()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Backward of one shard's loss, its share of the step (scaled for fp16)."""
+        loss = loss / self.cfg.micro_batches
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def _shard_step(
+        self, x: torch.Tensor, y: torch.Tensor, arch: Arch, sync: bool
+    ) -> tuple[float, torch.Tensor]:
+        """Forward and backward of one shard; its loss and logits."""
+        smoothing = self.cfg.label_smoothing
+        soft = self._teach(x, y) if self.teacher is not None else None
+        with contextlib.nullcontext() if sync else self._no_sync():
+            with self.compute.autocast():
+                logits = self.model(x, arch)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
+                if soft is not None:
+                    kl = F.kl_div(F.log_softmax(logits.float(), 1), soft, reduction="batchmean")
+            self._backward(kl if soft is not None else loss)
+        return float(loss.detach()), logits.detach()
+
     def _teach(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Train the largest path on the labels (its gradients accumulate with the
         student's) and return its soft predictions for the sampled path to learn from."""
-        model = self.model  # wrapped in DistributedDataParallel exactly when dist.active
-        ddp = torch.nn.parallel.DistributedDataParallel
-        sync = model.no_sync() if isinstance(model, ddp) else contextlib.nullcontext()
-        with sync:
-            t_logits = self.model(x, self.teacher)
-            F.cross_entropy(t_logits, y, label_smoothing=self.cfg.label_smoothing).backward()
+        with self._no_sync():
+            with self.compute.autocast():
+                t_logits = self.model(x, self.teacher).float()
+                loss = F.cross_entropy(t_logits, y, label_smoothing=self.cfg.label_smoothing)
+            self._backward(loss)
         return F.softmax(t_logits.detach(), 1)
 
     def _end_epoch(self, loss: float, acc: float) -> None:
@@ -557,6 +637,18 @@ class Trainer:
             "space": self.space.name,
             "space_source": self.space.source,
             "data": self.data.describe(),
+            "trained_on": {
+                **self.compute.describe(),
+                "backend": self.dist.backend if self.dist.active else None,
+                "micro_batches": self.cfg.micro_batches,
+                "shards": self.shards,
+                "workers": self.workers,
+                "peak_mem_gib": (
+                    round(torch.cuda.max_memory_allocated(self.compute.device) / 2**30, 3)
+                    if self.compute.cuda
+                    else None
+                ),
+            },
             "world_size": self.dist.world,
             "ranks_in_sync": in_sync,
             "steps": self.step,
@@ -576,7 +668,7 @@ class Trainer:
                 {
                     "space": self.space.name,
                     "config": summary["config"],
-                    "model": self.net.state_dict(),
+                    "model": {k: v.cpu() for k, v in self.net.state_dict().items()},
                 },
                 self.out / "supernet.pt",
             )

@@ -14,22 +14,25 @@ import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hurricane.arch import Arch
+from hurricane.compute import Compute, Dist, compute_for
 from hurricane.data import DataSplits, load_data
 from hurricane.errors import UserError
 from hurricane.evaluate import accuracy, recalibrate_bn
+from hurricane.loader import default_workers
 from hurricane.search import EvolutionSearch, Latency, SearchConfig
 from hurricane.space import SearchSpace
 from hurricane.space_file import load_space
 from hurricane.supernet import Supernet
-from hurricane.train import TrainConfig, load_tensors, train
+from hurricane.train import TrainConfig, Trainer, load_tensors
 
 
 class SupernetFitness:
     """Validation accuracy of a path with inherited weights, after recomputing its
-    batch-norm statistics on ``bn_batches`` training batches (GoldenNAS's adaptive BN)."""
+    batch-norm statistics on ``bn_batches`` training batches (GoldenNAS's adaptive BN),
+    computed on ``compute``'s torch device (the supernet is moved there)."""
 
     def __init__(
         self,
@@ -38,14 +41,27 @@ class SupernetFitness:
         bn_batches: int = 10,
         batch_size: int = 256,
         seed: int = 0,
+        compute: Compute | None = None,
+        workers: int = 0,
     ) -> None:
-        self.net, self.data = net, data
+        self.compute = compute or Compute()
+        self.net = cast(Supernet, self.compute.module(net))
+        self.data, self.workers = data, workers
         self.bn_batches, self.batch_size, self.seed = bn_batches, batch_size, seed
 
     def __call__(self, arch: Arch) -> float:
-        sub = self.net.extract(arch)
-        recalibrate_bn(sub, self.data.train, self.bn_batches, self.batch_size, self.seed)
-        return accuracy(sub, self.data.val)
+        c, w = self.compute, self.workers
+        sub = c.module(self.net.extract(arch))
+        recalibrate_bn(sub, self.data.train, self.bn_batches, self.batch_size, self.seed, c, w)
+        return accuracy(sub, self.data.val, compute=c, workers=w)
+
+
+def fitness_for(net: Supernet, data: DataSplits, cfg: TrainConfig, seed: int) -> SupernetFitness:
+    """The search's fitness on the torch device, precision and loader ``cfg`` trains with."""
+    compute = compute_for(cfg.torch_device, cfg.precision, cfg.channels_last)
+    Dist(compute)  # under torchrun: the group the search shares its evaluations over
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    return SupernetFitness(net, data, cfg.bn_batches, seed=seed, compute=compute, workers=workers)
 
 
 def load_supernet(space: SearchSpace, path: str | Path) -> Supernet:
@@ -80,11 +96,15 @@ def _stage(
     out: Path,
     min_latency: Callable[..., tuple[float, Arch]] | None,
 ) -> dict[str, Any]:
-    summary = train(cfg)
+    trainer = Trainer(cfg, space, data)
+    summary = trainer.train()
     if cfg.shrink_every:
         search = replace(search, allowed=summary["allowed_ops"])
-    net = load_supernet(space, Path(cfg.out) / "supernet.pt")
-    fitness = SupernetFitness(net, data, cfg.bn_batches, seed=cfg.seed)
+    # The trained weights, as every rank holds them (only rank 0 wrote supernet.pt).
+    net = trainer.net.eval()
+    fitness = SupernetFitness(
+        net, data, cfg.bn_batches, seed=cfg.seed, compute=trainer.compute, workers=trainer.workers
+    )
     fixed = space.parse_arch(search.fixed) if search.fixed else None
     # A budget too low for this stage is too low given its fixed layers, not the whole space.
     stage_min = (lambda: min_latency(search.layers, fixed)) if min_latency else None

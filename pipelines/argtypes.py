@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from hurricane.budgets import Budget, BudgetError
+
+if TYPE_CHECKING:
+    from hurricane.compute import TrainOn
 
 
 class Parser(argparse.ArgumentParser):
@@ -88,3 +91,52 @@ def budget(text: str) -> str:
         how = str(exc).partition(", got ")[0]
         raise argparse.ArgumentTypeError(f"{how}, got {text!r}") from None
     return text
+
+
+def add_train_on_args(p: argparse.ArgumentParser) -> None:
+    """Where a command trains and evaluates (``hurricane.compute.TrainOn``); a flag left out
+    keeps the pipeline file's ``[train]`` value, or the default."""
+    from hurricane.compute import PRECISIONS, TORCH_DEVICES
+
+    g = p.add_argument_group("training hardware (the target hardware is --device)")
+    g.add_argument(
+        "--torch-device",
+        default=None,
+        metavar=TORCH_DEVICES,
+        help="where networks train and are evaluated (default: auto, CUDA when available)",
+    )
+    g.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="autocast precision over fp32 weights (default: fp32)",
+    )
+    g.add_argument(
+        "--channels-last",
+        action="store_true",
+        default=None,
+        help="channels-last memory layout (faster convolutions on recent GPUs)",
+    )
+    g.add_argument(
+        "--workers",
+        type=nonnegative_int,
+        default=None,
+        help="data-loading processes for image-file data sets (default: from the CPU count)",
+    )
+
+
+def train_on_from(args: argparse.Namespace, base: TrainOn | None = None) -> TrainOn:
+    """The ``TrainOn`` of ``add_train_on_args``'s flags over ``base``, the torch device
+    checked now (one line where this machine has no CUDA) rather than after profiling."""
+    from dataclasses import replace
+
+    from hurricane.compute import TrainOn, resolve_torch_device
+
+    given: dict[str, Any] = {
+        k: getattr(args, k, None)
+        for k in ("torch_device", "precision", "channels_last", "workers")
+        if getattr(args, k, None) is not None
+    }
+    out = replace(base or TrainOn(), **given)
+    resolve_torch_device(out.torch_device)
+    return out

@@ -12,12 +12,14 @@ from pathlib import Path
 from hurricane.errors import UserError
 from pipelines.argtypes import (
     Parser,
+    add_train_on_args,
     below_one,
     nonnegative_finite_float,
     nonnegative_int,
     open_fraction,
     positive_finite_float,
     positive_int,
+    train_on_from,
 )
 
 
@@ -149,10 +151,18 @@ def _add_train_args(
     p.add_argument(
         "--threads", type=positive_int, default=None, help="torch CPU threads per process"
     )
+    p.add_argument(
+        "--micro-batches",
+        type=positive_int,
+        default=d.micro_batches,
+        help="split each process's batch into N accumulated micro-batches (less memory; "
+        "batch norm sees one micro-batch, as under torchrun it sees one process's share)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--fresh", action="store_true", help="discard a checkpoint in --out and start over"
     )
+    add_train_on_args(p)
 
 
 def _train_config(args: argparse.Namespace):
@@ -190,6 +200,8 @@ def _train_config(args: argparse.Namespace):
         shrink_keep=args.shrink_keep,
         latency_db=args.db if args.device else None,
         latency_device=_device_name(args.device),
+        micro_batches=args.micro_batches,
+        **train_on_from(args).fields(),
     )
 
 
@@ -202,6 +214,7 @@ def _device_name(device: str | None) -> str | None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from hurricane.compute import is_main
     from hurricane.train import train
 
     if getattr(args, "two_stage", False):
@@ -210,11 +223,13 @@ def _train(args: argparse.Namespace) -> int:
         return two_stage_command(args, _train_config(args))
     summary = train(_train_config(args), fresh=args.fresh)
     last = summary["history"][-1] if summary["history"] else {}
-    if summary["world_size"] == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
+    if is_main():
+        on = summary["trained_on"]
+        procs = f" x {summary['world_size']} processes" if summary["world_size"] > 1 else ""
         print(
-            f"trained {summary['steps']} steps in {summary['train_seconds']:.1f}s; "
-            f"last epoch loss {last.get('train_loss', float('nan')):.4f}; "
-            f"outputs in {args.out}"
+            f"trained {summary['steps']} steps in {summary['train_seconds']:.1f}s on torch "
+            f"device {on['torch_device']}{procs} ({on['precision']}); last epoch loss "
+            f"{last.get('train_loss', float('nan')):.4f}; outputs in {args.out}"
         )
     return 0
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from devices.spec import builtin_devices, load_device
 from hurricane.budgets import Budget, BudgetError
+from hurricane.compute import PRECISIONS, ComputeError, TrainOn, resolve_torch_device
 from hurricane.names import check_name
 from hurricane.reduce import RULES, SKIP_RULES
 from hurricane.search import SearchConfig
@@ -71,9 +72,16 @@ class GenerateSettings:
     measure_candidates: bool = True
 
     def train_config(
-        self, space: str, data: str, out: str | Path, seed: int, progress: bool
+        self,
+        space: str,
+        data: str,
+        out: str | Path,
+        seed: int,
+        progress: bool,
+        train_on: TrainOn | None = None,
     ) -> TrainConfig:
-        """The supernet training these settings ask for (stage A's, with two_stage)."""
+        """The supernet training these settings ask for (stage A's, with two_stage), on
+        ``train_on``'s torch device."""
         return TrainConfig(
             space=space,
             data=data,
@@ -86,6 +94,7 @@ class GenerateSettings:
             train_limit=self.train_limit,
             eval_limit=self.eval_limit,
             progress=progress,
+            **(train_on or TrainOn()).fields(),
         )
 
     def search_config(self, budget_ms: float, seed: int) -> SearchConfig:
@@ -115,6 +124,7 @@ class Pipeline:
     description: str = ""
     profile_remeasure_noisy: bool = False
     generate: GenerateSettings = field(default_factory=GenerateSettings)
+    train: TrainOn = field(default_factory=TrainOn)  # the torch device, not the targets
     validate_models: int = 0  # whole models measured to calibrate and check the LUT
     calibration_models: int = 10
     handoff_samples: int = 32
@@ -142,6 +152,7 @@ class Pipeline:
                 "devices": tuple(data["devices"]),
                 "budgets": tuple(Budget(**b) for b in data["budgets"]),
                 "generate": GenerateSettings(**g),
+                "train": TrainOn(**(data.get("train") or {})),
             }
         )
 
@@ -196,6 +207,7 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
             "profile",
             "latency",
             "generate",
+            "train",
             "handoff",
             "report",
         }
@@ -265,6 +277,18 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
             f"must be between 1 and {n_layers - 1} for this {n_layers}-layer "
             f"space, got {gen.split}",
         )
+    tf = top.sub("train")
+    tf.only(set(TrainOn().fields()))
+    train_on = TrainOn(
+        torch_device=tf.str("torch_device", TrainOn.torch_device),
+        precision=tf.str("precision", TrainOn.precision, choices=PRECISIONS),
+        channels_last=tf.bool("channels_last", TrainOn.channels_last),
+        workers=tf.int("workers", None, lo=0),
+    )
+    try:
+        resolve_torch_device(train_on.torch_device)
+    except ComputeError as exc:
+        raise tf.error("torch_device", str(exc)) from None
     hf = top.sub("handoff")
     hf.only({"enabled", "samples"})
     rf = top.sub("report")
@@ -281,6 +305,7 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
         description=top.str("description", Pipeline.description),
         profile_remeasure_noisy=pf.bool("remeasure_noisy", Pipeline.profile_remeasure_noisy),
         generate=gen,
+        train=train_on,
         validate_models=lf.int("validate", Pipeline.validate_models, lo=0),
         calibration_models=lf.int("calibration", Pipeline.calibration_models, lo=2),
         handoff=hf.bool("enabled", Pipeline.handoff),

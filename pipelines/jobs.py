@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from devices.spec import DeviceSpec, load_device
+from hurricane.compute import TrainOn, is_main, main_only
 from hurricane.errors import UserError
 from hurricane.final import train_final
 from hurricane.latency import LatencyModel, fill_missing, predicted_note, read_table
@@ -133,14 +134,18 @@ def final_model(
     echo: Echo = print,
     progress: bool = True,
     inherit: bool = True,
+    train_on: TrainOn | None = None,
 ) -> dict[str, Any]:
     """The device's check of the best candidates, then the chosen one fine-tuned from its
-    inherited weights (or, not ``inherit``, trained from scratch) and scored on the test
-    split; written to ``out/final.json``."""
+    inherited weights (or, not ``inherit``, trained from scratch) on ``train_on``'s torch
+    device and scored on the test split; written to ``out/final.json``. Under torchrun rank
+    0 alone measures on the device and writes; every rank trains."""
     space = load_space(space_ref)
     if measure:
-        chosen = choose_measured(
-            space, spec, ranked, budget_ms, db, n=verify_top, progress=progress
+        chosen = main_only(
+            lambda: choose_measured(
+                space, spec, ranked, budget_ms, db, n=verify_top, progress=progress
+            )
         )
         for c in chosen["candidates"]:
             ms = "failed" if c["measured_ms"] is None else f"{c['measured_ms']:.4f} ms"
@@ -173,6 +178,7 @@ def final_model(
             init=supernet_pt if inherit else None,
             seed=seed,
             progress=progress,
+            train_on=train_on,
         )
         final.update(trained)
         how = "fine-tuned" if inherit else "trained from scratch"
@@ -181,8 +187,9 @@ def final_model(
             f"accuracy {trained['test_acc']:.4f} on {trained['test_images']} images; "
             f"{trained['model']}"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "final.json").write_text(json.dumps(final, indent=1))
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "final.json").write_text(json.dumps(final, indent=1))
     return final
 
 
@@ -274,7 +281,7 @@ class PipelineRun:
             space_file = p.space
         space = load_space(space_file)
         split = default_split(space, g.split)
-        cfg = g.train_config(space_file, p.data, base / "supernet", p.seed, self.progress)
+        cfg = g.train_config(space_file, p.data, base / "supernet", p.seed, self.progress, p.train)
         model = LatencyModel.from_db(space, p.db, dev)
         budgets = self.budgets_ms(dev)
         for b in p.budgets:
@@ -451,6 +458,7 @@ class PipelineRun:
                     self.echo,
                     self.progress,
                     g.final_from == "inherited",
+                    p.train,
                 )
             ),
             workdir=work / "final",
@@ -649,7 +657,7 @@ def _final_outputs(final: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fitness(cfg: TrainConfig, space: SearchSpace, sup: dict[str, Any]):
-    from hurricane.two_stage import SupernetFitness, load_supernet
+    from hurricane.two_stage import fitness_for, load_supernet
 
     net = load_supernet(space, sup["supernet"])
-    return SupernetFitness(net, data_for(cfg, space), cfg.bn_batches, seed=cfg.seed)
+    return fitness_for(net, data_for(cfg, space), cfg, cfg.seed)

@@ -15,11 +15,13 @@ from hurricane.errors import UserError
 from hurricane.reduce import RULES, SKIP_RULES
 from hurricane.train import TrainConfig
 from pipelines.argtypes import (
+    add_train_on_args,
     below_one,
     budget,
     int_at_least,
     nonnegative_int,
     positive_int,
+    train_on_from,
 )
 from pipelines.config import (
     COMMAND_LINE,
@@ -56,7 +58,14 @@ def summary_lines(run, seconds: float) -> list[str]:
 
 
 def execute(p: Pipeline, progress: bool = True, require_measured: bool = False) -> int:
+    from hurricane.compute import world_size
     from pipelines.jobs import PipelineRun
+
+    if world_size() > 1:  # profiling, handoff and report are one process's work
+        raise UserError(
+            "a pipeline runs as one process; under torchrun use 'hurricane train "
+            "[--two-stage]' or 'hurricane search', and set [train] torch_device for the pipeline"
+        )
 
     t0 = time.perf_counter()
     run = PipelineRun(p, progress=progress, require_measured=require_measured)
@@ -80,7 +89,7 @@ def execute(p: Pipeline, progress: bool = True, require_measured: bool = False) 
 
 def _run(args: argparse.Namespace) -> int:
     p = load_pipeline(args.pipeline)
-    p = replace(p, out=args.out or p.out, db=args.db or p.db)
+    p = replace(p, out=args.out or p.out, db=args.db or p.db, train=train_on_from(args, p.train))
     return execute(p, not args.no_progress, args.require_measured)
 
 
@@ -115,6 +124,7 @@ def _generate(args: argparse.Namespace) -> int:
             "out": args.out,
             "seed": args.seed,
             "generate": gen,
+            "train": {k: v for k, v in train_on_from(args).fields().items() if v is not None},
             "handoff": {"enabled": False},
         },
         COMMAND_LINE,
@@ -227,6 +237,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--db", default=None, help="LUT database (default: the file's 'db')")
     r.add_argument("--no-progress", action="store_true")
     add_require_measured(r)
+    add_train_on_args(r)
     r.set_defaults(func=_run)
 
     d = GenerateSettings()
@@ -289,6 +300,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=nonnegative_int, default=Pipeline.seed)
     g.add_argument("--no-progress", action="store_true")
     add_require_measured(g)
+    add_train_on_args(g)
     g.set_defaults(func=_generate)
 
     h = sub.add_parser(

@@ -11,12 +11,27 @@ import sys
 from pathlib import Path
 
 from hurricane.budgets import Budget
+from hurricane.compute import is_main
 from hurricane.errors import UserError
 from hurricane.latency import space_ref
 from hurricane.reduce import RULES, SKIP_RULES
 from hurricane.train import TrainConfig
-from pipelines.argtypes import below_one, budget, int_at_least, nonnegative_int, positive_int
+from pipelines.argtypes import (
+    add_train_on_args,
+    below_one,
+    budget,
+    int_at_least,
+    nonnegative_int,
+    positive_int,
+    train_on_from,
+)
 from pipelines.config import DEFAULT_DB, FINAL_FROM, GenerateSettings
+
+
+def say(msg: str) -> None:
+    """A result line, printed once (by rank 0 under torchrun)."""
+    if is_main():
+        print(msg)
 
 
 def _latency_model(space, db: str, device: str, require_measured: bool = False):
@@ -84,7 +99,7 @@ def _budget_ms(args: argparse.Namespace, space, model) -> float:
     budget = Budget.parse(args.budget)
     args.budget_ms = budget.resolve(model.predict, space, args.seed)
     if budget.percentile is not None:
-        print(f"budget {args.budget} of {space.name}'s latencies: {args.budget_ms:g} ms")
+        say(f"budget {args.budget} of {space.name}'s latencies: {args.budget_ms:g} ms")
     check_reachable(args.budget, args.budget_ms, model, "--budget")
     return args.budget_ms
 
@@ -112,8 +127,9 @@ def _search(args: argparse.Namespace) -> int:
     from hurricane.search import EvolutionSearch, random_search
     from hurricane.space_file import load_space
     from hurricane.train import TrainConfig
-    from hurricane.two_stage import SupernetFitness, data_for, load_supernet
+    from hurricane.two_stage import data_for, fitness_for, load_supernet
 
+    args.train_on = train_on_from(args)
     space = load_space(args.space)
     Budget.parse(args.budget)  # a mistyped budget fails before the LUT is read
     spec, model = _latency_model(space, args.db, args.device, args.require_measured)
@@ -126,8 +142,10 @@ def _search(args: argparse.Namespace) -> int:
         if kept and any(len(k) < len(layer.ops) for k, layer in zip(kept, space.layers)):
             cfg = replace(cfg, allowed=kept)
     net = load_supernet(space, pt)
-    tcfg = TrainConfig(space=args.space, data=args.data, eval_limit=args.eval_limit)
-    fitness = SupernetFitness(net, data_for(tcfg, space), tcfg.bn_batches, seed=args.seed)
+    tcfg = TrainConfig(
+        space=args.space, data=args.data, eval_limit=args.eval_limit, **args.train_on.fields()
+    )
+    fitness = fitness_for(net, data_for(tcfg, space), tcfg, args.seed)
     out = Path(args.out)
     if args.random:
         res = random_search(space, model.predict, fitness, cfg, out=out / "search")
@@ -135,16 +153,17 @@ def _search(args: argparse.Namespace) -> int:
         res = EvolutionSearch(
             space, model.predict, fitness, cfg, out / "search", min_latency=model.fastest
         ).run()
-    print(
+    say(
         f"best: {res['best']}\n  validation accuracy {res['fitness']:.4f}, predicted "
         f"{res['latency_ms']:.3f} ms on {spec.name} (budget {args.budget_ms:g} ms); "
         f"{res['evaluated']} evaluated, {res['rejected']} over budget never evaluated; "
         f"history in {out / 'search'}"
     )
     final = _finalize(args, space, spec, res["top"], pt, out)
-    (out / "result.json").write_text(
-        json.dumps({**res, "device": spec.name, "final": final}, indent=1)
-    )
+    if is_main():
+        (out / "result.json").write_text(
+            json.dumps({**res, "device": spec.name, "final": final}, indent=1)
+        )
     return 0
 
 
@@ -166,9 +185,10 @@ def _finalize(args, space, spec, ranked, supernet_pt: Path, out: Path) -> dict |
         args.seed,
         measure=not args.no_measure,
         inherit=args.final_from == "inherited",
+        train_on=args.train_on,
     )
     m = final.get("measured_ms")
-    print(
+    say(
         f"latency on {spec.name}: predicted {final['predicted_ms']:.3f} ms, measured "
         f"{'not measured' if m is None else f'{m:.3f} ms'}, budget {args.budget_ms:g} ms"
         f"{'' if final['accepted'] in (True, None) else ' — NOT ACCEPTED'}"
@@ -186,6 +206,7 @@ def two_stage_command(args: argparse.Namespace, cfg) -> int:
 
     if not args.device or args.budget is None:
         raise UserError("--two-stage searches between its stages: give --device and --budget")
+    args.train_on = train_on_from(args)
     space = load_space(args.space)
     Budget.parse(args.budget)  # a mistyped budget fails before the LUT is read
     spec, model = _latency_model(space, args.db, args.device, args.require_measured)
@@ -210,7 +231,7 @@ def two_stage_command(args: argparse.Namespace, cfg) -> int:
         fixed=fixed,
         min_latency=model.fastest,
     )
-    print(
+    say(
         f"two-stage (split at layer {split}): {res['supernet_steps']} supernet steps in "
         f"{res['supernet_seconds']:.1f}s; best {res['arch']} validation accuracy "
         f"{res['fitness']:.4f}, predicted {res['latency_ms']:.3f} ms"
@@ -218,7 +239,8 @@ def two_stage_command(args: argparse.Namespace, cfg) -> int:
     res["final"] = _finalize(
         args, space, spec, res["stage_b"]["top"], out / "stage_b" / "supernet.pt", out
     )
-    (out / "result.json").write_text(json.dumps(res, indent=1))
+    if is_main():
+        (out / "result.json").write_text(json.dumps(res, indent=1))
     return 0
 
 
@@ -343,4 +365,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     se.add_argument("--seed", type=nonnegative_int, default=TrainConfig.seed)
     se.add_argument("--random", action="store_true", help="random search baseline instead")
     add_require_measured(se)
+    add_train_on_args(se)
     se.set_defaults(func=_search)

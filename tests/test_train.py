@@ -311,3 +311,65 @@ def test_ranks_in_sync_is_false_when_the_ranks_weights_differ(tmp_path: Path) ->
     mp.spawn(_diverging_rank, args=(port, str(out)), nprocs=2, join=True)
     assert [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)] == [False, False]
     assert json.loads((out / "summary.json").read_text())["ranks_in_sync"] is False
+
+
+def test_image_files_train_the_same_with_any_workers_and_across_a_kill(tmp_path: Path) -> None:
+    """ImageFolder data through the DataLoader: a run with two loader workers, killed after a
+    checkpoint and resumed with none, ends with exactly the weights of an uninterrupted run
+    with two workers (each image's augmentation is seeded by seed, step and image)."""
+    from hurricane.synthetic import write_imagefolder
+
+    data = write_imagefolder(tmp_path / "img", classes=4, per_class=20, size=(40, 36))
+    rgb = str(Path(__file__).parent / "spaces" / "tiny_rgb.toml")
+
+    def args(out: Path, workers: str, ckpt: str) -> list[str]:
+        return [
+            "train",
+            "--space",
+            rgb,
+            "--data",
+            f"imagefolder:{data}",
+            "--out",
+            str(out),
+            "--steps",
+            "24",
+            "--batch-size",
+            "16",
+            "--eval-paths",
+            "1",
+            "--threads",
+            "1",
+            "--workers",
+            workers,
+            "--ckpt-every",
+            ckpt,
+            "--no-progress",
+        ]
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    done = run_cli(args(whole, "2", "1000"))
+    assert done.returncode == 0, done.stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", *args(killed, "2", "2")],
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpt = killed / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    step_at_kill = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < step_at_kill < 24
+    resumed = run_cli(args(killed, "0", "2"))
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_state(whole), load_state(killed)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    s_whole = json.loads((whole / "summary.json").read_text())
+    s_killed = json.loads((killed / "summary.json").read_text())
+    assert s_whole["trained_on"]["workers"] == 2 and s_killed["trained_on"]["workers"] == 0
+    assert s_killed["resumed_from"] and s_killed["state_sha256"] == s_whole["state_sha256"]
