@@ -269,6 +269,13 @@ def _folder_batches(
                 break
             yield x, y
     finally:
-        del it  # shuts the workers down now, also when the consumer stops early
+        # Stop the workers now, also when the consumer stops early. Dropping the iterator is
+        # not enough after a worker's error: DataLoader's re-raise leaves the iterator in a
+        # reference cycle, and a garbage-collected one waits 5 s per worker before it kills
+        # them. ``_shutdown_workers`` is what the iterator's ``__del__`` calls.
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        del it
     # Raised outside the except block, so the wrapped worker traceback is not chained to it.
     raise DataError(message)
