@@ -123,28 +123,34 @@ def test_infer_litert_full_int8(net) -> None:
     assert (out.argmax(1) == ref.argmax(1)).all()
 
 
+def board(server: SSHServer, runtime: str, **top: str) -> DeviceSpec:
+    """A device spec for the test sshd; ``top`` overrides top-level fields."""
+    return parse_device(
+        {
+            "name": "board",
+            "kind": "mobile-cpu",
+            "python": sys.executable,
+            **top,
+            "transport": {
+                "type": "ssh",
+                "host": server.host,
+                "port": server.port,
+                "user": server.user,
+                "key_file": str(server.client_key),
+                "known_hosts": str(server.known_hosts),
+                "connect_timeout_s": 5.0,
+            },
+            "runtime": {"name": runtime},
+        }
+    )
+
+
 def test_infer_over_ssh(net, tmp_path: Path) -> None:
     """A board reached through a real OpenSSH server: artifact over SFTP, agent over exec."""
     _, batch, ref, _ = net
     art = artifact(net, "litert", "fp32")
     with SSHServer() as server:
-        spec = parse_device(
-            {
-                "name": "board",
-                "kind": "mobile-cpu",
-                "python": sys.executable,
-                "transport": {
-                    "type": "ssh",
-                    "host": server.host,
-                    "port": server.port,
-                    "user": server.user,
-                    "key_file": str(server.client_key),
-                    "known_hosts": str(server.known_hosts),
-                    "connect_timeout_s": 5.0,
-                },
-                "runtime": {"name": "litert"},
-            }
-        )
+        spec = board(server, "litert")
         with AgentSession(spec) as session:
             assert not session.spec.is_local
             out = session.infer("net", art, batch.numpy())
@@ -160,23 +166,8 @@ def test_a_failed_agent_start_leaves_no_work_dir_on_the_device(tmp_path: Path) -
     remote = tmp_path / "device"
     remote.mkdir()
     with SSHServer() as server:
-        spec = parse_device(
-            {
-                "name": "board",
-                "kind": "mobile-cpu",
-                "python": str(tmp_path / "no-such-python"),
-                "workdir": str(remote),
-                "transport": {
-                    "type": "ssh",
-                    "host": server.host,
-                    "port": server.port,
-                    "user": server.user,
-                    "key_file": str(server.client_key),
-                    "known_hosts": str(server.known_hosts),
-                    "connect_timeout_s": 5.0,
-                },
-                "runtime": {"name": "onnxruntime"},
-            }
+        spec = board(
+            server, "onnxruntime", python=str(tmp_path / "no-such-python"), workdir=str(remote)
         )
         with pytest.raises(TransportError) as exc:
             with AgentSession(spec):
