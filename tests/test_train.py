@@ -56,6 +56,25 @@ def load_state(out: Path) -> dict[str, torch.Tensor]:
     return torch.load(out / "supernet.pt", map_location="cpu", weights_only=True)["model"]
 
 
+def kill_at_first_checkpoint(args: list[str], out: Path) -> int:
+    """Start ``hurricane ARGS``, SIGKILL it as soon as ``out`` holds a checkpoint; the step
+    that checkpoint saved."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpt = out / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    return torch.load(ckpt, weights_only=True)["step"]
+
+
 def test_parse_layers() -> None:
     assert parse_layers("0-2,5", 6) == [0, 1, 2, 5]
     assert parse_layers(None, 6) is None and parse_layers("all", 6) is None
@@ -115,20 +134,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path: Path) -> None:
     done = run_cli(cli_args(whole, steps, "--ckpt-every", "1000"))
     assert done.returncode == 0, done.stderr
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", *cli_args(killed, steps, "--ckpt-every", "4")],
-        env=ENV,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    ckpt = killed / "checkpoint.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
-    step_at_kill = torch.load(ckpt, weights_only=True)["step"]
+    step_at_kill = kill_at_first_checkpoint(cli_args(killed, steps, "--ckpt-every", "4"), killed)
     assert 0 < step_at_kill < steps
     assert not (killed / "summary.json").exists()
 
@@ -349,20 +355,7 @@ def test_image_files_train_the_same_with_any_workers_and_across_a_kill(tmp_path:
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     done = run_cli(args(whole, "2", "1000"))
     assert done.returncode == 0, done.stderr
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", *args(killed, "2", "2")],
-        env=ENV,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    ckpt = killed / "checkpoint.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
-    step_at_kill = torch.load(ckpt, weights_only=True)["step"]
+    step_at_kill = kill_at_first_checkpoint(args(killed, "2", "2"), killed)
     assert 0 < step_at_kill < 24
     resumed = run_cli(args(killed, "0", "2"))
     assert resumed.returncode == 0, resumed.stderr
