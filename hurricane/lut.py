@@ -98,6 +98,23 @@ CREATE TABLE IF NOT EXISTS validations (
     created TEXT NOT NULL,
     result TEXT NOT NULL
 );
+-- Analytical accelerator figures (devices/accelerator.py): zigzag-dse's cycles and energy of
+-- one LUT key on one accelerator design, at one mapping-search bound; rows of another zigzag
+-- or model version are evaluated again and replaced.
+CREATE TABLE IF NOT EXISTS accel_entries (
+    design TEXT NOT NULL,
+    key TEXT NOT NULL,
+    lpf_limit INTEGER NOT NULL,
+    cycles REAL NOT NULL,
+    ideal_cycles REAL,
+    latency_ms REAL NOT NULL,
+    energy_mj REAL NOT NULL,
+    info TEXT,
+    zigzag_version TEXT NOT NULL,
+    model_version INTEGER NOT NULL,
+    evaluated_at TEXT NOT NULL,
+    PRIMARY KEY (design, key, lpf_limit)
+);
 -- The campaign profiling a device now, if any (LutDB.device_lock): one per device.
 CREATE TABLE IF NOT EXISTS locks (
     device TEXT PRIMARY KEY,
@@ -640,6 +657,53 @@ class LutDB:
             (device_id, device_id),
         ).fetchall()
         return [{**dict(r), "result": json.loads(r["result"])} for r in rows]
+
+    # --- analytical accelerator figures ----------------------------------------------------
+    ACCEL_FIGURES = ("cycles", "ideal_cycles", "latency_ms", "energy_mj")
+
+    def accel_get(
+        self, design: str, key: str, lpf_limit: int, zigzag_version: str, model_version: int
+    ) -> dict[str, Any] | None:
+        """The cached figures of ``key`` on ``design``, or None (none, or another version's)."""
+        try:
+            r = self.conn.execute(
+                "SELECT * FROM accel_entries WHERE design = ? AND key = ? AND lpf_limit = ? "
+                "AND zigzag_version = ? AND model_version = ?",
+                (design, key, lpf_limit, zigzag_version, model_version),
+            ).fetchone()
+        except sqlite3.OperationalError:  # an older file opened read-only: no such table yet
+            return None
+        if r is None:
+            return None
+        return {**{f: r[f] for f in self.ACCEL_FIGURES}, **json.loads(r["info"] or "{}")}
+
+    def accel_put(
+        self,
+        design: str,
+        key: str,
+        lpf_limit: int,
+        zigzag_version: str,
+        model_version: int,
+        figures: dict[str, Any],
+    ) -> None:
+        """Store one evaluation, committed at once; other figures go to ``info`` as JSON."""
+        info = {k: v for k, v in figures.items() if k not in self.ACCEL_FIGURES}
+        with self.conn:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO accel_entries (design, key, lpf_limit, cycles, "
+                "ideal_cycles, latency_ms, energy_mj, info, zigzag_version, model_version, "
+                "evaluated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    design,
+                    key,
+                    lpf_limit,
+                    *(figures.get(f) for f in self.ACCEL_FIGURES),
+                    json.dumps(info),
+                    zigzag_version,
+                    model_version,
+                    _now(),
+                ),
+            )
 
     @staticmethod
     def _entry(r: sqlite3.Row) -> Entry:

@@ -1,0 +1,326 @@
+"""Hardware/software co-exploration (Jiang et al., arXiv 1907.04650): the two-level loop.
+
+*Fast exploration* tunes the hardware for one architecture from the latency tables alone,
+with no training: among the configurations within the resource limits it takes the one with
+the lowest predicted latency (ties: fewer resources), and a pair whose best configuration is
+still over the budget is pruned before anything evaluates it. *Slow exploration* evaluates
+what survives, with the supernet's fitness, in one of two strategies:
+
+- ``evolution``: today's constrained evolution over architectures, each carrying the
+  configuration fast exploration tuned for it (the joint genome is (architecture, its best
+  configuration); a mutation changes the architecture and the hardware half follows).
+- ``rl``: the paper's controller, a recurrent policy that emits one token per architecture
+  layer (op and width) and one per hardware knob, trained with REINFORCE and a
+  moving-average baseline. Reward ``a * accuracy + (1 - a) * efficiency``; ``-1`` for a pair
+  fast exploration rejects (its configuration over the resource limits, or over budget).
+
+Where the paper's rule is not given, the choices are ours and replaceable: ``efficiency`` is
+``1 - latency / budget`` (and, where energy is modelled, the mean of that and ``1 - energy /
+energy budget``); the baseline is an exponential moving average (decay 0.9); the policy is a
+one-layer LSTM over token embeddings, as in NAS with reinforcement learning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hurricane.arch import Arch
+from hurricane.errors import UserError
+from hurricane.space import SearchSpace
+
+Latency = Callable[[Sequence[Arch]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """One hardware half of a pair: a named configuration, the knob values that make it and
+    the resources it uses (for limits; empty for a deployment configuration)."""
+
+    name: str
+    knobs: Mapping[str, Any]
+    resources: Mapping[str, float] = field(default_factory=dict)
+
+    def within(self, limits: Mapping[str, float]) -> bool:
+        return all(self.resources.get(k, 0.0) <= v for k, v in limits.items())
+
+
+@dataclass
+class Tuned:
+    """Fast exploration's answer for one architecture."""
+
+    arch: str
+    config: str | None  # None: pruned
+    latency_ms: float
+    energy_mj: float | None = None
+    reason: str = ""
+
+    @property
+    def feasible(self) -> bool:
+        return self.config is not None
+
+
+class FastExplorer:
+    """Tunes configurations for architectures from per-configuration latency tables
+    (``latency[config name]``: a vectorised predictor, e.g. ``LatencyModel.predict``) and,
+    where modelled, energy tables; counts what it prunes."""
+
+    def __init__(
+        self,
+        configs: Sequence[HardwareConfig],
+        latency: Mapping[str, Latency],
+        budget_ms: float,
+        limits: Mapping[str, float] | None = None,
+        energy: Mapping[str, Latency] | None = None,
+    ) -> None:
+        self.limits = dict(limits or {})
+        self.all = list(configs)
+        self.configs = [c for c in self.all if c.within(self.limits)]
+        if not self.configs:
+            raise UserError(
+                "no hardware configuration is within the resource limits "
+                f"{self.limits}; raise the limits or add smaller configurations"
+            )
+        missing = [c.name for c in self.configs if c.name not in latency]
+        if missing:
+            raise UserError(f"no latency table for configuration(s) {', '.join(missing)}")
+        self.latency, self.energy, self.budget_ms = latency, energy or {}, budget_ms
+        self.tuned = 0
+        self.pruned = 0
+
+    def table(self, archs: Sequence[Arch]) -> np.ndarray:
+        """Predicted latency of every architecture under every configuration within limits:
+        shape (len(archs), len(configs))."""
+        return np.stack([self.latency[c.name](archs) for c in self.configs], axis=1)
+
+    def tune(self, archs: Sequence[Arch]) -> list[Tuned]:
+        if not archs:
+            return []
+        lat = self.table(archs)
+        out = []
+        for i, a in enumerate(archs):
+            j = int(np.argmin(lat[i]))  # configs are in declared order: ties keep the first
+            best, cfg = float(lat[i, j]), self.configs[j]
+            energy = float(self.energy[cfg.name]([a])[0]) if cfg.name in self.energy else None
+            if best > self.budget_ms:
+                out.append(Tuned(str(a), None, best, energy, f"{best:.4g} ms on {cfg.name}"))
+                self.pruned += 1
+            else:
+                out.append(Tuned(str(a), cfg.name, best, energy))
+            self.tuned += 1
+        return out
+
+    def best_latency(self, archs: Sequence[Arch]) -> np.ndarray:
+        """Each architecture's latency on its best configuration: the constrained
+        evolution's latency, so an architecture no configuration fits is never made."""
+        return self.table(archs).min(axis=1) if archs else np.zeros(0)
+
+    def pruned_share(self) -> float:
+        return self.pruned / self.tuned if self.tuned else 0.0
+
+
+def efficiency(
+    latency_ms: float,
+    budget_ms: float,
+    energy_mj: float | None = None,
+    energy_budget_mj: float | None = None,
+) -> float:
+    """How much of the budget a feasible pair leaves unused, in [0, 1]."""
+    eff = max(0.0, 1.0 - latency_ms / budget_ms)
+    if energy_mj is not None and energy_budget_mj:
+        eff = 0.5 * (eff + max(0.0, 1.0 - energy_mj / energy_budget_mj))
+    return eff
+
+
+def reward(accuracy: float | None, tuned: Tuned, budget_ms: float, a: float = 0.8) -> float:
+    """The paper's reward: ``a * accuracy + (1 - a) * efficiency``; -1 for a pruned pair."""
+    if not tuned.feasible or accuracy is None:
+        return -1.0
+    return a * accuracy + (1 - a) * efficiency(tuned.latency_ms, budget_ms)
+
+
+class Controller(nn.Module):
+    """A recurrent policy over a fixed sequence of decisions, each a choice among its own
+    tokens (an architecture layer's (op, width) pairs, then each hardware knob's values)."""
+
+    def __init__(self, choices: Sequence[int], hidden: int = 64, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.choices = list(choices)
+        self.hidden = hidden
+        self.start = nn.Parameter(torch.zeros(1, hidden))
+        self.embed = nn.ModuleList(nn.Embedding(n, hidden) for n in self.choices)
+        self.cell = nn.LSTMCell(hidden, hidden)
+        self.heads = nn.ModuleList(nn.Linear(hidden, n) for n in self.choices)
+
+    def _step_logits(self, tokens: Sequence[int] | None, gen: torch.Generator | None):
+        h = c = torch.zeros(1, self.hidden)
+        x = self.start
+        out, logps = [], []
+        for i in range(len(self.choices)):
+            h, c = self.cell(x, (h, c))
+            logits = self.heads[i](h)[0]
+            logp = torch.log_softmax(logits, 0)
+            if tokens is None:
+                t = int(torch.multinomial(logp.exp(), 1, generator=gen))
+            else:
+                t = int(tokens[i])
+            out.append(t)
+            logps.append(logp[t])
+            x = self.embed[i](torch.tensor([t]))
+        return out, torch.stack(logps).sum()
+
+    def sample(self, gen: torch.Generator) -> list[int]:
+        with torch.no_grad():
+            return self._step_logits(None, gen)[0]
+
+    def log_prob(self, tokens: Sequence[int]) -> torch.Tensor:
+        return self._step_logits(tokens, None)[1]
+
+    def first_probs(self) -> torch.Tensor:
+        """The first decision's distribution (the later ones depend on earlier tokens)."""
+        with torch.no_grad():
+            zeros = torch.zeros(1, self.hidden)
+            h, _ = self.cell(self.start, (zeros, zeros))
+            return torch.softmax(self.heads[0](h)[0], 0)
+
+
+class Reinforce:
+    """REINFORCE with an exponential-moving-average baseline over a ``Controller``."""
+
+    def __init__(self, controller: Controller, lr: float = 0.05, decay: float = 0.9) -> None:
+        self.controller, self.decay = controller, decay
+        self.opt = torch.optim.Adam(controller.parameters(), lr=lr)
+        self.baseline: float | None = None
+
+    def update(self, episodes: Sequence[tuple[Sequence[int], float]]) -> float:
+        """One policy-gradient step over ``(tokens, reward)`` episodes; the mean advantage."""
+        rewards = [r for _, r in episodes]
+        if self.baseline is None:
+            self.baseline = float(np.mean(rewards))
+        adv = [r - self.baseline for r in rewards]
+        terms = [a * self.controller.log_prob(t) for (t, _), a in zip(episodes, adv)]
+        loss = -torch.stack(terms).mean()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        for r in rewards:
+            self.baseline = self.decay * self.baseline + (1 - self.decay) * r
+        return float(np.mean(adv))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "controller": self.controller.state_dict(),
+            "opt": self.opt.state_dict(),
+            "baseline": self.baseline,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.controller.load_state_dict(state["controller"])
+        self.opt.load_state_dict(state["opt"])
+        self.baseline = state["baseline"]
+
+
+class JointTokens:
+    """The token sequence of a pair: per searched layer one (op, width) index, then one
+    configuration index (the hardware half, as fast exploration would tune it)."""
+
+    def __init__(self, space: SearchSpace, configs: Sequence[HardwareConfig]) -> None:
+        self.space = space
+        self.options = [
+            [(op, w) for op in layer.ops for w in layer.widths] for layer in space.layers
+        ]
+        self.configs = list(configs)
+
+    @property
+    def choices(self) -> list[int]:
+        return [len(o) for o in self.options] + [len(self.configs)]
+
+    def decode(self, tokens: Sequence[int]) -> tuple[Arch, HardwareConfig]:
+        picks = [self.options[i][t] for i, t in enumerate(tokens[:-1])]
+        arch = Arch(tuple(op for op, _ in picks), tuple(w for _, w in picks))
+        return arch, self.configs[tokens[-1]]
+
+
+def rl_search(
+    space: SearchSpace,
+    explorer: FastExplorer,
+    fitness: Callable[[Arch], float],
+    episodes: int,
+    out: str | Path | None = None,
+    batch: int = 4,
+    a: float = 0.8,
+    seed: int = 0,
+    lr: float = 0.05,
+) -> dict[str, Any]:
+    """The controller's search: ``episodes`` pairs in batches of ``batch``, its hardware
+    tokens over the configurations within the limits; a pair over budget on its
+    configuration gets -1 without an evaluation. Resumable after every batch from
+    ``out/rl_state.pt`` (each batch samples from its own seeded generator)."""
+    tokens_of = JointTokens(space, explorer.configs)
+    agent = Reinforce(Controller(tokens_of.choices, seed=seed), lr=lr)
+    done: list[dict[str, Any]] = []
+    evaluated: dict[str, float] = {}
+    state_file = Path(out) / "rl_state.pt" if out else None
+    if state_file is not None and state_file.exists():
+        saved = torch.load(state_file, weights_only=True)
+        if saved["identity"] != [episodes, batch, a, seed, lr]:
+            raise UserError(f"{state_file}: a search with other settings is stored here")
+        agent.load_state_dict(saved["agent"])
+        done, evaluated = json.loads(saved["history"]), json.loads(saved["evaluated"])
+    while len(done) < episodes:
+        b = len(done) // batch
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
+        eps = []
+        for _ in range(min(batch, episodes - len(done))):
+            tokens = agent.controller.sample(gen)
+            arch, cfg = tokens_of.decode(tokens)
+            lat = float(explorer.latency[cfg.name]([arch])[0])
+            fits = lat <= explorer.budget_ms
+            explorer.tuned += 1
+            explorer.pruned += not fits
+            tuned = Tuned(str(arch), cfg.name if fits else None, lat)
+            acc = None
+            if fits:
+                if str(arch) not in evaluated:
+                    evaluated[str(arch)] = float(fitness(arch))
+                acc = evaluated[str(arch)]
+            r = reward(acc, tuned, explorer.budget_ms, a)
+            eps.append((tokens, r))
+            row = {"arch": str(arch), "config": cfg.name, "latency_ms": lat}
+            done.append({**row, "fitness": acc, "reward": r})
+        agent.update(eps)
+        if state_file is not None:
+            state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = state_file.with_suffix(".tmp")
+            torch.save(
+                {
+                    "identity": [episodes, batch, a, seed, lr],
+                    "agent": agent.state_dict(),
+                    "history": json.dumps(done),
+                    "evaluated": json.dumps(evaluated),
+                },
+                tmp,
+            )
+            os.replace(tmp, state_file)
+    feasible = [d for d in done if d["fitness"] is not None]
+    best = max(feasible, key=lambda d: (d["reward"], -d["latency_ms"])) if feasible else None
+    return {
+        "best": best,
+        "episodes": len(done),
+        "evaluations": len(evaluated),
+        "pruned_share": round(sum(d["fitness"] is None for d in done) / max(1, len(done)), 4),
+        "history": done,
+        "mean_reward_last": round(float(np.mean([d["reward"] for d in done[-batch:]])), 4)
+        if done
+        else math.nan,
+    }

@@ -1,0 +1,140 @@
+"""Co-exploration's core (hurricane.coexplore): fast exploration from latency tables, its
+pruning inside the constrained evolution, the REINFORCE controller and its resume.
+
+The tables are a real LUT (the tiny space profiled on ONNX Runtime) under three
+configurations; two are scaled copies of it, standing in for the per-configuration tables a
+configuration campaign or the accelerator model fills."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hurricane.coexplore import (
+    Controller,
+    FastExplorer,
+    HardwareConfig,
+    JointTokens,
+    Reinforce,
+    Tuned,
+    reward,
+    rl_search,
+)
+from hurricane.errors import UserError
+from hurricane.latency import LatencyModel
+from hurricane.search import EvolutionSearch, SearchConfig
+from hurricane.space_file import load_space
+
+TINY = str(Path(__file__).parent / "spaces" / "tiny.toml")
+CONFIGS = [
+    HardwareConfig("threads1", {"threads": 1}, {"cores": 1}),
+    HardwareConfig("threads2", {"threads": 2}, {"cores": 2}),
+    HardwareConfig("threads4", {"threads": 4}, {"cores": 4}),
+]
+
+
+@pytest.fixture
+def tables(ort_lut):
+    db, _, _ = ort_lut
+    space = load_space(TINY)
+    base = LatencyModel.from_db(space, db, "ort").predict
+    scale = {"threads1": 1.0, "threads2": 0.6, "threads4": 0.4}
+    return space, {n: (lambda archs, k=k: base(archs) * k) for n, k in scale.items()}
+
+
+def test_fast_exploration_tunes_and_prunes_from_the_tables(tables) -> None:
+    space, latency = tables
+    archs = [space.parse_arch(a) for a in ("skip-skip-skip", "mb_k3_e3-mb_k3_e3-mb_k3_e3")]
+    one = latency["threads1"](archs)
+    budget = float(one[0] * 0.8)  # the small one fits on two threads; the big one never
+    explorer = FastExplorer(CONFIGS, latency, budget, limits={"cores": 2})
+    assert [c.name for c in explorer.configs] == ["threads1", "threads2"]  # four is over
+    small, big = explorer.tune(archs)
+    assert small.config == "threads2" and small.latency_ms == pytest.approx(one[0] * 0.6)
+    assert big.config is None and big.latency_ms == pytest.approx(one[1] * 0.6)
+    assert explorer.pruned == 1 and explorer.pruned_share() == 0.5
+    assert reward(0.9, big, budget) == -1.0 and reward(0.9, small, budget) > 0.7
+    with pytest.raises(UserError, match="no hardware configuration is within the resource"):
+        FastExplorer(CONFIGS, latency, budget, limits={"cores": 0})
+    with pytest.raises(UserError, match="no latency table for configuration"):
+        FastExplorer(CONFIGS, {"threads1": latency["threads1"]}, budget)
+
+
+def test_no_pruned_pair_is_ever_evaluated(tables) -> None:
+    space, latency = tables
+    rng = random.Random(0)
+    best = latency["threads2"]([space.sample_arch(rng) for _ in range(50)])
+    budget = float(np.percentile(best, 30))  # most pairs fit no configuration
+    explorer = FastExplorer(CONFIGS[:2], latency, budget)
+    evaluated: list[str] = []
+
+    def fitness(arch) -> float:
+        evaluated.append(str(arch))
+        return len(str(arch)) / 100  # any deterministic score: pruning is what is checked
+
+    cfg = SearchConfig(budget_ms=budget, population=8, generations=3, mutations=4, crossovers=4)
+    res = EvolutionSearch(space, explorer.best_latency, fitness, cfg).run()
+    assert evaluated and res["rejected"] > 0  # some candidates were made and pruned
+    tuned = explorer.tune([space.parse_arch(a) for a in evaluated])
+    assert all(t.feasible for t in tuned), [t for t in tuned if not t.feasible]
+
+
+def test_the_controller_moves_toward_a_rewarded_token() -> None:
+    controller = Controller([3, 4], seed=0)
+    agent = Reinforce(controller, lr=0.05)
+    before = controller.first_probs()[2].item()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        eps = [(t, 1.0 if t[0] == 2 else 0.0) for t in (controller.sample(gen) for _ in range(8))]
+        agent.update(eps)
+    after = controller.first_probs()[2].item()
+    assert before < 0.5 and after > 0.8, (before, after)
+
+
+def test_rl_search_prunes_without_evaluating_and_resumes(tables, tmp_path: Path) -> None:
+    space, latency = tables
+    arch_lat = latency["threads1"]([space.default_arch()])[0]
+    explorer = FastExplorer(CONFIGS[:2], latency, float(arch_lat))
+    budget = explorer.budget_ms
+    calls: list[str] = []
+
+    def fitness(arch) -> float:
+        t = Tuned(str(arch), "x", 0.0)
+        assert t.feasible and min(latency[c.name]([arch])[0] for c in CONFIGS[:2]) <= budget
+        calls.append(str(arch))
+        return (sum(map(ord, str(arch))) % 97) / 97
+
+    whole = rl_search(space, explorer, fitness, episodes=16, batch=4, seed=3)
+    assert whole["episodes"] == 16 and 0 < whole["pruned_share"] < 1
+    assert whole["evaluations"] == len(set(calls)) == len(calls)  # each arch scored once
+    # Interrupted after two batches, then resumed: the same episodes, in order.
+    stop = {"n": 0}
+
+    def dies(arch) -> float:
+        stop["n"] += 1
+        if stop["n"] > len({d["arch"] for d in whole["history"][:8] if d["fitness"] is not None}):
+            raise KeyboardInterrupt
+        return fitness(arch)
+
+    out = tmp_path / "rl"
+    with pytest.raises(KeyboardInterrupt):
+        rl_search(space, FastExplorer(CONFIGS[:2], latency, budget), dies, 16, out, 4, seed=3)
+    assert (out / "rl_state.pt").exists()
+    again = FastExplorer(CONFIGS[:2], latency, budget)
+    resumed = rl_search(space, again, fitness, 16, out, 4, seed=3)
+    assert resumed["history"] == whole["history"] and resumed["best"] == whole["best"]
+    with pytest.raises(UserError, match="other settings"):
+        rl_search(space, explorer, fitness, 16, out, 4, seed=4)
+
+
+def test_joint_tokens_name_both_halves() -> None:
+    space = load_space(TINY)
+    tokens = JointTokens(space, CONFIGS)
+    assert tokens.choices == [8, 8, 8, 3]  # four ops x two widths per layer, three configs
+    arch, cfg = tokens.decode([0, 1, 7, 2])
+    assert str(arch).startswith("mb_k3_e3") and cfg.name == "threads4"
+    space.validate_arch(arch)
