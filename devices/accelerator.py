@@ -22,9 +22,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from hurricane.errors import UserError
 from hurricane.lut import LutDB
 from hurricane.lutkeys import OpInstance, PairInstance
+from hurricane.space import SearchSpace
 from hurricane.tomlcheck import ConfigError, Fields, read_toml
 
 # Bump when the YAML a design becomes, or how figures are read back, changes: cached rows of
@@ -471,3 +474,24 @@ def _evaluate(key: str, data: bytes, design: AcceleratorDesign, lpf_limit: int) 
 
 def design_json(design: AcceleratorDesign) -> dict[str, Any]:
     return {"name": design.name, **asdict(design), **design.resources()}
+
+
+def design_tables(
+    space: SearchSpace,
+    design: AcceleratorDesign,
+    db: LutDB,
+    lpf_limit: int = DEFAULT_LPF_LIMIT,
+    progress: bool = True,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Latency (ms) and energy (mJ) of every operator instance ``space`` needs on ``design``:
+    a latency table and an energy table in the LUT's own form (both add up over a network's
+    layers, so ``hurricane.latency.LutPredictor`` predicts either). Each evaluation is stored
+    as it is made, so an interrupted run keeps what it computed."""
+    instances = list(dict.fromkeys([*space.fixed_instances(), *space.op_instances()]))
+    latency: dict[str, float] = {}
+    energy: dict[str, float] = {}
+    bar = tqdm(instances, desc=f"zigzag {design.name}", unit="op", disable=not progress)
+    for inst in bar:
+        figures = evaluate_layer(inst, design, lpf_limit, db)
+        latency[inst.key], energy[inst.key] = figures["latency_ms"], figures["energy_mj"]
+    return latency, energy

@@ -276,11 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_two_stage_args(train)
     train.set_defaults(func=_train)
 
-    from pipelines import latency_cli, profile_cli, run_cli, search_cli
+    from pipelines import coexplore_cli, latency_cli, profile_cli, run_cli, search_cli
 
     profile_cli.add_commands(sub)
     latency_cli.add_commands(sub)
     search_cli.add_commands(sub)
+    coexplore_cli.add_commands(sub)
     run_cli.add_commands(sub)
 
     demo = sub.add_parser(

@@ -7,7 +7,9 @@ configuration campaign or the accelerator model fills."""
 
 from __future__ import annotations
 
+import json
 import random
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +52,9 @@ def test_fast_exploration_tunes_and_prunes_from_the_tables(tables) -> None:
     space, latency = tables
     archs = [space.parse_arch(a) for a in ("skip-skip-skip", "mb_k3_e3-mb_k3_e3-mb_k3_e3")]
     one = latency["threads1"](archs)
-    budget = float(one[0] * 0.8)  # the small one fits on two threads; the big one never
+    assert one[1] > one[0]
+    # Between the two on two threads: the small one fits there, the big one nowhere.
+    budget = float(0.6 * (one[0] * one[1]) ** 0.5)
     explorer = FastExplorer(CONFIGS, latency, budget, limits={"cores": 2})
     assert [c.name for c in explorer.configs] == ["threads1", "threads2"]  # four is over
     small, big = explorer.tune(archs)
@@ -138,3 +142,58 @@ def test_joint_tokens_name_both_halves() -> None:
     arch, cfg = tokens.decode([0, 1, 7, 2])
     assert str(arch).startswith("mb_k3_e3") and cfg.name == "threads4"
     space.validate_arch(arch)
+
+
+@pytest.fixture(scope="module")
+def mini_supernet(tmp_path_factory) -> Path:
+    from hurricane.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("mini") / "sup"
+    mini = str(Path(__file__).parent / "spaces" / "mini.toml")
+    train(
+        TrainConfig(
+            space=mini,
+            out=str(out),
+            steps=3,
+            batch_size=32,
+            train_limit=256,
+            eval_paths=0,
+            progress=False,
+            threads=1,
+        )
+    )
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["evolution", "rl"])
+def test_coexplore_cli_names_both_halves(mini_supernet, tmp_path: Path, strategy, capsys) -> None:
+    """Real zigzag tables for every design within the limits (8x8 is in, 8x16 out), fast
+    exploration, then the slow exploration's best pair, written and printed."""
+    from pipelines.cli import main
+
+    spaces = Path(__file__).parent / "spaces"
+    out, db = tmp_path / "co", tmp_path / "lut.sqlite"
+    args = ["coexplore", "--space", str(spaces / "mini.toml")]
+    args += ["--hw-space", str(spaces / "accel-two.toml"), "--supernet", str(mini_supernet)]
+    args += ["--db", str(db), "--out", str(out), "--strategy", strategy, "--no-progress"]
+    args += ["--population", "4", "--generations", "2", "--eval-limit", "100"]
+    assert main([*args, "--latency-ms", "0.2"]) == 0
+    res = json.loads((out / "result.json").read_text())
+    assert res["hardware"]["pe_rows"] * res["hardware"]["pe_cols"] <= 64
+    assert res["hardware"]["name"].startswith("pe") and res["designs"] == 3
+    assert 0 < res["latency_ms"] <= 0.2 and res["energy_mj"] > 0
+    assert 0 <= res["pruned_share"] <= 1 and res["evaluations"] >= 1
+    assert res["arch"] in capsys.readouterr().out
+    with sqlite3.connect(db) as conn:  # every (instance, design) costed once, and kept
+        assert conn.execute("SELECT COUNT(*) FROM accel_entries").fetchone()[0] >= 3 * 5
+
+
+def test_coexplore_refuses_what_it_cannot_explore(tmp_path: Path, capsys) -> None:
+    from pipelines.cli import main
+
+    hw = tmp_path / "threads.toml"
+    hw.write_text('name = "cpu-configs"\nkind = "deployment"\nthreads = [1, 2]\n')
+    args = ["coexplore", "--space", TINY, "--hw-space", str(hw), "--supernet", str(tmp_path)]
+    assert main([*args, "--latency-ms", "1"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "deployment-configuration spaces" in err

@@ -1,0 +1,158 @@
+"""``hurricane coexplore``: search (architecture, hardware design) pairs together.
+
+The hardware half comes from an accelerator design space (``devices/accelerator.py``): every
+design within the space's limits gets a latency and an energy table from zigzag-dse (cached
+in the LUT database), fast exploration (``hurricane.coexplore.FastExplorer``) tunes the
+design for each candidate architecture from those tables and prunes pairs no design fits,
+and the slow exploration evaluates the rest with the supernet's fitness: the constrained
+evolution (``--strategy evolution``) or the REINFORCE controller (``--strategy rl``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from hurricane.errors import UserError
+from hurricane.train import TrainConfig
+from pipelines.argtypes import (
+    add_train_on_args,
+    finite_float,
+    nonnegative_int,
+    positive_finite_float,
+    positive_int,
+    train_on_from,
+)
+from pipelines.config import DEFAULT_DB, GenerateSettings
+
+
+def _hardware_space(path: str):
+    from devices.accelerator import load_accelerator_space
+    from hurricane.tomlcheck import read_toml
+
+    kind = read_toml(Path(path), "hardware space").get("kind", "accelerator")
+    if kind != "accelerator":
+        raise UserError(
+            f'{path}: kind: {kind!r}: only accelerator design spaces (kind = "accelerator") '
+            "can be co-explored so far; deployment-configuration spaces are not built yet"
+        )
+    return load_accelerator_space(path)
+
+
+def _coexplore(args: argparse.Namespace) -> int:
+    from devices.accelerator import design_json, design_tables
+    from hurricane.coexplore import FastExplorer, HardwareConfig, rl_search
+    from hurricane.latency import LutPredictor
+    from hurricane.lut import LutDB
+    from hurricane.search import EvolutionSearch
+    from hurricane.space_file import load_space
+    from hurricane.two_stage import data_for, fitness_for, load_supernet
+
+    space = load_space(args.space)
+    hw = _hardware_space(args.hw_space)
+    designs = hw.designs()
+    t0 = time.perf_counter()
+    latency: dict[str, Any] = {}
+    energy: dict[str, Any] = {}
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    with LutDB(args.db) as db:
+        for d in designs:
+            lat, en = design_tables(space, d, db, args.lpf_limit, not args.no_progress)
+            latency[d.name] = LutPredictor(space, lat, d.name).predict
+            energy[d.name] = LutPredictor(space, en, d.name).predict
+    tables_s = time.perf_counter() - t0
+    configs = [HardwareConfig(d.name, design_json(d), d.resources()) for d in designs]
+    explorer = FastExplorer(configs, latency, args.latency_ms, energy=energy)
+    train_on = train_on_from(args)
+    tcfg = TrainConfig(
+        space=args.space, data=args.data, eval_limit=args.eval_limit, **train_on.fields()
+    )
+    pt = Path(args.supernet)
+    net = load_supernet(space, pt / "supernet.pt" if pt.is_dir() else pt)
+    fitness = fitness_for(net, data_for(tcfg, space), tcfg, args.seed)
+    out = Path(args.out)
+    t1 = time.perf_counter()
+    if args.strategy == "rl":
+        episodes = args.episodes or args.population * args.generations
+        res = rl_search(space, explorer, fitness, episodes, out / "rl", seed=args.seed, a=args.a)
+        if res["best"] is None:
+            raise UserError(
+                f"no pair within {args.latency_ms:g} ms in {episodes} episodes; raise "
+                "--latency-ms or --episodes"
+            )
+        arch, fit = res["best"]["arch"], res["best"]["fitness"]
+        evaluations, pruned = res["evaluations"], res["pruned_share"]
+    else:
+        g = GenerateSettings(population=args.population, generations=args.generations)
+        cfg = g.search_config(args.latency_ms, args.seed)
+        res = EvolutionSearch(space, explorer.best_latency, fitness, cfg, out / "search").run()
+        arch, fit = res["best"], res["fitness"]
+        evaluations = res["evaluated"]
+        made = res["evaluated"] + res["rejected"]
+        pruned = round(res["rejected"] / made, 4) if made else 0.0
+    tuned = explorer.tune([space.parse_arch(arch)])[0]
+    design = next(c for c in configs if c.name == tuned.config)
+    result = {
+        "arch": arch,
+        "hardware": {"space": hw.name, "source": str(args.hw_space), **design.knobs},
+        "fitness": fit,
+        "latency_ms": tuned.latency_ms,
+        "energy_mj": tuned.energy_mj,
+        "budget_ms": args.latency_ms,
+        "strategy": args.strategy,
+        "evaluations": evaluations,
+        "pruned_share": pruned,
+        "designs": len(designs),
+        "tables_seconds": round(tables_s, 1),
+        "search_seconds": round(time.perf_counter() - t1, 1),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    print(
+        f"best pair: {arch} on {design.name}: validation accuracy {fit:.4f}, "
+        f"{tuned.latency_ms:.4g} ms, {tuned.energy_mj:.4g} mJ (budget {args.latency_ms:g} ms); "
+        f"{evaluations} evaluated, {pruned:.0%} of the pairs made pruned before evaluation; "
+        f"{out / 'result.json'}"
+    )
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    from devices.accelerator import DEFAULT_LPF_LIMIT
+
+    d = GenerateSettings()
+    c = sub.add_parser(
+        "coexplore",
+        help="search architecture and accelerator design together (Jiang et al.)",
+    )
+    c.add_argument("--space", required=True)
+    c.add_argument("--hw-space", required=True, help="accelerator design space TOML")
+    c.add_argument("--latency-ms", type=positive_finite_float, required=True)
+    c.add_argument("--supernet", required=True, help="trained run folder or supernet.pt")
+    c.add_argument("--strategy", choices=("evolution", "rl"), default="evolution")
+    c.add_argument("--data", default=TrainConfig.data)
+    c.add_argument("--db", default=DEFAULT_DB, help="LUT database (default: %(default)s)")
+    c.add_argument("--out", default="runs/coexplore")
+    c.add_argument("--population", type=positive_int, default=d.population)
+    c.add_argument("--generations", type=positive_int, default=d.generations)
+    c.add_argument(
+        "--episodes",
+        type=nonnegative_int,
+        default=0,
+        help="controller episodes (rl; default: population x generations)",
+    )
+    c.add_argument(
+        "--a",
+        type=finite_float(0.0, 1.0),
+        default=0.8,
+        help="reward weight of accuracy against efficiency (rl; default: %(default)s)",
+    )
+    c.add_argument("--lpf-limit", type=positive_int, default=DEFAULT_LPF_LIMIT)
+    c.add_argument("--eval-limit", type=positive_int, default=d.eval_limit)
+    c.add_argument("--seed", type=nonnegative_int, default=0)
+    c.add_argument("--no-progress", action="store_true")
+    add_train_on_args(c)
+    c.set_defaults(func=_coexplore)
