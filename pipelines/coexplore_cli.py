@@ -1,11 +1,13 @@
-"""``hurricane coexplore``: search (architecture, hardware design) pairs together.
+"""``hurricane coexplore``: search (architecture, hardware) pairs together.
 
-The hardware half comes from an accelerator design space (``devices/accelerator.py``): every
-design within the space's limits gets a latency and an energy table from zigzag-dse (cached
-in the LUT database), fast exploration (``hurricane.coexplore.FastExplorer``) tunes the
-design for each candidate architecture from those tables and prunes pairs no design fits,
-and the slow exploration evaluates the rest with the supernet's fitness: the constrained
-evolution (``--strategy evolution``) or the REINFORCE controller (``--strategy rl``).
+The hardware half comes from an accelerator design space (``devices/accelerator.py``: every
+design within the space's limits gets a latency and an energy table from zigzag-dse, cached
+in the LUT database) or from a device's deployment configurations
+(``devices/deployment.py``: each profiled into its own LUT table). Fast exploration
+(``hurricane.coexplore.FastExplorer``) tunes the hardware for each candidate architecture
+from those tables and prunes pairs no configuration fits; the slow exploration evaluates the
+rest with the supernet's fitness: the constrained evolution (``--strategy evolution``) or
+the REINFORCE controller (``--strategy rl``).
 """
 
 from __future__ import annotations
@@ -29,42 +31,58 @@ from pipelines.argtypes import (
 from pipelines.config import DEFAULT_DB, GenerateSettings
 
 
-def _hardware_space(path: str):
-    from devices.accelerator import load_accelerator_space
+def _tables(args: argparse.Namespace, space) -> tuple[list, dict, dict, str]:
+    """The hardware half: its configurations, their latency (and energy) tables, the space's
+    name. An accelerator space is costed by zigzag-dse; a deployment space is profiled on
+    its device, one campaign per configuration."""
+    from hurricane.latency import LatencyModel, LutPredictor
+    from hurricane.lut import LutDB
     from hurricane.tomlcheck import read_toml
 
-    kind = read_toml(Path(path), "hardware space").get("kind", "accelerator")
+    data = read_toml(Path(args.hw_space), "hardware space")
+    kind = data.get("kind") or ("deployment" if "device" in data else "accelerator")
+    progress = not args.no_progress
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    latency: dict[str, Any] = {}
+    energy: dict[str, Any] = {}
+    if kind == "deployment":
+        from devices.deployment import load_deployment_space
+        from profilers.configurations import profile_configurations
+
+        dep = load_deployment_space(args.hw_space)
+        profile_configurations(space, dep, args.db, progress=progress)
+        configs = [c for c, _ in dep.configurations()]
+        for c in configs:
+            latency[c.name] = LatencyModel.from_db(space, args.db, c.name).predict
+        return configs, latency, energy, dep.name
     if kind != "accelerator":
         raise UserError(
-            f'{path}: kind: {kind!r}: only accelerator design spaces (kind = "accelerator") '
-            "can be co-explored so far; deployment-configuration spaces are not built yet"
+            f"{args.hw_space}: kind: {kind!r}: expected 'accelerator' (a design space costed "
+            "by zigzag-dse) or 'deployment' (configurations of a device)"
         )
-    return load_accelerator_space(path)
+    from devices.accelerator import design_json, design_tables, load_accelerator_space
+    from hurricane.coexplore import HardwareConfig
+
+    hw = load_accelerator_space(args.hw_space)
+    with LutDB(args.db) as db:
+        for d in hw.designs():
+            lat, en = design_tables(space, d, db, args.lpf_limit, progress)
+            latency[d.name] = LutPredictor(space, lat, d.name).predict
+            energy[d.name] = LutPredictor(space, en, d.name).predict
+    configs = [HardwareConfig(d.name, design_json(d), d.resources()) for d in hw.designs()]
+    return configs, latency, energy, hw.name
 
 
 def _coexplore(args: argparse.Namespace) -> int:
-    from devices.accelerator import design_json, design_tables
-    from hurricane.coexplore import FastExplorer, HardwareConfig, rl_search
-    from hurricane.latency import LutPredictor
-    from hurricane.lut import LutDB
+    from hurricane.coexplore import FastExplorer, rl_search
     from hurricane.search import EvolutionSearch
     from hurricane.space_file import load_space
     from hurricane.two_stage import data_for, fitness_for, load_supernet
 
     space = load_space(args.space)
-    hw = _hardware_space(args.hw_space)
-    designs = hw.designs()
     t0 = time.perf_counter()
-    latency: dict[str, Any] = {}
-    energy: dict[str, Any] = {}
-    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
-    with LutDB(args.db) as db:
-        for d in designs:
-            lat, en = design_tables(space, d, db, args.lpf_limit, not args.no_progress)
-            latency[d.name] = LutPredictor(space, lat, d.name).predict
-            energy[d.name] = LutPredictor(space, en, d.name).predict
+    configs, latency, energy, hw_name = _tables(args, space)
     tables_s = time.perf_counter() - t0
-    configs = [HardwareConfig(d.name, design_json(d), d.resources()) for d in designs]
     explorer = FastExplorer(configs, latency, args.latency_ms, energy=energy)
     train_on = train_on_from(args)
     tcfg = TrainConfig(
@@ -97,7 +115,12 @@ def _coexplore(args: argparse.Namespace) -> int:
     design = next(c for c in configs if c.name == tuned.config)
     result = {
         "arch": arch,
-        "hardware": {"space": hw.name, "source": str(args.hw_space), **design.knobs},
+        "hardware": {
+            "space": hw_name,
+            "source": str(args.hw_space),
+            "config": design.name,
+            **design.knobs,
+        },
         "fitness": fit,
         "latency_ms": tuned.latency_ms,
         "energy_mj": tuned.energy_mj,
@@ -105,15 +128,16 @@ def _coexplore(args: argparse.Namespace) -> int:
         "strategy": args.strategy,
         "evaluations": evaluations,
         "pruned_share": pruned,
-        "designs": len(designs),
+        "configurations": len(configs),
         "tables_seconds": round(tables_s, 1),
         "search_seconds": round(time.perf_counter() - t1, 1),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(result, indent=1))
+    mj = "" if tuned.energy_mj is None else f", {tuned.energy_mj:.4g} mJ"
     print(
         f"best pair: {arch} on {design.name}: validation accuracy {fit:.4f}, "
-        f"{tuned.latency_ms:.4g} ms, {tuned.energy_mj:.4g} mJ (budget {args.latency_ms:g} ms); "
+        f"{tuned.latency_ms:.4g} ms{mj} (budget {args.latency_ms:g} ms); "
         f"{evaluations} evaluated, {pruned:.0%} of the pairs made pruned before evaluation; "
         f"{out / 'result.json'}"
     )
@@ -129,7 +153,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="search architecture and accelerator design together (Jiang et al.)",
     )
     c.add_argument("--space", required=True)
-    c.add_argument("--hw-space", required=True, help="accelerator design space TOML")
+    c.add_argument(
+        "--hw-space",
+        required=True,
+        help="hardware space TOML: an accelerator design space or a device's deployment "
+        "configurations",
+    )
     c.add_argument("--latency-ms", type=positive_finite_float, required=True)
     c.add_argument("--supernet", required=True, help="trained run folder or supernet.pt")
     c.add_argument("--strategy", choices=("evolution", "rl"), default="evolution")

@@ -188,12 +188,12 @@ def test_coexplore_cli_names_both_halves(mini_supernet, tmp_path: Path, strategy
         assert conn.execute("SELECT COUNT(*) FROM accel_entries").fetchone()[0] >= 3 * 5
 
 
-def test_coexplore_refuses_what_it_cannot_explore(tmp_path: Path, capsys) -> None:
+def test_coexplore_refuses_a_hardware_space_it_does_not_know(tmp_path: Path, capsys) -> None:
     from pipelines.cli import main
 
     hw = tmp_path / "threads.toml"
-    hw.write_text('name = "cpu-configs"\nkind = "deployment"\nthreads = [1, 2]\n')
+    hw.write_text('name = "farm"\nkind = "fpga-farm"\nthreads = [1, 2]\n')
     args = ["coexplore", "--space", TINY, "--hw-space", str(hw), "--supernet", str(tmp_path)]
     assert main([*args, "--latency-ms", "1"]) != 0
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "deployment-configuration spaces" in err
+    assert len(err.splitlines()) == 1 and "kind: 'fpga-farm': expected 'accelerator'" in err

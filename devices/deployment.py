@@ -1,0 +1,136 @@
+"""Deployment configurations of a real device: the knobs that change latency, not the network.
+
+A deployment space names a device spec and lists values per knob: ``threads``, ``precision``
+(among what the runtime produces), ``xnnpack`` (LiteRT) and ``affinity`` (CPU sets). Every
+combination is a configuration, and each becomes a device spec of its own, named
+``DEVICE.CONFIG`` (``local-litert.t2-fp32-xnn1``). So the campaign profiles it as it profiles
+any device (one LUT table per (device, configuration), the same engine, resume and progress),
+and artifacts that do not depend on the knob (threads, XNNPACK, affinity) are converted once
+and shared through the artifact cache. OpenVINO's performance hint and streams are not knobs
+yet: the agent does not take them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from devices.spec import DeviceSpec, builtin_devices, load_device
+from hurricane.coexplore import HardwareConfig
+from hurricane.tomlcheck import ConfigError, Fields, read_toml
+
+KNOBS = ("threads", "precision", "xnnpack", "affinity")
+
+
+class DeploymentSpaceError(ConfigError):
+    """A bad deployment space file."""
+
+
+@dataclass(frozen=True)
+class DeploymentSpace:
+    name: str
+    source: str
+    device: DeviceSpec
+    values: dict[str, tuple[Any, ...]]  # knob -> the values to explore
+
+    def configurations(self) -> list[tuple[HardwareConfig, DeviceSpec]]:
+        """Every combination of the knobs' values: its ``HardwareConfig`` (for the search)
+        and the device spec that profiles and runs it."""
+        out = []
+        keys = list(self.values)
+        for combo in itertools.product(*(self.values[k] for k in keys)):
+            knobs = dict(zip(keys, combo))
+            spec = configured(self.device, knobs)
+            out.append((HardwareConfig(spec.name, {"device": self.device.name, **knobs}), spec))
+        return out
+
+
+def config_label(knobs: dict[str, Any]) -> str:
+    parts = [f"t{knobs['threads']}", str(knobs["precision"])]
+    if "xnnpack" in knobs:
+        parts.append(f"xnn{int(knobs['xnnpack'])}")
+    if knobs.get("affinity"):
+        parts.append("cpu" + "_".join(map(str, knobs["affinity"])))
+    return "-".join(parts)
+
+
+def configured(device: DeviceSpec, knobs: dict[str, Any]) -> DeviceSpec:
+    """``device`` under one configuration, named for it."""
+    rt = device.runtime
+    runtime = replace(
+        rt,
+        threads=knobs.get("threads", rt.threads),
+        precision=knobs.get("precision", rt.precision),
+        xnnpack=knobs.get("xnnpack", rt.xnnpack),
+    )
+    affinity = tuple(knobs.get("affinity", device.affinity))
+    return replace(
+        device,
+        name=f"{device.name}.{config_label(knobs)}",
+        runtime=runtime,
+        affinity=affinity,
+        description=f"{device.description or device.name}, configuration {config_label(knobs)}",
+    )
+
+
+def load_deployment_space(path: str | Path) -> DeploymentSpace:
+    source = str(path)
+    data = read_toml(Path(path), "deployment space")
+    top = Fields(data, source, error_type=DeploymentSpaceError)
+    top.only({"name", "kind", "description", "device", *KNOBS})
+    if top.str("kind", "deployment") != "deployment":
+        raise top.error("kind", 'a deployment space has kind = "deployment"')
+    ref = top.str("device")
+    local = Path(path).parent / ref
+    device = load_device(local if local.exists() or ref not in builtin_devices() else ref)
+    rt, entry = device.runtime, device.runtime.entry
+    cores = (os.cpu_count() or 1) if device.is_local else None
+    values: dict[str, tuple[Any, ...]] = {}
+
+    threads = _list(top, "threads", [rt.threads])
+    for t in threads:
+        if not isinstance(t, int) or isinstance(t, bool) or t < 1:
+            raise top.error("threads", f"each is a thread count (1 or more), got {t!r}")
+        if cores is not None and t > cores:
+            raise top.error(
+                "threads", f"{t} is more than this machine's {cores} cores ({device.name})"
+            )
+    values["threads"] = tuple(threads)
+    precisions = _list(top, "precision", [rt.precision])
+    for p in precisions:
+        if p not in entry.precisions:
+            raise top.error(
+                "precision",
+                f"{p!r}: {entry.label} offers {', '.join(entry.precisions)} ({device.name})",
+            )
+    values["precision"] = tuple(precisions)
+    if top.has("xnnpack") or "xnnpack" in entry.fields:
+        if "xnnpack" not in entry.fields:
+            raise top.error("xnnpack", f"only LiteRT takes this; {device.name} runs {rt.name}")
+        flags = _list(top, "xnnpack", [rt.xnnpack])
+        if any(not isinstance(f, bool) for f in flags):
+            raise top.error("xnnpack", f"expected a list of true/false, got {flags!r}")
+        values["xnnpack"] = tuple(flags)
+    if top.has("affinity"):
+        sets = _list(top, "affinity", [])
+        for s in sets:
+            ok = isinstance(s, list) and s and all(isinstance(c, int) and c >= 0 for c in s)
+            if not ok:
+                raise top.error("affinity", f"each is a list of CPU numbers, got {s!r}")
+            if cores is not None and max(s) >= cores:
+                raise top.error(
+                    "affinity", f"CPU {max(s)} does not exist here (cores 0..{cores - 1})"
+                )
+        values["affinity"] = tuple(tuple(s) for s in sets)
+    name = top.str("name", Path(path).stem)
+    return DeploymentSpace(name, source, device, values)
+
+
+def _list(top: Fields, key: str, default: list[Any]) -> list[Any]:
+    value = top.table.get(key, default)
+    if not isinstance(value, list) or not value:
+        raise top.error(key, f"expected a non-empty list of values, got {value!r}")
+    return value
