@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,46 +32,76 @@ from pipelines.argtypes import (
 from pipelines.config import DEFAULT_DB, GenerateSettings
 
 
-def _tables(args: argparse.Namespace, space) -> tuple[list, dict, dict, str]:
-    """The hardware half: its configurations, their latency (and energy) tables, the space's
-    name. An accelerator space is costed by zigzag-dse; a deployment space is profiled on
-    its device, one campaign per configuration."""
+@dataclass
+class HardwareTables:
+    """A hardware space made ready for fast exploration: its configurations (within limits),
+    their latency tables (and energy ones where modelled), the configuration a fixed-hardware
+    search would use (the device's own settings, or the space's declared default design),
+    and, for a deployment space, each configuration's device spec."""
+
+    name: str
+    kind: str
+    configs: list[Any]
+    latency: dict[str, Any]
+    energy: dict[str, Any]
+    default: str
+    specs: dict[str, Any]
+
+
+def hardware_tables(
+    hw_space: str | Path, space, db: str | Path, lpf_limit: int, progress: bool = True
+) -> HardwareTables:
+    """Load ``hw_space`` and fill its tables: an accelerator space is costed by zigzag-dse
+    (cached in ``db``); a deployment space is profiled on its device, one campaign per
+    configuration (resumable)."""
     from hurricane.latency import LatencyModel, LutPredictor
     from hurricane.lut import LutDB
     from hurricane.tomlcheck import read_toml
 
-    data = read_toml(Path(args.hw_space), "hardware space")
+    data = read_toml(Path(hw_space), "hardware space")
     kind = data.get("kind") or ("deployment" if "device" in data else "accelerator")
-    progress = not args.no_progress
-    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    Path(db).parent.mkdir(parents=True, exist_ok=True)
     latency: dict[str, Any] = {}
     energy: dict[str, Any] = {}
     if kind == "deployment":
-        from devices.deployment import load_deployment_space
+        from devices.deployment import configured, load_deployment_space
         from profilers.configurations import profile_configurations
 
-        dep = load_deployment_space(args.hw_space)
-        profile_configurations(space, dep, args.db, progress=progress)
-        configs = [c for c, _ in dep.configurations()]
-        for c in configs:
-            latency[c.name] = LatencyModel.from_db(space, args.db, c.name).predict
-        return configs, latency, energy, dep.name
+        dep = load_deployment_space(hw_space)
+        profile_configurations(space, dep, db, progress=progress)
+        pairs = dep.configurations()
+        for c, _ in pairs:
+            latency[c.name] = LatencyModel.from_db(space, db, c.name).predict
+        rt = dep.device.runtime
+        own = {"threads": rt.threads, "precision": rt.precision, "xnnpack": rt.xnnpack}
+        own["affinity"] = tuple(dep.device.affinity)
+        default = configured(dep.device, {k: own[k] for k in dep.values}).name
+        names = [c.name for c, _ in pairs]
+        return HardwareTables(
+            dep.name,
+            kind,
+            [c for c, _ in pairs],
+            latency,
+            energy,
+            default if default in names else names[0],
+            {c.name: spec for c, spec in pairs},
+        )
     if kind != "accelerator":
         raise UserError(
-            f"{args.hw_space}: kind: {kind!r}: expected 'accelerator' (a design space costed "
+            f"{hw_space}: kind: {kind!r}: expected 'accelerator' (a design space costed "
             "by zigzag-dse) or 'deployment' (configurations of a device)"
         )
     from devices.accelerator import design_json, design_tables, load_accelerator_space
     from hurricane.coexplore import HardwareConfig
 
-    hw = load_accelerator_space(args.hw_space)
-    with LutDB(args.db) as db:
+    hw = load_accelerator_space(hw_space)
+    with LutDB(db) as conn:
         for d in hw.designs():
-            lat, en = design_tables(space, d, db, args.lpf_limit, progress)
+            lat, en = design_tables(space, d, conn, lpf_limit, progress)
             latency[d.name] = LutPredictor(space, lat, d.name).predict
             energy[d.name] = LutPredictor(space, en, d.name).predict
     configs = [HardwareConfig(d.name, design_json(d), d.resources()) for d in hw.designs()]
-    return configs, latency, energy, hw.name
+    return HardwareTables(hw.name, kind, configs, latency, energy, hw.default.name, {})
 
 
 def _coexplore(args: argparse.Namespace) -> int:
@@ -81,9 +112,10 @@ def _coexplore(args: argparse.Namespace) -> int:
 
     space = load_space(args.space)
     t0 = time.perf_counter()
-    configs, latency, energy, hw_name = _tables(args, space)
+    hw = hardware_tables(args.hw_space, space, args.db, args.lpf_limit, not args.no_progress)
+    configs, hw_name = hw.configs, hw.name
     tables_s = time.perf_counter() - t0
-    explorer = FastExplorer(configs, latency, args.latency_ms, energy=energy)
+    explorer = FastExplorer(configs, hw.latency, args.latency_ms, energy=hw.energy)
     train_on = train_on_from(args)
     tcfg = TrainConfig(
         space=args.space, data=args.data, eval_limit=args.eval_limit, **train_on.fields()

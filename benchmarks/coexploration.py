@@ -1,0 +1,189 @@
+"""Co-exploration against architecture-only search, per hardware target and budget.
+
+    .venv/bin/python benchmarks/coexploration.py [--space tiny-file-or-demo]
+        [--targets HW.toml ...] [--budgets 50% 80%] [--steps 300] [--final-steps 200]
+        [--population 8] [--generations 3] [--seed 0] [--out runs/bench-coexplore]
+
+One supernet (SPOS, ``--steps``) serves every method. For each target (an accelerator design
+space or a device's deployment configurations) and budget (ms, or a percentile of the
+target's default-configuration latencies), with the same number of fitness evaluations:
+
+- ``arch_only``: the constrained evolution on the target's default configuration (the
+  device spec's own settings; the space's declared default design);
+- ``coexplore_evolution``: the evolution over (architecture, its fast-explored configuration);
+- ``coexplore_rl``: the REINFORCE controller over architecture and configuration tokens.
+
+Each best pair is trained ``--final-steps`` from its inherited weights and scored on the
+test split; its latency is measured on the device under its configuration (deployment
+targets) or modelled (accelerators, with energy). Writes
+``benchmarks/results/coexploration.json``: a list of rows with ``target``, ``budget_ms``,
+``method``, ``test_acc``, ``latency_ms``, ``energy_mj``, ``config``, ``evaluations``,
+``pruned_share`` and ``search_seconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hurricane.budgets import Budget
+from hurricane.coexplore import FastExplorer, rl_search
+from hurricane.final import train_final
+from hurricane.provenance import provenance
+from hurricane.search import EvolutionSearch
+from hurricane.space_file import load_space
+from hurricane.train import TrainConfig, train
+from hurricane.two_stage import data_for, fitness_for, load_supernet
+from pipelines.coexplore_cli import hardware_tables
+from pipelines.config import GenerateSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+TARGETS = [
+    str(ROOT / "devices" / "examples" / "deployments" / "local-litert-configs.toml"),
+    str(ROOT / "devices" / "examples" / "accelerators" / "accel-small.toml"),
+]
+
+
+def _search(space, explorer, latency, fitness, budget, args, out: Path, method: str):
+    g = GenerateSettings(population=args.population, generations=args.generations)
+    cfg = g.search_config(budget, args.seed)
+    t = time.perf_counter()
+    if method == "coexplore_rl":
+        res = rl_search(
+            space,
+            explorer,
+            fitness,
+            args.population * args.generations,
+            out / method,
+            seed=args.seed,
+        )
+        if res["best"] is None:
+            return None
+        arch, evaluations, pruned = res["best"]["arch"], res["evaluations"], res["pruned_share"]
+    else:
+        res = EvolutionSearch(space, latency, fitness, cfg, out / method).run()
+        arch, evaluations = res["best"], res["evaluated"]
+        made = res["evaluated"] + res["rejected"]
+        pruned = round(res["rejected"] / made, 4) if made else 0.0
+    return arch, evaluations, pruned, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--space", default="demo")
+    ap.add_argument("--targets", nargs="+", default=TARGETS)
+    ap.add_argument("--budgets", nargs="+", default=["50%"])
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--final-steps", type=int, default=200)
+    ap.add_argument("--population", type=int, default=8)
+    ap.add_argument("--generations", type=int, default=3)
+    ap.add_argument("--eval-limit", type=int, default=1000)
+    ap.add_argument("--lpf-limit", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="runs/bench-coexplore")
+    ap.add_argument("--result", default="coexploration.json")
+    args = ap.parse_args()
+    out = Path(args.out)
+    db = out / "lut.sqlite"
+    space = load_space(args.space)
+    cfg = TrainConfig(
+        space=args.space,
+        out=str(out / "supernet"),
+        steps=args.steps,
+        batch_size=64,
+        seed=args.seed,
+        eval_paths=0,
+        eval_limit=args.eval_limit,
+        progress=False,
+    )
+    train(cfg)
+    sup = out / "supernet" / "supernet.pt"
+    fitness = fitness_for(load_supernet(space, sup), data_for(cfg, space), cfg, args.seed)
+    rows: list[dict[str, Any]] = []
+    for target in args.targets:
+        hw = hardware_tables(target, space, db, args.lpf_limit)
+        for text in args.budgets:
+            budget = Budget.parse(text).resolve(hw.latency[hw.default], space, args.seed)
+            explorer = FastExplorer(hw.configs, hw.latency, budget, energy=hw.energy)
+            base = hw.latency[hw.default]
+            for method in ("arch_only", "coexplore_evolution", "coexplore_rl"):
+                where = out / hw.name / f"{budget:.4g}"
+                lat_fn = base if method == "arch_only" else explorer.best_latency
+                found = _search(space, explorer, lat_fn, fitness, budget, args, where, method)
+                if found is None:
+                    print(f"{hw.name} {budget:.4g} ms {method}: no pair within budget")
+                    continue
+                arch, evaluations, pruned, seconds = found
+                a = space.parse_arch(arch)
+                if method == "arch_only":
+                    config, ms = hw.default, float(base([a])[0])
+                else:
+                    tuned = explorer.tune([a])[0]
+                    config, ms = tuned.config or hw.default, tuned.latency_ms
+                energy = float(hw.energy[config]([a])[0]) if config in hw.energy else None
+                if hw.kind == "deployment":  # the device's own figure, not the table's
+                    from profilers.models import measure_archs
+
+                    row = measure_archs(space, hw.specs[config], [a], db, progress=False)[arch]
+                    ms = row.get("median_ms") or ms
+                fin = train_final(
+                    args.space,
+                    arch,
+                    where / method / "final",
+                    args.final_steps,
+                    init=sup,
+                    seed=args.seed,
+                    progress=False,
+                )
+                rows.append(
+                    {
+                        "target": hw.name,
+                        "kind": hw.kind,
+                        "budget_ms": round(budget, 6),
+                        "method": method,
+                        "arch": arch,
+                        "test_acc": round(fin["test_acc"], 4),
+                        "latency_ms": round(ms, 6),
+                        "energy_mj": None if energy is None else round(energy, 6),
+                        "config": config,
+                        "evaluations": evaluations,
+                        "pruned_share": pruned,
+                        "search_seconds": round(seconds, 1),
+                    }
+                )
+                r = rows[-1]
+                print(
+                    f"{hw.name} @ {budget:.4g} ms {method:>20}: acc {r['test_acc']:.4f} "
+                    f"{r['latency_ms']:.4g} ms on {config} (pruned {pruned:.0%}, "
+                    f"{evaluations} evaluated, {r['search_seconds']} s)",
+                    flush=True,
+                )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / args.result
+    meta = {
+        "space": args.space,
+        "steps": args.steps,
+        "final_steps": args.final_steps,
+        "provenance": provenance(),
+    }
+    body = [{**r, **meta} for r in rows]
+    path.write_text(json.dumps(body, indent=1) + "\n")
+    best: dict[tuple[str, float], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        best.setdefault((r["target"], r["budget_ms"]), {})[r["method"]] = r
+    for (t, b), m in best.items():
+        if "arch_only" in m and "coexplore_evolution" in m:
+            ratio = m["arch_only"]["latency_ms"] / max(1e-9, m["coexplore_evolution"]["latency_ms"])
+            print(f"{t} @ {b:.4g} ms: arch-only / co-exploration latency {ratio:.2f}x")
+    pruned = np.mean([r["pruned_share"] for r in rows]) if rows else 0.0
+    print(f"wrote {path} ({len(rows)} rows); mean pruned share {pruned:.0%}")
+
+
+if __name__ == "__main__":
+    main()
