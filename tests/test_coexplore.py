@@ -180,7 +180,7 @@ def test_coexplore_cli_names_both_halves(mini_supernet, tmp_path: Path, strategy
     assert main([*args, "--latency-ms", "0.2"]) == 0
     res = json.loads((out / "result.json").read_text())
     assert res["hardware"]["pe_rows"] * res["hardware"]["pe_cols"] <= 64
-    assert res["hardware"]["name"].startswith("pe") and res["designs"] == 3
+    assert res["hardware"]["name"].startswith("pe") and res["configurations"] == 3
     assert 0 < res["latency_ms"] <= 0.2 and res["energy_mj"] > 0
     assert 0 <= res["pruned_share"] <= 1 and res["evaluations"] >= 1
     assert res["arch"] in capsys.readouterr().out
