@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hurricane.budgets import Budget
-from hurricane.coexplore import FastExplorer, rl_search
+from hurricane.coexplore import STRATEGIES, FastExplorer
 from hurricane.final import train_final
 from hurricane.provenance import provenance
-from hurricane.search import EvolutionSearch
 from hurricane.space_file import load_space
 from hurricane.train import TrainConfig, train
 from hurricane.two_stage import data_for, fitness_for, load_supernet
@@ -43,35 +41,17 @@ from pipelines.coexplore_cli import hardware_tables
 from pipelines.config import GenerateSettings
 
 ROOT = Path(__file__).resolve().parents[1]
+# (method, slow exploration, searched on the default configuration's table alone)
+METHODS = (
+    ("arch_only", "evolution", True),
+    ("coexplore_evolution", "evolution", False),
+    ("coexplore_rl", "rl", False),
+)
 RESULTS = ROOT / "benchmarks" / "results"
 TARGETS = [
     str(ROOT / "devices" / "examples" / "deployments" / "local-litert-configs.toml"),
     str(ROOT / "devices" / "examples" / "accelerators" / "accel-small.toml"),
 ]
-
-
-def _search(space, explorer, latency, fitness, budget, args, out: Path, method: str):
-    g = GenerateSettings(population=args.population, generations=args.generations)
-    cfg = g.search_config(budget, args.seed)
-    t = time.perf_counter()
-    if method == "coexplore_rl":
-        res = rl_search(
-            space,
-            explorer,
-            fitness,
-            args.population * args.generations,
-            out / method,
-            seed=args.seed,
-        )
-        if res["best"] is None:
-            return None
-        arch, evaluations, pruned = res["best"]["arch"], res["evaluations"], res["pruned_share"]
-    else:
-        res = EvolutionSearch(space, latency, fitness, cfg, out / method).run()
-        arch, evaluations = res["best"], res["evaluated"]
-        made = res["evaluated"] + res["rejected"]
-        pruned = round(res["rejected"] / made, 4) if made else 0.0
-    return arch, evaluations, pruned, time.perf_counter() - t
 
 
 def main() -> None:
@@ -112,14 +92,18 @@ def main() -> None:
             budget = Budget.parse(text).resolve(hw.latency[hw.default], space, args.seed)
             explorer = FastExplorer(hw.configs, hw.latency, budget, energy=hw.energy)
             base = hw.latency[hw.default]
-            for method in ("arch_only", "coexplore_evolution", "coexplore_rl"):
+            g = GenerateSettings(population=args.population, generations=args.generations)
+            search = g.search_config(budget, args.seed)
+            for method, strategy, fixed in METHODS:
                 where = out / hw.name / f"{budget:.4g}"
-                lat_fn = base if method == "arch_only" else explorer.best_latency
-                found = _search(space, explorer, lat_fn, fitness, budget, args, where, method)
+                found = STRATEGIES[strategy](
+                    space, explorer, fitness, search, where / method, base if fixed else None
+                )
                 if found is None:
                     print(f"{hw.name} {budget:.4g} ms {method}: no pair within budget")
                     continue
-                arch, evaluations, pruned, seconds = found
+                arch, evaluations = found.arch, found.evaluations
+                pruned, seconds = found.pruned_share, found.seconds
                 a = space.parse_arch(arch)
                 if method == "arch_only":
                     config, ms = hw.default, float(base([a])[0])

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from torch import nn
 
 from hurricane.arch import Arch
 from hurricane.errors import UserError
+from hurricane.search import EvolutionSearch, SearchConfig
 from hurricane.space import SearchSpace
 
 Latency = Callable[[Sequence[Arch]], np.ndarray]
@@ -324,3 +326,71 @@ def rl_search(
         if done
         else math.nan,
     }
+
+
+@dataclass
+class PairResult:
+    """A slow exploration's best pair (its hardware half as fast exploration tunes it)."""
+
+    arch: str
+    fitness: float
+    evaluations: int
+    pruned_share: float
+    seconds: float
+
+
+def evolve_pairs(
+    space: SearchSpace,
+    explorer: FastExplorer,
+    fitness: Callable[[Arch], float],
+    cfg: SearchConfig,
+    out: str | Path | None = None,
+    latency: Latency | None = None,
+    a: float = 1.0,
+) -> PairResult | None:
+    """The constrained evolution over architectures, each with its best configuration
+    (``latency``: search one fixed configuration's table instead, as architecture-only
+    search does). The pruned share counts candidates made and dropped before evaluation.
+    It ranks by accuracy within the budget, so the reward weight ``a`` has no part in it."""
+    t = time.perf_counter()
+    res = EvolutionSearch(space, latency or explorer.best_latency, fitness, cfg, out).run()
+    made = res["evaluated"] + res["rejected"]
+    pruned = round(res["rejected"] / made, 4) if made else 0.0
+    return PairResult(
+        res["best"], res["fitness"], res["evaluated"], pruned, time.perf_counter() - t
+    )
+
+
+def reinforce_pairs(
+    space: SearchSpace,
+    explorer: FastExplorer,
+    fitness: Callable[[Arch], float],
+    cfg: SearchConfig,
+    out: str | Path | None = None,
+    latency: Latency | None = None,
+    a: float = 0.8,
+) -> PairResult | None:
+    """The controller over as many episodes as the evolution makes candidates
+    (population x generations); None when no episode found a pair within budget."""
+    if latency is not None:
+        raise UserError("the controller chooses the configuration: it takes no fixed table")
+    t = time.perf_counter()
+    episodes = cfg.population * cfg.generations
+    res = rl_search(space, explorer, fitness, episodes, out, seed=cfg.seed, a=a)
+    if res["best"] is None:
+        return None
+    best = res["best"]
+    return PairResult(
+        best["arch"],
+        best["fitness"],
+        res["evaluations"],
+        res["pruned_share"],
+        time.perf_counter() - t,
+    )
+
+
+# The slow explorations, by the name ``--strategy`` gives them.
+STRATEGIES: dict[str, Callable[..., PairResult | None]] = {
+    "evolution": evolve_pairs,
+    "rl": reinforce_pairs,
+}

@@ -105,8 +105,7 @@ def hardware_tables(
 
 
 def _coexplore(args: argparse.Namespace) -> int:
-    from hurricane.coexplore import FastExplorer, rl_search
-    from hurricane.search import EvolutionSearch
+    from hurricane.coexplore import STRATEGIES, FastExplorer
     from hurricane.space_file import load_space
     from hurricane.two_stage import data_for, fitness_for, load_supernet
 
@@ -124,25 +123,20 @@ def _coexplore(args: argparse.Namespace) -> int:
     net = load_supernet(space, pt / "supernet.pt" if pt.is_dir() else pt)
     fitness = fitness_for(net, data_for(tcfg, space), tcfg, args.seed)
     out = Path(args.out)
-    t1 = time.perf_counter()
-    if args.strategy == "rl":
-        episodes = args.episodes or args.population * args.generations
-        res = rl_search(space, explorer, fitness, episodes, out / "rl", seed=args.seed, a=args.a)
-        if res["best"] is None:
-            raise UserError(
-                f"no pair within {args.latency_ms:g} ms in {episodes} episodes; raise "
-                "--latency-ms or --episodes"
-            )
-        arch, fit = res["best"]["arch"], res["best"]["fitness"]
-        evaluations, pruned = res["evaluations"], res["pruned_share"]
-    else:
-        g = GenerateSettings(population=args.population, generations=args.generations)
-        cfg = g.search_config(args.latency_ms, args.seed)
-        res = EvolutionSearch(space, explorer.best_latency, fitness, cfg, out / "search").run()
-        arch, fit = res["best"], res["fitness"]
-        evaluations = res["evaluated"]
-        made = res["evaluated"] + res["rejected"]
-        pruned = round(res["rejected"] / made, 4) if made else 0.0
+    g = GenerateSettings(population=args.population, generations=args.generations)
+    cfg = g.search_config(args.latency_ms, args.seed)
+    found = STRATEGIES[args.strategy](space, explorer, fitness, cfg, out / args.strategy, a=args.a)
+    if found is None:
+        raise UserError(
+            f"no pair within {args.latency_ms:g} ms in {args.population * args.generations} "
+            "episodes; raise --latency-ms, --population or --generations"
+        )
+    arch, fit, evaluations, pruned = (
+        found.arch,
+        found.fitness,
+        found.evaluations,
+        found.pruned_share,
+    )
     tuned = explorer.tune([space.parse_arch(arch)])[0]
     design = next(c for c in configs if c.name == tuned.config)
     result = {
@@ -162,7 +156,7 @@ def _coexplore(args: argparse.Namespace) -> int:
         "pruned_share": pruned,
         "configurations": len(configs),
         "tables_seconds": round(tables_s, 1),
-        "search_seconds": round(time.perf_counter() - t1, 1),
+        "search_seconds": round(found.seconds, 1),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(result, indent=1))
@@ -178,6 +172,7 @@ def _coexplore(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     from devices.accelerator import DEFAULT_LPF_LIMIT
+    from hurricane.coexplore import STRATEGIES
 
     d = GenerateSettings()
     c = sub.add_parser(
@@ -193,18 +188,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--latency-ms", type=positive_finite_float, required=True)
     c.add_argument("--supernet", required=True, help="trained run folder or supernet.pt")
-    c.add_argument("--strategy", choices=("evolution", "rl"), default="evolution")
+    c.add_argument("--strategy", choices=list(STRATEGIES), default="evolution")
     c.add_argument("--data", default=TrainConfig.data)
     c.add_argument("--db", default=DEFAULT_DB, help="LUT database (default: %(default)s)")
     c.add_argument("--out", default="runs/coexplore")
     c.add_argument("--population", type=positive_int, default=d.population)
     c.add_argument("--generations", type=positive_int, default=d.generations)
-    c.add_argument(
-        "--episodes",
-        type=nonnegative_int,
-        default=0,
-        help="controller episodes (rl; default: population x generations)",
-    )
     c.add_argument(
         "--a",
         type=finite_float(0.0, 1.0),
