@@ -28,7 +28,7 @@ from hurricane.errors import UserError
 from hurricane.lut import LutDB
 from hurricane.lutkeys import OpInstance, PairInstance
 from hurricane.space import SearchSpace
-from hurricane.tomlcheck import ConfigError, Fields, read_toml
+from hurricane.tomlcheck import ConfigError, Fields, dumps_toml, read_toml
 
 # Bump when the YAML a design becomes, or how figures are read back, changes: cached rows of
 # another version are evaluated again.
@@ -495,3 +495,17 @@ def design_tables(
         figures = evaluate_layer(inst, design, lpf_limit, db)
         latency[inst.key], energy[inst.key] = figures["latency_ms"], figures["energy_mj"]
     return latency, energy
+
+
+def write_design_files(design: AcceleratorDesign, out: Path) -> list[Path]:
+    """The chosen design as a user keeps it: ``hardware.toml`` (its knobs and resources)
+    and ``accelerator.yaml`` (the description zigzag-dse evaluated)."""
+    import yaml
+
+    out.mkdir(parents=True, exist_ok=True)
+    toml_path, yaml_path = out / "hardware.toml", out / "accelerator.yaml"
+    body = {"name": design.name, "kind": "accelerator", **asdict(design)}
+    body["resources"] = design.resources()
+    toml_path.write_text(dumps_toml(body, f"accelerator design {design.name}"))
+    yaml_path.write_text(yaml.safe_dump(accelerator_yaml(design), sort_keys=False))
+    return [toml_path, yaml_path]

@@ -15,12 +15,13 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from devices.spec import DeviceSpec, builtin_devices, load_device
 from hurricane.coexplore import HardwareConfig
-from hurricane.tomlcheck import ConfigError, Fields, read_toml
+from hurricane.tomlcheck import ConfigError, Fields, dumps_toml, read_toml
 
 KNOBS = ("threads", "precision", "xnnpack", "affinity")
 
@@ -134,3 +135,24 @@ def _list(top: Fields, key: str, default: list[Any]) -> list[Any]:
     if not isinstance(value, list) or not value:
         raise top.error(key, f"expected a non-empty list of values, got {value!r}")
     return value
+
+
+def spec_toml(space: DeploymentSpace, knobs: dict[str, Any]) -> str:
+    """A ready device spec for one configuration: the device's own spec file with the
+    knobs set, loadable by ``load_device`` and ``--device``."""
+    device = space.device
+    path = Path(device.source)
+    if not path.is_file():  # a shipped example, named
+        path = Path(str(resources.files("devices") / "examples" / device.source))
+    data = read_toml(path, "device spec")
+    spec = configured(device, knobs)
+    data["name"] = spec.name
+    data["description"] = spec.description
+    runtime = data.setdefault("runtime", {})
+    runtime["threads"], runtime["precision"] = spec.runtime.threads, spec.runtime.precision
+    if "xnnpack" in device.runtime.entry.fields:
+        runtime["xnnpack"] = spec.runtime.xnnpack
+    if spec.affinity:
+        data["affinity"] = list(spec.affinity)
+    head = f"{spec.name}: configuration {config_label(knobs)} of {device.name} ({space.source})"
+    return dumps_toml(data, head + "\nchosen by hurricane coexplore")

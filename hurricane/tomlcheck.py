@@ -30,6 +30,36 @@ def loads_toml(
         raise error_type(f"{source}: not valid TOML: {exc}") from None
 
 
+def dumps_toml(data: dict[str, Any], header: str = "") -> str:
+    """A TOML document for ``data`` (strings, numbers, booleans, lists of them, nested tables)
+    that ``tomllib`` reads back equal: what Hurricane writes for a user to keep and edit (a
+    ready device spec, an accelerator design). tomllib only reads; the writer is small."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    def table(d: dict[str, Any], path: str, out: list[str]) -> None:
+        scalars = {k: v for k, v in d.items() if not isinstance(v, dict) and v is not None}
+        if path:
+            out.append(f"\n[{path}]")
+        out.extend(f"{k} = {value(v)}" for k, v in scalars.items())
+        for k, v in d.items():
+            if isinstance(v, dict):
+                table(v, f"{path}.{k}" if path else k, out)
+
+    lines = [f"# {line}" for line in header.splitlines()]
+    table(data, "", lines)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
 def read_toml(
     path: str | Path, what: str = "file", error_type: type[ConfigError] = ConfigError
 ) -> dict[str, Any]:

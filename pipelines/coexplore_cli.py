@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ class HardwareTables:
     energy: dict[str, Any]
     default: str
     specs: dict[str, Any]
+    # Writes a configuration's files into a folder (a ready device spec; a design's
+    # description and zigzag's accelerator file); their paths.
+    write_files: Callable[[str, Path], list[Path]]
 
 
 def hardware_tables(
@@ -64,7 +68,7 @@ def hardware_tables(
     latency: dict[str, Any] = {}
     energy: dict[str, Any] = {}
     if kind == "deployment":
-        from devices.deployment import configured, load_deployment_space
+        from devices.deployment import configured, load_deployment_space, spec_toml
         from profilers.configurations import profile_configurations
 
         dep = load_deployment_space(hw_space)
@@ -77,6 +81,14 @@ def hardware_tables(
         own["affinity"] = tuple(dep.device.affinity)
         default = configured(dep.device, {k: own[k] for k in dep.values}).name
         names = [c.name for c, _ in pairs]
+        knobs = {c.name: {k: v for k, v in c.knobs.items() if k != "device"} for c, _ in pairs}
+
+        def write_spec(name: str, folder: Path) -> list[Path]:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / "hardware.toml"
+            path.write_text(spec_toml(dep, knobs[name]))
+            return [path]
+
         return HardwareTables(
             dep.name,
             kind,
@@ -85,13 +97,19 @@ def hardware_tables(
             energy,
             default if default in names else names[0],
             {c.name: spec for c, spec in pairs},
+            write_spec,
         )
     if kind != "accelerator":
         raise UserError(
             f"{hw_space}: kind: {kind!r}: expected 'accelerator' (a design space costed "
             "by zigzag-dse) or 'deployment' (configurations of a device)"
         )
-    from devices.accelerator import design_json, design_tables, load_accelerator_space
+    from devices.accelerator import (
+        design_json,
+        design_tables,
+        load_accelerator_space,
+        write_design_files,
+    )
     from hurricane.coexplore import HardwareConfig
 
     hw = load_accelerator_space(hw_space)
@@ -101,7 +119,17 @@ def hardware_tables(
             latency[d.name] = LutPredictor(space, lat, d.name).predict
             energy[d.name] = LutPredictor(space, en, d.name).predict
     configs = [HardwareConfig(d.name, design_json(d), d.resources()) for d in hw.designs()]
-    return HardwareTables(hw.name, kind, configs, latency, energy, hw.default.name, {})
+    designs = {d.name: d for d in hw.designs()}
+    return HardwareTables(
+        hw.name,
+        kind,
+        configs,
+        latency,
+        energy,
+        hw.default.name,
+        {},
+        lambda name, folder: write_design_files(designs[name], folder),
+    )
 
 
 def _coexplore(args: argparse.Namespace) -> int:
@@ -159,13 +187,14 @@ def _coexplore(args: argparse.Namespace) -> int:
         "search_seconds": round(found.seconds, 1),
     }
     out.mkdir(parents=True, exist_ok=True)
+    result["hardware_files"] = [str(p) for p in hw.write_files(design.name, out)]
     (out / "result.json").write_text(json.dumps(result, indent=1))
     mj = "" if tuned.energy_mj is None else f", {tuned.energy_mj:.4g} mJ"
     print(
         f"best pair: {arch} on {design.name}: validation accuracy {fit:.4f}, "
         f"{tuned.latency_ms:.4g} ms{mj} (budget {args.latency_ms:g} ms); "
         f"{evaluations} evaluated, {pruned:.0%} of the pairs made pruned before evaluation; "
-        f"{out / 'result.json'}"
+        f"{out / 'result.json'}; hardware: {', '.join(result['hardware_files'])}"
     )
     return 0
 

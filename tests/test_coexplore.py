@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,10 @@ def test_coexplore_cli_names_both_halves(mini_supernet, tmp_path: Path, strategy
     assert 0 < res["latency_ms"] <= 0.2 and res["energy_mj"] > 0
     assert 0 <= res["pruned_share"] <= 1 and res["evaluations"] >= 1
     assert res["arch"] in capsys.readouterr().out
+    design = tomllib.loads((out / "hardware.toml").read_text())
+    assert design["name"] == res["hardware"]["name"] and design["kind"] == "accelerator"
+    assert design["pe_rows"] == res["hardware"]["pe_rows"]
+    assert "memories" in (out / "accelerator.yaml").read_text()
     with sqlite3.connect(db) as conn:  # every (instance, design) costed once, and kept
         assert conn.execute("SELECT COUNT(*) FROM accel_entries").fetchone()[0] >= 3 * 5
 

@@ -74,6 +74,16 @@ def test_every_combination_is_a_device_of_its_own(tmp_path: Path) -> None:
         "xnnpack": False,
     }
     assert spec.runtime.agent_options()["xnnpack"] is False
+    # The ready spec of a configuration of a shipped example loads back as that device.
+    from devices.deployment import spec_toml
+    from devices.spec import load_device
+
+    ready = write(
+        tmp_path, "ready.toml", spec_toml(dep, dict(threads=2, precision="fp32", xnnpack=False))
+    )
+    back = load_device(ready)
+    assert back.name == spec.name and back.runtime == spec.runtime
+    assert back.measure == spec.measure and back.kind == spec.kind
 
 
 def test_the_configuration_campaign_over_ssh(tmp_path: Path) -> None:
@@ -144,3 +154,11 @@ def test_coexplore_over_deployment_configurations(tmp_path: Path, capsys) -> Non
     assert res["hardware"]["threads"] in (1, 2) and res["energy_mj"] is None
     assert res["configurations"] == 2 and res["latency_ms"] <= 10
     assert res["hardware"]["config"] in capsys.readouterr().out
+    # A ready device spec for the chosen configuration: it loads, named and set as chosen.
+    from devices.spec import load_device
+
+    ready = load_device(out / "hardware.toml")
+    assert res["hardware_files"] == [str(out / "hardware.toml")]
+    assert ready.name == res["hardware"]["config"]
+    assert ready.runtime.threads == res["hardware"]["threads"]
+    assert ready.runtime.name == "onnxruntime" and ready.measure.rounds == 3
