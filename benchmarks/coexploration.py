@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, default=1000)
     ap.add_argument("--lpf-limit", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tune", default="fastest", help="fast exploration's rule (TUNE_RULES)")
     ap.add_argument("--out", default="runs/bench-coexplore")
     ap.add_argument("--result", default="coexploration.json")
     args = ap.parse_args()
@@ -90,7 +91,9 @@ def main() -> None:
         hw = hardware_tables(target, space, db, args.lpf_limit)
         for text in args.budgets:
             budget = Budget.parse(text).resolve(hw.latency[hw.default], space, args.seed)
-            explorer = FastExplorer(hw.configs, hw.latency, budget, energy=hw.energy)
+            explorer = FastExplorer(
+                hw.configs, hw.latency, budget, energy=hw.energy, rule=args.tune
+            )
             base = hw.latency[hw.default]
             g = GenerateSettings(population=args.population, generations=args.generations)
             search = g.search_config(budget, args.seed)

@@ -71,10 +71,35 @@ class Tuned:
         return self.config is not None
 
 
+def _fastest(lat: np.ndarray, energy: np.ndarray | None, cost: np.ndarray) -> int:
+    return int(np.argmin(lat))
+
+
+def _least_energy(lat: np.ndarray, energy: np.ndarray | None, cost: np.ndarray) -> int:
+    if energy is None:
+        raise UserError("--tune least-energy needs energy tables (an accelerator space)")
+    return int(np.argmin(energy))
+
+
+def _fewest_resources(lat: np.ndarray, energy: np.ndarray | None, cost: np.ndarray) -> int:
+    return int(np.lexsort((lat, cost))[0])  # the cheapest; ties: the faster
+
+
+# How fast exploration picks among the configurations that meet the budget (each gets the
+# candidates' latencies, energies or None, and resource costs; it returns an index). The
+# paper tunes the design to meet the specification; which of those it keeps is ours.
+TUNE_RULES: dict[str, Callable[[np.ndarray, np.ndarray | None, np.ndarray], int]] = {
+    "fastest": _fastest,
+    "least-energy": _least_energy,
+    "fewest-resources": _fewest_resources,
+}
+
+
 class FastExplorer:
     """Tunes configurations for architectures from per-configuration latency tables
     (``latency[config name]``: a vectorised predictor, e.g. ``LatencyModel.predict``) and,
-    where modelled, energy tables; counts what it prunes."""
+    where modelled, energy tables; counts what it prunes. Among the configurations that
+    meet the budget, ``rule`` (``TUNE_RULES``) picks the one a pair takes."""
 
     def __init__(
         self,
@@ -83,7 +108,11 @@ class FastExplorer:
         budget_ms: float,
         limits: Mapping[str, float] | None = None,
         energy: Mapping[str, Latency] | None = None,
+        rule: str = "fastest",
     ) -> None:
+        if rule not in TUNE_RULES:
+            raise UserError(f"tuning rule {rule!r}: expected one of {', '.join(TUNE_RULES)}")
+        self.rule = TUNE_RULES[rule]
         self.limits = dict(limits or {})
         self.all = list(configs)
         self.configs = [c for c in self.all if c.within(self.limits)]
@@ -96,6 +125,13 @@ class FastExplorer:
         if missing:
             raise UserError(f"no latency table for configuration(s) {', '.join(missing)}")
         self.latency, self.energy, self.budget_ms = latency, energy or {}, budget_ms
+        # One number per configuration for "fewest resources": its resources summed, each
+        # relative to the largest value of that resource among the configurations.
+        keys = sorted({k for c in self.configs for k in c.resources})
+        peak = {k: max(c.resources.get(k, 0.0) for c in self.configs) or 1.0 for k in keys}
+        self.cost = np.array(
+            [sum(c.resources.get(k, 0.0) / peak[k] for k in keys) for c in self.configs]
+        )
         self.tuned = 0
         self.pruned = 0
 
@@ -108,16 +144,26 @@ class FastExplorer:
         if not archs:
             return []
         lat = self.table(archs)
+        modelled = all(c.name in self.energy for c in self.configs)
+        en = (
+            np.stack([self.energy[c.name](archs) for c in self.configs], axis=1)
+            if modelled
+            else None
+        )
         out = []
         for i, a in enumerate(archs):
-            j = int(np.argmin(lat[i]))  # configs are in declared order: ties keep the first
-            best, cfg = float(lat[i, j]), self.configs[j]
-            energy = float(self.energy[cfg.name]([a])[0]) if cfg.name in self.energy else None
-            if best > self.budget_ms:
-                out.append(Tuned(str(a), None, best, energy, f"{best:.4g} ms on {cfg.name}"))
+            fits = np.flatnonzero(lat[i] <= self.budget_ms)  # declared order: ties keep the first
+            if len(fits) == 0:
+                j = int(np.argmin(lat[i]))
+                best, cfg = float(lat[i, j]), self.configs[j]
+                e = None if en is None else float(en[i, j])
+                out.append(Tuned(str(a), None, best, e, f"{best:.4g} ms on {cfg.name}"))
                 self.pruned += 1
             else:
-                out.append(Tuned(str(a), cfg.name, best, energy))
+                k = self.rule(lat[i, fits], None if en is None else en[i, fits], self.cost[fits])
+                j = int(fits[k])
+                e = None if en is None else float(en[i, j])
+                out.append(Tuned(str(a), self.configs[j].name, float(lat[i, j]), e))
             self.tuned += 1
         return out
 

@@ -142,7 +142,7 @@ def _coexplore(args: argparse.Namespace) -> int:
     hw = hardware_tables(args.hw_space, space, args.db, args.lpf_limit, not args.no_progress)
     configs, hw_name = hw.configs, hw.name
     tables_s = time.perf_counter() - t0
-    explorer = FastExplorer(configs, hw.latency, args.latency_ms, energy=hw.energy)
+    explorer = FastExplorer(configs, hw.latency, args.latency_ms, energy=hw.energy, rule=args.tune)
     train_on = train_on_from(args)
     tcfg = TrainConfig(
         space=args.space, data=args.data, eval_limit=args.eval_limit, **train_on.fields()
@@ -180,6 +180,7 @@ def _coexplore(args: argparse.Namespace) -> int:
         "energy_mj": tuned.energy_mj,
         "budget_ms": args.latency_ms,
         "strategy": args.strategy,
+        "tune": args.tune,
         "evaluations": evaluations,
         "pruned_share": pruned,
         "configurations": len(configs),
@@ -201,7 +202,7 @@ def _coexplore(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     from devices.accelerator import DEFAULT_LPF_LIMIT
-    from hurricane.coexplore import STRATEGIES
+    from hurricane.coexplore import STRATEGIES, TUNE_RULES
 
     d = GenerateSettings()
     c = sub.add_parser(
@@ -218,6 +219,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--latency-ms", type=positive_finite_float, required=True)
     c.add_argument("--supernet", required=True, help="trained run folder or supernet.pt")
     c.add_argument("--strategy", choices=list(STRATEGIES), default="evolution")
+    c.add_argument(
+        "--tune",
+        choices=list(TUNE_RULES),
+        default="fastest",
+        help="which configuration that meets the budget a pair takes (default: %(default)s)",
+    )
     c.add_argument("--data", default=TrainConfig.data)
     c.add_argument("--db", default=DEFAULT_DB, help="LUT database (default: %(default)s)")
     c.add_argument("--out", default="runs/coexplore")

@@ -202,3 +202,26 @@ def test_coexplore_refuses_a_hardware_space_it_does_not_know(tmp_path: Path, cap
     assert main([*args, "--latency-ms", "1"]) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "kind: 'fpga-farm': expected 'accelerator'" in err
+
+
+def test_the_tuning_rule_picks_among_the_configurations_that_fit() -> None:
+    """Three designs: the fastest uses the most energy and resources. Within a budget the
+    two fastest meet, each rule keeps its own; the pruning does not depend on the rule."""
+    space = load_space(TINY)
+    arch = [space.default_arch()]
+    scale = {"big": (1.0, 3.0, 4), "mid": (2.0, 2.0, 2), "small": (3.0, 1.0, 1)}
+    configs = [HardwareConfig(n, {}, {"pes": p}) for n, (_, _, p) in scale.items()]
+    latency = {n: (lambda a, k=k: np.full(len(a), k)) for n, (k, _, _) in scale.items()}
+    energy = {n: (lambda a, k=k: np.full(len(a), k)) for n, (_, k, _) in scale.items()}
+    picked = {}
+    for rule in ("fastest", "least-energy", "fewest-resources"):
+        explorer = FastExplorer(configs, latency, 2.5, energy=energy, rule=rule)
+        picked[rule] = explorer.tune(arch)[0].config
+        assert (
+            not FastExplorer(configs, latency, 0.5, energy=energy, rule=rule).tune(arch)[0].feasible
+        )
+    assert picked == {"fastest": "big", "least-energy": "mid", "fewest-resources": "mid"}
+    with pytest.raises(UserError, match="least-energy needs energy tables"):
+        FastExplorer(configs, latency, 2.5, rule="least-energy").tune(arch)
+    with pytest.raises(UserError, match="tuning rule 'cheapest'"):
+        FastExplorer(configs, latency, 2.5, rule="cheapest")
