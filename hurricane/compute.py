@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -247,13 +247,3 @@ def share(items: list[T], fn: Callable[[T], Any]) -> list[Any]:
         for i, value in part:
             out[i] = value
     return out
-
-
-@contextlib.contextmanager
-def quiet_unless_main() -> Iterator[None]:
-    """Progress bars and prints only on rank 0."""
-    if is_main():
-        yield
-        return
-    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
-        yield

@@ -23,7 +23,6 @@ from hurricane.coexplore import (
     HardwareConfig,
     JointTokens,
     Reinforce,
-    Tuned,
     reward,
     rl_search,
 )
@@ -108,8 +107,7 @@ def test_rl_search_prunes_without_evaluating_and_resumes(tables, tmp_path: Path)
     calls: list[str] = []
 
     def fitness(arch) -> float:
-        t = Tuned(str(arch), "x", 0.0)
-        assert t.feasible and min(latency[c.name]([arch])[0] for c in CONFIGS[:2]) <= budget
+        assert min(latency[c.name]([arch])[0] for c in CONFIGS[:2]) <= budget  # never pruned
         calls.append(str(arch))
         return (sum(map(ord, str(arch))) % 97) / 97
 
