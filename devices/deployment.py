@@ -1,13 +1,13 @@
 """Deployment configurations of a real device: the knobs that change latency, not the network.
 
 A deployment space names a device spec and lists values per knob: ``threads``, ``precision``
-(among what the runtime produces), ``xnnpack`` (LiteRT) and ``affinity`` (CPU sets). Every
+(among what the runtime produces), ``xnnpack`` (LiteRT), ``hint`` and ``streams`` (OpenVINO's
+performance hint and stream count) and ``affinity`` (CPU sets). Every
 combination is a configuration, and each becomes a device spec of its own, named
 ``DEVICE.CONFIG`` (``local-litert.t2-fp32-xnn1``). So the campaign profiles it as it profiles
 any device (one LUT table per (device, configuration), the same engine, resume and progress),
 and artifacts that do not depend on the knob (threads, XNNPACK, affinity) are converted once
-and shared through the artifact cache. OpenVINO's performance hint and streams are not knobs
-yet: the agent does not take them.
+and shared through the artifact cache.
 """
 
 from __future__ import annotations
@@ -19,11 +19,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from devices.spec import DeviceSpec, builtin_devices, load_device
+from devices.runtimes import REGISTRY
+from devices.spec import OPENVINO_HINTS, DeviceSpec, builtin_devices, load_device
 from hurricane.coexplore import HardwareConfig
 from hurricane.tomlcheck import ConfigError, Fields, dumps_toml, read_toml
 
-KNOBS = ("threads", "precision", "xnnpack", "affinity")
+KNOBS = ("threads", "precision", "xnnpack", "hint", "streams", "affinity")
+# Knobs one runtime alone takes: a [runtime] field of that name (devices/runtimes.py).
+RUNTIME_KNOBS = ("xnnpack", "hint", "streams")
 
 
 class DeploymentSpaceError(ConfigError):
@@ -48,11 +51,25 @@ class DeploymentSpace:
             out.append((HardwareConfig(spec.name, {"device": self.device.name, **knobs}), spec))
         return out
 
+    def own_config(self) -> str:
+        """The configuration the device spec itself sets (what a fixed-hardware search runs
+        on); the first one when the space does not list those values."""
+        rt = self.device.runtime
+        own = {k: getattr(rt, k) for k in ("threads", "precision", *RUNTIME_KNOBS)}
+        own["affinity"] = tuple(self.device.affinity)
+        name = configured(self.device, {k: own[k] for k in self.values}).name
+        names = [c.name for c, _ in self.configurations()]
+        return name if name in names else names[0]
+
 
 def config_label(knobs: dict[str, Any]) -> str:
     parts = [f"t{knobs['threads']}", str(knobs["precision"])]
     if "xnnpack" in knobs:
         parts.append(f"xnn{int(knobs['xnnpack'])}")
+    if "hint" in knobs:
+        parts.append(str(knobs["hint"]).lower().replace("_", ""))
+    if "streams" in knobs:
+        parts.append(f"s{knobs['streams']}")
     if knobs.get("affinity"):
         parts.append("cpu" + "_".join(map(str, knobs["affinity"])))
     return "-".join(parts)
@@ -66,6 +83,8 @@ def configured(device: DeviceSpec, knobs: dict[str, Any]) -> DeviceSpec:
         threads=knobs.get("threads", rt.threads),
         precision=knobs.get("precision", rt.precision),
         xnnpack=knobs.get("xnnpack", rt.xnnpack),
+        hint=knobs.get("hint", rt.hint),
+        streams=knobs.get("streams", rt.streams),
     )
     affinity = tuple(knobs.get("affinity", device.affinity))
     return replace(
@@ -108,13 +127,13 @@ def load_deployment_space(path: str | Path) -> DeploymentSpace:
                 f"{p!r}: {entry.label} offers {', '.join(entry.precisions)} ({device.name})",
             )
     values["precision"] = tuple(precisions)
-    if top.has("xnnpack") or "xnnpack" in entry.fields:
-        if "xnnpack" not in entry.fields:
-            raise top.error("xnnpack", f"only LiteRT takes this; {device.name} runs {rt.name}")
-        flags = _list(top, "xnnpack", [rt.xnnpack])
-        if any(not isinstance(f, bool) for f in flags):
-            raise top.error("xnnpack", f"expected a list of true/false, got {flags!r}")
-        values["xnnpack"] = tuple(flags)
+    for knob in RUNTIME_KNOBS:
+        if not top.has(knob):
+            continue
+        if knob not in entry.fields:
+            takes = " and ".join(r.label for r in REGISTRY.values() if knob in r.fields)
+            raise top.error(knob, f"only {takes} takes this; {device.name} runs {rt.name}")
+        values[knob] = tuple(_runtime_knob(top, knob, cores, device.name))
     if top.has("affinity"):
         sets = _list(top, "affinity", [])
         for s in sets:
@@ -128,6 +147,23 @@ def load_deployment_space(path: str | Path) -> DeploymentSpace:
         values["affinity"] = tuple(tuple(s) for s in sets)
     name = top.str("name", Path(path).stem)
     return DeploymentSpace(name, source, device, values)
+
+
+def _runtime_knob(top: Fields, knob: str, cores: int | None, device: str) -> list[Any]:
+    values = _list(top, knob, [])
+    if knob == "xnnpack" and any(not isinstance(v, bool) for v in values):
+        raise top.error(knob, f"expected a list of true/false, got {values!r}")
+    if knob == "hint":
+        bad = [v for v in values if v not in OPENVINO_HINTS]
+        if bad:
+            raise top.error(knob, f"{bad[0]!r}: OpenVINO's hints are {', '.join(OPENVINO_HINTS)}")
+    if knob == "streams":
+        for v in values:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise top.error(knob, f"each is a stream count (1 or more), got {v!r}")
+            if cores is not None and v > cores:
+                raise top.error(knob, f"{v} streams is more than this machine's {cores} cores")
+    return values
 
 
 def _list(top: Fields, key: str, default: list[Any]) -> list[Any]:
@@ -150,8 +186,9 @@ def spec_toml(space: DeploymentSpace, knobs: dict[str, Any]) -> str:
     data["description"] = spec.description
     runtime = data.setdefault("runtime", {})
     runtime["threads"], runtime["precision"] = spec.runtime.threads, spec.runtime.precision
-    if "xnnpack" in device.runtime.entry.fields:
-        runtime["xnnpack"] = spec.runtime.xnnpack
+    for knob in RUNTIME_KNOBS:
+        if knob in knobs:
+            runtime[knob] = getattr(spec.runtime, knob)
     if spec.affinity:
         data["affinity"] = list(spec.affinity)
     head = f"{spec.name}: configuration {config_label(knobs)} of {device.name} ({space.source})"

@@ -76,7 +76,9 @@ def _litert_options(rt: RuntimeSpec) -> dict[str, Any]:
 
 
 def _openvino_options(rt: RuntimeSpec) -> dict[str, Any]:
-    opts: dict[str, Any] = {"device": rt.device}
+    opts: dict[str, Any] = {"device": rt.device, "performance_hint": rt.hint}
+    if rt.streams is not None:
+        opts["streams"] = rt.streams
     # Without a hint OpenVINO's CPU plugin runs bf16 where the CPU has it (AVX512-BF16, AMX):
     # an fp32 spec asks for fp32, or its timings are not of the fp32 model.
     hint = {"fp16": "f16", "fp32": "f32"}.get(rt.precision)
@@ -117,7 +119,7 @@ REGISTRY: dict[str, Runtime] = {
             convert=lambda m, x, p, prec, cal: convert.to_openvino(m, x, p, prec, cal),
             handoff_files=("model.xml", "model.bin"),
             tolerance={"fp32": _FP32, "fp16": _FP16, "int8": _INT8},
-            fields=("device",),
+            fields=("device", "hint", "streams"),
             options=_openvino_options,
             pairs=True,  # it optimises across a layer and the strided skip after it
             dists=("openvino", "nncf"),

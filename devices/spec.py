@@ -19,6 +19,7 @@ from hurricane.tomlcheck import ConfigError, Fields, read_toml
 KINDS = ("cpu", "mobile-cpu", "dsp", "vpu")
 RUNTIMES = NAMES
 PRECISIONS = ("fp32", "fp16", "int8")
+OPENVINO_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class RuntimeSpec:
     xnnpack: bool = True  # LiteRT: the default XNNPACK delegate on the CPU
     delegate: DelegateSpec | None = None  # LiteRT: an external delegate (a DSP)
     device: str = "CPU"  # OpenVINO device name: CPU, GPU, NPU, MYRIAD
+    hint: str = "LATENCY"  # OpenVINO performance hint
+    streams: int | None = None  # OpenVINO streams (None: the hint decides)
 
     @property
     def entry(self) -> Runtime:
@@ -195,10 +198,10 @@ def parse_device(data: dict[str, Any], source: str = "<string>") -> DeviceSpec:
         raise tf.error("port", f"must be a TCP port (1..65535), got {transport.port}")
 
     rf = top.sub("runtime", required=True)
-    rf.only({"name", "threads", "precision", "xnnpack", "delegate", "device"})
+    rf.only({"name", "threads", "precision", "xnnpack", "delegate", "device", "hint", "streams"})
     rname = rf.str("name", choices=RUNTIMES)
     entry = REGISTRY[rname]
-    for key in ("delegate", "device", "xnnpack"):
+    for key in ("delegate", "device", "xnnpack", "hint", "streams"):
         if rf.has(key) and key not in entry.fields:
             takes = [r.label for r in REGISTRY.values() if key in r.fields]
             raise rf.error(key, f"only {' and '.join(takes)} takes this; runtime is {rname!r}")
@@ -221,6 +224,8 @@ def parse_device(data: dict[str, Any], source: str = "<string>") -> DeviceSpec:
         xnnpack=rf.bool("xnnpack", True),
         delegate=delegate,
         device=rf.str("device", "CPU"),
+        hint=rf.str("hint", "LATENCY", choices=OPENVINO_HINTS),
+        streams=rf.int("streams", None, lo=1),
     )
     _check_kind(kind, runtime, rf)
 

@@ -68,7 +68,7 @@ def hardware_tables(
     latency: dict[str, Any] = {}
     energy: dict[str, Any] = {}
     if kind == "deployment":
-        from devices.deployment import configured, load_deployment_space, spec_toml
+        from devices.deployment import load_deployment_space, spec_toml
         from profilers.configurations import profile_configurations
 
         dep = load_deployment_space(hw_space)
@@ -76,11 +76,6 @@ def hardware_tables(
         pairs = dep.configurations()
         for c, _ in pairs:
             latency[c.name] = LatencyModel.from_db(space, db, c.name).predict
-        rt = dep.device.runtime
-        own = {"threads": rt.threads, "precision": rt.precision, "xnnpack": rt.xnnpack}
-        own["affinity"] = tuple(dep.device.affinity)
-        default = configured(dep.device, {k: own[k] for k in dep.values}).name
-        names = [c.name for c, _ in pairs]
         knobs = {c.name: {k: v for k, v in c.knobs.items() if k != "device"} for c, _ in pairs}
 
         def write_spec(name: str, folder: Path) -> list[Path]:
@@ -95,7 +90,7 @@ def hardware_tables(
             [c for c, _ in pairs],
             latency,
             energy,
-            default if default in names else names[0],
+            dep.own_config(),
             {c.name: spec for c, spec in pairs},
             write_spec,
         )

@@ -414,6 +414,20 @@ def test_openvino(agent: Agent, ir_models: dict) -> None:
     check_result(res, n=2, rounds=1)
     # What the CPU really runs is reported: bf16 where it has AMX or AVX512-BF16.
     assert res["precision"] in ("f16", "f32", "bf16")
+    # The deployment knobs reach the compiled model, as OpenVINO reports them back.
+    got = {}
+    for hint, streams in (("LATENCY", 1), ("THROUGHPUT", 2)):
+        out, _ = agent.measure(
+            runtime="openvino",
+            options={"performance_hint": hint, "streams": streams},
+            items=items[:1],
+            warmup=1,
+            rounds=1,
+            runs=2,
+        )
+        res = out[items[0]["id"]]
+        got[hint] = (res["performance_hint"], res["streams"])
+    assert got == {"LATENCY": ("LATENCY", 1), "THROUGHPUT": ("THROUGHPUT", 2)}
 
 
 def test_openvino_ir_without_weights(agent: Agent, ir_models: dict, tmp_path) -> None:

@@ -42,6 +42,9 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
         ('device = "local-litert"\nthreads = []\n', "threads", "non-empty list"),
         ('device = "local-litert"\naffinity = [[0, 99]]\n', "affinity", "CPU 99 does not exist"),
         ('device = "local-litert"\nkind = "accelerator"\n', "kind", 'kind = "deployment"'),
+        ('device = "local-openvino"\nhint = ["FAST"]\n', "hint", "OpenVINO's hints are"),
+        ('device = "local-litert"\nstreams = [2]\n', "streams", "only OpenVINO takes this"),
+        ('device = "local-openvino"\nstreams = [64]\n', "streams", "more than this machine"),
     ],
 )
 def test_a_bad_deployment_space_is_one_line(tmp_path: Path, body, field, says) -> None:
@@ -84,6 +87,31 @@ def test_every_combination_is_a_device_of_its_own(tmp_path: Path) -> None:
     back = load_device(ready)
     assert back.name == spec.name and back.runtime == spec.runtime
     assert back.measure == spec.measure and back.kind == spec.kind
+
+
+def test_openvino_hint_and_streams_are_knobs(tmp_path: Path) -> None:
+    from devices.deployment import spec_toml
+    from devices.spec import load_device
+
+    path = write(
+        tmp_path,
+        "ov.toml",
+        'device = "local-openvino"\nhint = ["LATENCY", "THROUGHPUT"]\nstreams = [1, 2]\n',
+    )
+    dep = load_deployment_space(path)
+    specs = [spec for _, spec in dep.configurations()]
+    assert [s.name for s in specs] == [
+        "local-openvino.t1-fp32-latency-s1",
+        "local-openvino.t1-fp32-latency-s2",
+        "local-openvino.t1-fp32-throughput-s1",
+        "local-openvino.t1-fp32-throughput-s2",
+    ]
+    opts = specs[3].runtime.agent_options()
+    assert opts["performance_hint"] == "THROUGHPUT" and opts["streams"] == 2
+    # The device spec sets neither: its own hint (LATENCY) with the first stream count.
+    assert dep.own_config() == "local-openvino.t1-fp32-latency-s1"
+    ready = write(tmp_path, "ready.toml", spec_toml(dep, dep.configurations()[3][0].knobs))
+    assert load_device(ready).runtime == specs[3].runtime
 
 
 def test_the_configuration_campaign_over_ssh(tmp_path: Path) -> None:

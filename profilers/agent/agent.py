@@ -52,7 +52,7 @@ RUNTIMES = ("litert", "openvino", "onnxruntime")
 COMMON_OPTIONS = ("threads", "seed", "debug_order")
 RUNTIME_OPTIONS = {
     "litert": ("xnnpack", "delegate"),
-    "openvino": ("device", "precision_hint", "config"),
+    "openvino": ("device", "precision_hint", "performance_hint", "streams", "config"),
     "onnxruntime": ("providers", "allow_cpu_fallback"),
 }
 DELEGATE_KEYS = ("library", "options", "allow_cpu_fallback")
@@ -622,7 +622,9 @@ def load_openvino(path: str, opts: dict, shapes: list | None, seed: int) -> Load
     except Exception:
         supported = None
     warnings = []
-    config = {"PERFORMANCE_HINT": "LATENCY"}
+    config = {"PERFORMANCE_HINT": str(opts.get("performance_hint") or "LATENCY")}
+    if opts.get("streams") is not None:
+        config["NUM_STREAMS"] = str(opts["streams"])
     threads = opts.get("threads")
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = str(threads)
@@ -648,7 +650,13 @@ def load_openvino(path: str, opts: dict, shapes: list | None, seed: int) -> Load
         name = port.get_any_name() if port.get_names() else f"input{i}"
         inputs.append({"name": name, "shape": list(arr.shape), "dtype": str(arr.dtype)})
     actual: dict = {}
-    for key in ("EXECUTION_DEVICES", "INFERENCE_NUM_THREADS", "INFERENCE_PRECISION_HINT"):
+    for key in (
+        "EXECUTION_DEVICES",
+        "INFERENCE_NUM_THREADS",
+        "INFERENCE_PRECISION_HINT",
+        "PERFORMANCE_HINT",
+        "NUM_STREAMS",
+    ):
         try:
             actual[key] = _ov_str(compiled.get_property(key))
         except Exception:
@@ -667,6 +675,8 @@ def load_openvino(path: str, opts: dict, shapes: list | None, seed: int) -> Load
         "device": device,
         "execution_devices": exec_devices,
         "precision": actual["INFERENCE_PRECISION_HINT"],
+        "performance_hint": actual["PERFORMANCE_HINT"],
+        "streams": actual["NUM_STREAMS"],
         "inputs": inputs,
     }
     if warnings:
