@@ -176,6 +176,29 @@ class FastExplorer:
         return self.pruned / self.tuned if self.tuned else 0.0
 
 
+def fronts(
+    space: SearchSpace, explorer: FastExplorer, default: str, evaluated: Mapping[str, float]
+) -> list[dict[str, Any]]:
+    """Every evaluated architecture with its fitness, on the configuration fast exploration
+    tunes for it and on ``default`` (the fixed hardware of an architecture-only search):
+    latency, and energy where modelled. The report draws both fronts from these."""
+    archs = list(evaluated)
+    parsed = [space.parse_arch(a) for a in archs]
+    if not parsed:
+        return []
+    own_ms = explorer.latency[default](parsed)
+    own_mj = explorer.energy[default](parsed) if default in explorer.energy else None
+    rows = []
+    for i, (a, t) in enumerate(zip(archs, explorer.tune(parsed))):
+        row = {"arch": a, "fitness": evaluated[a], "config": t.config}
+        row["own_ms"], row["ms"] = float(own_ms[i]), t.latency_ms if t.feasible else None
+        if own_mj is not None:
+            row["own_energy_mj"] = float(own_mj[i])
+            row["energy_mj"] = t.energy_mj if t.feasible else None
+        rows.append(row)
+    return rows
+
+
 def efficiency(
     latency_ms: float,
     budget_ms: float,
@@ -383,6 +406,10 @@ class PairResult:
     evaluations: int
     pruned_share: float
     seconds: float
+    # The best evaluated architectures, fittest first (arch, fitness): the device checks
+    # these when the best one does not measure within budget.
+    top: list[dict[str, Any]] = field(default_factory=list)
+    evaluated: dict[str, float] = field(default_factory=dict)  # every architecture's fitness
 
 
 def evolve_pairs(
@@ -399,11 +426,19 @@ def evolve_pairs(
     search does). The pruned share counts candidates made and dropped before evaluation.
     It ranks by accuracy within the budget, so the reward weight ``a`` has no part in it."""
     t = time.perf_counter()
-    res = EvolutionSearch(space, latency or explorer.best_latency, fitness, cfg, out).run()
+    search = EvolutionSearch(space, latency or explorer.best_latency, fitness, cfg, out)
+    res = search.run()
     made = res["evaluated"] + res["rejected"]
     pruned = round(res["rejected"] / made, 4) if made else 0.0
+    top = [{"arch": c["arch"], "fitness": c["fitness"]} for c in res["top"]]
     return PairResult(
-        res["best"], res["fitness"], res["evaluated"], pruned, time.perf_counter() - t
+        res["best"],
+        res["fitness"],
+        res["evaluated"],
+        pruned,
+        time.perf_counter() - t,
+        top,
+        dict(search.state.evaluated),
     )
 
 
@@ -426,12 +461,16 @@ def reinforce_pairs(
     if res["best"] is None:
         return None
     best = res["best"]
+    fit = {d["arch"]: d["fitness"] for d in res["history"] if d["fitness"] is not None}
+    ranked = sorted(fit.items(), key=lambda kv: -kv[1])[:10]
     return PairResult(
         best["arch"],
         best["fitness"],
         res["evaluations"],
         res["pruned_share"],
         time.perf_counter() - t,
+        [{"arch": a, "fitness": f} for a, f in ranked],
+        fit,
     )
 
 

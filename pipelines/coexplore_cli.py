@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,11 +54,16 @@ class HardwareTables:
 
 
 def hardware_tables(
-    hw_space: str | Path, space, db: str | Path, lpf_limit: int, progress: bool = True
+    hw_space: str | Path,
+    space,
+    db: str | Path,
+    lpf_limit: int,
+    progress: bool = True,
+    workers: int = 1,
 ) -> HardwareTables:
     """Load ``hw_space`` and fill its tables: an accelerator space is costed by zigzag-dse
-    (cached in ``db``); a deployment space is profiled on its device, one campaign per
-    configuration (resumable)."""
+    (cached in ``db``, over ``workers`` processes); a deployment space is profiled on its
+    device, one campaign per configuration (resumable)."""
     from hurricane.latency import LatencyModel, LutPredictor
     from hurricane.lut import LutDB
     from hurricane.tomlcheck import read_toml
@@ -110,7 +116,7 @@ def hardware_tables(
     hw = load_accelerator_space(hw_space)
     with LutDB(db) as conn:
         for d in hw.designs():
-            lat, en = design_tables(space, d, conn, lpf_limit, progress)
+            lat, en = design_tables(space, d, conn, lpf_limit, progress, workers)
             latency[d.name] = LutPredictor(space, lat, d.name).predict
             energy[d.name] = LutPredictor(space, en, d.name).predict
     configs = [HardwareConfig(d.name, design_json(d), d.resources()) for d in hw.designs()]
@@ -128,13 +134,15 @@ def hardware_tables(
 
 
 def _coexplore(args: argparse.Namespace) -> int:
-    from hurricane.coexplore import STRATEGIES, FastExplorer
+    from hurricane.coexplore import STRATEGIES, FastExplorer, fronts
     from hurricane.space_file import load_space
     from hurricane.two_stage import data_for, fitness_for, load_supernet
 
     space = load_space(args.space)
     t0 = time.perf_counter()
-    hw = hardware_tables(args.hw_space, space, args.db, args.lpf_limit, not args.no_progress)
+    hw = hardware_tables(
+        args.hw_space, space, args.db, args.lpf_limit, not args.no_progress, args.cost_workers
+    )
     configs, hw_name = hw.configs, hw.name
     tables_s = time.perf_counter() - t0
     explorer = FastExplorer(configs, hw.latency, args.latency_ms, energy=hw.energy, rule=args.tune)
@@ -182,8 +190,15 @@ def _coexplore(args: argparse.Namespace) -> int:
         "tables_seconds": round(tables_s, 1),
         "search_seconds": round(found.seconds, 1),
     }
+    result["default"] = hw.default
+    result["pairs"] = fronts(space, explorer, hw.default, found.evaluated)
     out.mkdir(parents=True, exist_ok=True)
     result["hardware_files"] = [str(p) for p in hw.write_files(design.name, out)]
+    from pipelines.report import plot_coexplore
+
+    title = f"{hw_name} @ {args.latency_ms:g} ms ({args.strategy})"
+    plot = plot_coexplore(out / "fronts.png", title, result["pairs"], args.latency_ms)
+    result["fronts"] = str(out / plot) if plot else None
     (out / "result.json").write_text(json.dumps(result, indent=1))
     mj = "" if tuned.energy_mj is None else f", {tuned.energy_mj:.4g} mJ"
     print(
@@ -191,6 +206,7 @@ def _coexplore(args: argparse.Namespace) -> int:
         f"{tuned.latency_ms:.4g} ms{mj} (budget {args.latency_ms:g} ms); "
         f"{evaluations} evaluated, {pruned:.0%} of the pairs made pruned before evaluation; "
         f"{out / 'result.json'}; hardware: {', '.join(result['hardware_files'])}"
+        + (f"; fronts: {result['fronts']}" if result["fronts"] else "")
     )
     return 0
 
@@ -232,6 +248,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="reward weight of accuracy against efficiency (rl; default: %(default)s)",
     )
     c.add_argument("--lpf-limit", type=positive_int, default=DEFAULT_LPF_LIMIT)
+    c.add_argument(
+        "--cost-workers",
+        type=positive_int,
+        default=os.cpu_count() or 1,
+        help="processes costing accelerator designs with zigzag-dse (default: %(default)s)",
+    )
     c.add_argument("--eval-limit", type=positive_int, default=d.eval_limit)
     c.add_argument("--seed", type=nonnegative_int, default=0)
     c.add_argument("--no-progress", action="store_true")

@@ -112,6 +112,25 @@ class GenerateSettings:
 
 
 @dataclass(frozen=True)
+class CoexploreSettings:
+    """``[coexplore]``: deployment spaces whose devices' searches pick the configuration
+    with the architecture (``hurricane.coexplore``), how the slow exploration runs, and
+    which configuration among those that fit a pair takes."""
+
+    hardware: tuple[str, ...] = ()  # resolved paths of deployment spaces
+    strategy: str = "evolution"
+    tune: str = "fastest"
+    a: float = 0.8  # the controller's reward weight of accuracy
+
+    def spaces(self) -> dict[str, Any]:
+        """Device name -> its deployment space."""
+        from devices.deployment import load_deployment_space
+
+        loaded = [load_deployment_space(h) for h in self.hardware]
+        return {d.device.name: d for d in loaded}
+
+
+@dataclass(frozen=True)
 class Pipeline:
     name: str
     space: str  # built-in name or resolved path
@@ -125,6 +144,7 @@ class Pipeline:
     profile_remeasure_noisy: bool = False
     generate: GenerateSettings = field(default_factory=GenerateSettings)
     train: TrainOn = field(default_factory=TrainOn)  # the torch device, not the targets
+    coexplore: CoexploreSettings = field(default_factory=CoexploreSettings)
     validate_models: int = 0  # whole models measured to calibrate and check the LUT
     calibration_models: int = 10
     handoff_samples: int = 32
@@ -153,8 +173,13 @@ class Pipeline:
                 "budgets": tuple(Budget(**b) for b in data["budgets"]),
                 "generate": GenerateSettings(**g),
                 "train": TrainOn(**(data.get("train") or {})),
+                "coexplore": _coexplore_json(data.get("coexplore") or {}),
             }
         )
+
+
+def _coexplore_json(data: dict[str, Any]) -> CoexploreSettings:
+    return CoexploreSettings(**{**data, "hardware": tuple(data.get("hardware") or ())})
 
 
 def builtin_pipelines() -> list[str]:
@@ -208,6 +233,7 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
             "latency",
             "generate",
             "train",
+            "coexplore",
             "handoff",
             "report",
         }
@@ -289,6 +315,7 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
         resolve_torch_device(train_on.torch_device)
     except ComputeError as exc:
         raise tf.error("torch_device", str(exc)) from None
+    coexplore = _parse_coexplore(top, base, names, gen)
     hf = top.sub("handoff")
     hf.only({"enabled", "samples"})
     rf = top.sub("report")
@@ -306,10 +333,65 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
         profile_remeasure_noisy=pf.bool("remeasure_noisy", Pipeline.profile_remeasure_noisy),
         generate=gen,
         train=train_on,
+        coexplore=coexplore,
         validate_models=lf.int("validate", Pipeline.validate_models, lo=0),
         calibration_models=lf.int("calibration", Pipeline.calibration_models, lo=2),
         handoff=hf.bool("enabled", Pipeline.handoff),
         handoff_samples=hf.int("samples", Pipeline.handoff_samples, lo=1),
         report=rf.bool("enabled", Pipeline.report),
         source=source,
+    )
+
+
+def _parse_coexplore(
+    top: Fields, base: Path, devices: list[str], gen: GenerateSettings
+) -> CoexploreSettings:
+    """``[coexplore]``: each ``hardware`` file a deployment space of one of the pipeline's
+    devices (an accelerator design space has no device to verify a bundle on: it is
+    co-explored with ``hurricane coexplore``)."""
+    from devices.deployment import load_deployment_space
+    from hurricane.coexplore import STRATEGIES, TUNE_RULES
+
+    cf = top.sub("coexplore")
+    cf.only({"hardware", "strategy", "tune", "a"})
+    d = CoexploreSettings()
+    hardware = []
+    seen: dict[str, str] = {}
+    for ref in cf.str_list("hardware", []):
+        path = (base / Path(ref).expanduser()).resolve()
+        if not path.is_file():
+            raise cf.error("hardware", f"{ref!r}: no such file (looked at {path})")
+        if read_toml(path, "hardware space").get("kind") == "accelerator":
+            raise cf.error(
+                "hardware",
+                f"{ref!r} is an accelerator design space: a pipeline co-explores a device's "
+                "deployment configurations; co-explore a design space with 'hurricane "
+                "coexplore --hw-space'",
+            )
+        dep = load_deployment_space(path)
+        name = dep.device.name
+        if name not in devices:
+            raise cf.error(
+                "hardware",
+                f"{ref!r} configures device {name!r}, which is not among the pipeline's "
+                f"devices ({', '.join(devices)}); add its spec to devices",
+            )
+        if name in seen:
+            raise cf.error("hardware", f"{seen[name]!r} and {ref!r} both configure {name!r}")
+        seen[name] = ref
+        hardware.append(str(path))
+    if hardware and gen.two_stage:
+        raise cf.error(
+            "hardware",
+            "co-exploration searches one supernet over the whole space: set "
+            "[generate] two_stage = false",
+        )
+    a = cf.float("a", d.a, lo=0.0)
+    if a > 1:
+        raise cf.error("a", f"the reward weight of accuracy is between 0 and 1, got {a}")
+    return CoexploreSettings(
+        hardware=tuple(hardware),
+        strategy=cf.str("strategy", d.strategy, choices=tuple(STRATEGIES)),
+        tune=cf.str("tune", d.tune, choices=tuple(TUNE_RULES)),
+        a=a,
     )

@@ -246,8 +246,11 @@ def make_bundle(
     extra: dict[str, Any] | None = None,
     db: str | Path | None = None,
     keep_local: bool = False,
+    hardware: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Export, verify on ``spec`` and write the bundle to ``out``; returns the manifest.
+    ``hardware``: a co-explored pair's hardware half (``hardware_of``): recorded in the
+    manifest, its files (a ready device spec) carried in the bundle.
     ``db``: the LUT database whose profile runs say how noisy the device is (the budget
     decision allows for it, as the final step's does).
 
@@ -277,6 +280,8 @@ def make_bundle(
             {"space": space.name, "arch": arch, "model": net.state_dict()}, work / "model.pt"
         )
         (work / "arch.txt").write_text(arch + "\n")
+        for name, text in (hardware or {}).get("files", {}).items():
+            (work / name).write_text(text)
         (work / "space.toml").write_text(space_to_toml(space, f"The space of {arch}"))
         outputs: dict[str, np.ndarray] = {}
         measured = time_on_device(
@@ -338,6 +343,9 @@ def make_bundle(
                 "version": measured["runtime_version"],
                 "delegate": measured["delegate"],
                 "threads": spec.runtime.threads,
+                # What the on-device agent was told, so the deployment matches the timing.
+                "settings": spec.runtime.agent_options(),
+                "affinity": list(spec.affinity),
             },
             "format": {
                 "device": device_format(spec),
@@ -363,6 +371,7 @@ def make_bundle(
                 "onnx": onnx_check,
             },
             **(portable(extra or {}) if not keep_local else (extra or {})),
+            **({"hardware": _hardware_record(hardware, local)} if hardware else {}),
             # Recorded here, after ``extra``: a caller's own provenance() has the host name.
             "provenance": provenance(keep_local),
         }
@@ -377,6 +386,31 @@ def make_bundle(
         os.replace(work, out)
         work.mkdir()  # the context manager removes the (now empty) temporary name
     return manifest
+
+
+def hardware_of(final: dict[str, Any]) -> dict[str, Any] | None:
+    """The hardware half ``final.json`` records for a co-explored pair, with its ready
+    device spec to carry (None for a search on the device's own settings)."""
+    hw = final.get("hardware")
+    if not hw:
+        return None
+    path = Path(hw["file"])
+    if not path.is_file():
+        raise BundleError(
+            f"{path}: the chosen configuration's device spec is missing; run the "
+            "pipeline's final step again (hurricane run resumes it)"
+        )
+    return {**hw, "files": {"hardware.toml": path.read_text()}}
+
+
+def _hardware_record(hardware: dict[str, Any], local: Callable[[str], str]) -> dict[str, Any]:
+    return {
+        "space": hardware["space"],
+        "source": local(hardware["source"]),
+        "config": hardware["config"],
+        "knobs": hardware["knobs"],
+        "spec": "hardware.toml",  # load it with --device to run as it was timed
+    }
 
 
 def _manifest_path(bundle: Path) -> Path:

@@ -135,22 +135,36 @@ def final_model(
     progress: bool = True,
     inherit: bool = True,
     train_on: TrainOn | None = None,
+    spec_for: Callable[[dict[str, Any]], DeviceSpec] | None = None,
+    hardware: Callable[[str], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The device's check of the best candidates, then the chosen one fine-tuned from its
     inherited weights (or, not ``inherit``, trained from scratch) on ``train_on``'s torch
     device and scored on the test split; written to ``out/final.json``. Under torchrun rank
-    0 alone measures on the device and writes; every rank trains."""
+    0 alone measures on the device and writes; every rank trains.
+
+    Co-exploration's candidates are pairs: ``spec_for`` gives each one's configuration (it
+    is measured there), and ``hardware`` the chosen configuration's record, kept in
+    ``final.json`` with its ready device spec written to ``out/hardware.toml``."""
     space = load_space(space_ref)
     if measure:
         chosen = main_only(
             lambda: choose_measured(
-                space, spec, ranked, budget_ms, db, n=verify_top, progress=progress
+                space,
+                spec,
+                ranked,
+                budget_ms,
+                db,
+                n=verify_top,
+                progress=progress,
+                spec_for=spec_for,
             )
         )
         for c in chosen["candidates"]:
             ms = "failed" if c["measured_ms"] is None else f"{c['measured_ms']:.4f} ms"
             echo(
-                f"  on {spec.name}: {c['arch']} predicted {c['predicted_ms']:.4f} ms, measured {ms}"
+                f"  on {c['measured_on']}: {c['arch']} predicted {c['predicted_ms']:.4f} ms, "
+                f"measured {ms}"
             )
         if not chosen["accepted"]:
             print(
@@ -168,6 +182,14 @@ def final_model(
             "candidates": [],
         }
     final = {**chosen, "budget_ms": budget_ms, "device": spec.name, "space": space_ref}
+    if hardware is not None and chosen.get("config"):
+        record = hardware(chosen["config"])
+        final["hardware"] = {k: v for k, v in record.items() if k != "spec_toml"}
+        final["device"] = spec_for(chosen).name if spec_for else spec.name
+        if is_main():
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "hardware.toml").write_text(record["spec_toml"])
+            final["hardware"]["file"] = str(out / "hardware.toml")
     if final_steps > 0:
         trained = train_final(
             space_ref,
@@ -205,6 +227,8 @@ class PipelineRun:
         self.steps = Steps(self.root, echo)
         self.space = load_space(p.space)
         self.results: dict[str, dict[str, Any]] = {}
+        # Devices whose searches co-explore their deployment configurations.
+        self.deployments = p.coexplore.spaces()
 
     def budgets_ms(self, device: str) -> dict[str, float]:
         """Each budget in milliseconds on ``device`` (label -> ms): a percentile is of the
@@ -248,6 +272,23 @@ class PipelineRun:
                 workdir=base / "latency",
             )
             prof = {**prof, "digest": digest([prof["digest"], val["digest"]])}
+        dep = self.deployments.get(dev)
+        if dep is not None:
+            confs = self.steps.run(
+                f"configurations-{dev}",
+                {
+                    "space": self.space.structure_hash(),
+                    "ops": [list(lay.ops) for lay in self.space.layers],
+                    "configurations": [digest(_spec_json(c)) for _, c in dep.configurations()],
+                    "db": str(Path(p.db).resolve()),
+                },
+                lambda: self._configurations(dep),
+                intact=lambda o: all(
+                    _lut_unchanged(self.space, c, p.db, o["luts"][c.name])
+                    for _, c in dep.configurations()
+                ),
+            )
+            prof = {**prof, "digest": digest([prof["digest"], confs["digest"]])}
         note = predicted_note(self.space, p.db, dev, device_ref, self.require_measured)
         if note:
             print(f"hurricane: {note}", file=sys.stderr)
@@ -365,8 +406,13 @@ class PipelineRun:
         scfg = g.search_config(budget_ms, p.seed)
         steps_b = g.steps_b or g.steps
 
+        dep = self.deployments.get(dev)
+
         def search() -> dict[str, Any]:
-            if g.two_stage:
+            if dep is not None:
+                res = self._coexplore(dep, space, cfg, sup, budget_ms, scfg, work / "coexplore")
+                top, pt = res["top"], Path(sup["supernet"])
+            elif g.two_stage:
                 res = two_stage(
                     cfg,
                     split,
@@ -398,8 +444,9 @@ class PipelineRun:
                     "search": res,
                 }
                 top, pt = res["search"]["top"], Path(sup["supernet"])
+            on = f"{dev} (configuration {res['config']})" if dep is not None else dev
             self.echo(
-                f"  best for {label} on {dev}: {res['arch']} validation accuracy "
+                f"  best for {label} on {on}: {res['arch']} validation accuracy "
                 f"{res['fitness']:.4f}, predicted {res['latency_ms']:.4f} ms "
                 f"(budget {budget_ms:g} ms); supernet cost {res['supernet_steps']} "
                 f"steps, {res['supernet_seconds']:.0f}s"
@@ -414,6 +461,7 @@ class PipelineRun:
                 "budget_ms": budget_ms,
                 "supernet_steps": res["supernet_steps"],
                 "supernet_seconds": res["supernet_seconds"],
+                **({"coexplore": res["coexplore"]} if dep is not None else {}),
             }
 
         srch = self.steps.run(
@@ -425,6 +473,7 @@ class PipelineRun:
                 "search": scfg.identity(),
                 "steps_b": steps_b if g.two_stage else None,
                 "train": {k: v for k, v in cfg.identity().items() if k != "out"},
+                "coexplore": self._coexplore_identity(dep),
             },
             search,
             workdir=work,
@@ -459,6 +508,8 @@ class PipelineRun:
                     self.progress,
                     g.final_from == "inherited",
                     p.train,
+                    spec_for=self._spec_for(dep),
+                    hardware=self._hardware(dep),
                 )
             ),
             workdir=work / "final",
@@ -466,18 +517,112 @@ class PipelineRun:
         )
         res = {"budget": label, "budget_ms": budget_ms, "search": srch, "final": fin}
         if handoff and p.handoff and fin.get("model"):
+            pick = self._spec_for(dep)
+            on = pick(fin) if pick is not None else spec
             res["handoff"] = self.steps.run(
                 f"handoff-{dev}-{label}",
                 {
                     "final": fin["digest"],
-                    "device": digest(_spec_json(spec)),
+                    "device": digest(_spec_json(on)),
                     "samples": p.handoff_samples,
                     "seed": p.seed,
                 },
-                lambda: self._handoff(spec, space_file, fin, budget_ms, label),
+                lambda: self._handoff(on, space_file, fin, budget_ms, label, spec.name),
                 intact=_bundle_intact,
             )
         return res
+
+    def _configurations(self, dep) -> dict[str, Any]:
+        """Every deployment configuration of ``dep``'s device profiled into its own table."""
+        from profilers.configurations import profile_configurations
+
+        profile_configurations(self.space, dep, self.p.db, progress=self.progress)
+        luts = {c.name: lut_digest(self.space, c, self.p.db) for _, c in dep.configurations()}
+        return {"digest": digest({k: v["digest"] for k, v in luts.items()}), "luts": luts}
+
+    def _coexplore_identity(self, dep) -> dict[str, Any] | None:
+        if dep is None:
+            return None
+        c = self.p.coexplore
+        names = [cfg.name for cfg, _ in dep.configurations()]
+        return {"configurations": names, "strategy": c.strategy, "tune": c.tune, "a": c.a}
+
+    def _coexplore(self, dep, space, cfg, sup, budget_ms, scfg, out: Path) -> dict[str, Any]:
+        """The search of (architecture, configuration) pairs on ``dep``'s device; its best
+        pairs ranked, each with the configuration fast exploration tuned for it."""
+        from hurricane.coexplore import STRATEGIES, FastExplorer, fronts
+
+        c = self.p.coexplore
+        pairs = dep.configurations()
+        tables = {h.name: LatencyModel.from_db(space, self.p.db, h.name).predict for h, _ in pairs}
+        explorer = FastExplorer([h for h, _ in pairs], tables, budget_ms, rule=c.tune)
+        found = STRATEGIES[c.strategy](
+            space, explorer, _fitness(cfg, space, sup), scfg, out / c.strategy, a=c.a
+        )
+        if found is None:
+            raise UserError(
+                f"co-exploration on {dep.device.name}: no pair within {budget_ms:g} ms; "
+                "raise the budget or [generate] population/generations"
+            )
+        ranked = [{"arch": found.arch, "fitness": found.fitness}]
+        ranked += [t for t in found.top if t["arch"] != found.arch]
+        top = []
+        for t, tuned in zip(ranked, explorer.tune([space.parse_arch(r["arch"]) for r in ranked])):
+            if tuned.feasible:
+                top.append({**t, "latency_ms": tuned.latency_ms, "config": tuned.config})
+        best = top[0]
+        own = dep.own_config()
+        pairs_front = fronts(space, explorer, own, found.evaluated)
+        self.echo(
+            f"  co-exploration ({c.strategy}, {found.evaluations} evaluated, "
+            f"{found.pruned_share:.0%} of the pairs pruned before evaluation)"
+        )
+        return {
+            "arch": best["arch"],
+            "fitness": best["fitness"],
+            "latency_ms": best["latency_ms"],
+            "config": best["config"],
+            "top": top,
+            "supernet_steps": sup["steps"],
+            "supernet_seconds": sup["seconds"],
+            "coexplore": {
+                "space": dep.name,
+                "strategy": c.strategy,
+                "tune": c.tune,
+                "evaluations": found.evaluations,
+                "pruned_share": found.pruned_share,
+                "search_seconds": round(found.seconds, 1),
+                "configurations": len(pairs),
+                "default": own,
+                "pairs": pairs_front,
+            },
+        }
+
+    def _spec_for(self, dep) -> Callable[[dict[str, Any]], DeviceSpec] | None:
+        """The device spec of a candidate's configuration (None: the device's own)."""
+        if dep is None:
+            return None
+        specs = {h.name: spec for h, spec in dep.configurations()}
+        return lambda c: specs[c["config"]]
+
+    def _hardware(self, dep) -> Callable[[str], dict[str, Any]] | None:
+        """The hardware half of a chosen pair, as the final step records it: the space, the
+        configuration and its knobs, and a ready device spec's text."""
+        if dep is None:
+            return None
+        from devices.deployment import spec_toml
+
+        knobs = {
+            h.name: {k: v for k, v in h.knobs.items() if k != "device"}
+            for h, _ in dep.configurations()
+        }
+        return lambda name: {
+            "space": dep.name,
+            "source": dep.source,
+            "config": name,
+            "knobs": knobs[name],
+            "spec_toml": spec_toml(dep, knobs[name]),
+        }
 
     def _validate(self, spec: DeviceSpec) -> dict[str, Any]:
         """Whole random models timed on the device: the calibration the search then uses,
@@ -500,10 +645,10 @@ class PipelineRun:
         keys = ("within_5pct", "within_10pct", "mape", "rmse_ms", "spearman", "calibration")
         return {"digest": digest(res["calibration"]), **{k: res[k] for k in keys}}
 
-    def _handoff(self, spec, space_file, fin, budget_ms, label) -> dict[str, Any]:
-        from pipelines.handoff import make_bundle
+    def _handoff(self, spec, space_file, fin, budget_ms, label, dev) -> dict[str, Any]:
+        from pipelines.handoff import hardware_of, make_bundle
 
-        out = child_path(self.root, "bundles", f"{spec.name}-{label}")
+        out = child_path(self.root, "bundles", f"{dev}-{label}")
         acc = {
             "test_acc": fin.get("test_acc"),
             "test_images": fin.get("test_images"),
@@ -526,6 +671,7 @@ class PipelineRun:
                 "provenance": provenance(),
             },
             db=self.p.db,
+            hardware=hardware_of(fin),
         )
         ms = m["latency"]["measured_ms"]
         if m["accepted"]:

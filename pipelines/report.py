@@ -28,6 +28,7 @@ SECTIONS = (
     ("lut", "Latency lookup table"),
     ("predictor", "Latency predictor: predicted vs measured"),
     ("history", "Evolution history"),
+    ("coexplore", "Co-exploration against architecture-only"),
     ("provenance", "Provenance"),
 )
 
@@ -678,6 +679,71 @@ def section_history(data: dict, out_dir: Path) -> str:
     return _section("history", intro, _per_device(data, "Evolution history", render))
 
 
+def plot_coexplore(path: Path, title: str, pairs: list[dict], budget_ms: Any) -> str | None:
+    """Co-exploration's fronts: every evaluated architecture at validation accuracy against
+    its latency (and, where modelled, energy) on the hardware fast exploration tuned for it,
+    and on the fixed default hardware an architecture-only search has; None if no pairs."""
+    series = [
+        ("ms", "own_ms", "latency (ms)"),
+        ("energy_mj", "own_energy_mj", "energy (mJ)"),
+    ]
+    panels = [s for s in series if any(_num(p.get(s[0])) is not None for p in pairs)]
+    if not pairs or not panels:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.4), squeeze=False)
+    for ax, (tuned, own, label) in zip(axes[0], panels):
+        for key, name, color in (
+            (own, "architecture-only: default", "0.55"),
+            (tuned, "co-exploration: tuned", "tab:blue"),
+        ):
+            pts = [
+                (x, y)
+                for p in pairs
+                if (x := _num(p.get(key))) is not None and (y := _num(p.get("fitness"))) is not None
+            ]
+            if not pts:
+                continue
+            ax.scatter(*zip(*pts), s=10, alpha=0.35, color=color, label=f"{name} hardware")
+            front = pareto_front(pts)
+            ax.step(*zip(*front), where="post", color=color, lw=1.4)
+        if label.startswith("latency") and _num(budget_ms) is not None:
+            ax.axvline(float(budget_ms), ls="--", color="0.3", lw=0.9, label="budget")
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation fitness")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def section_coexplore(data: dict, out_dir: Path) -> str:
+    """Per co-explored device and budget: the fronts with tuned and with default hardware."""
+    parts = []
+    for i, dev in enumerate(_dicts(data.get("devices"))):
+        for j, run in enumerate(_dicts(dev.get("coexplore"))):
+            name = _str(dev.get("name"), "?")
+            pairs = _dicts(run.get("pairs"))
+            title = f"{name} @ {_fmt_ms(run.get('budget_ms'))} ms, {_str(run.get('space'))}"
+            src = plot_coexplore(
+                out_dir / f"coexplore_{i}_{j}_{_slug(name)}.png", title, pairs, run.get("budget_ms")
+            )
+            cap = (
+                f"{len(pairs)} evaluated architectures; default configuration "
+                f"{_str(run.get('default'))}; {_fmt_acc(run.get('pruned_share'))} of the pairs "
+                "pruned before evaluation."
+            )
+            parts.append(_figure(src, f"Co-exploration, {title}", html.escape(cap), title))
+    intro = (
+        "Each architecture the co-exploration evaluated, at its validation fitness: blue at "
+        "the latency of the configuration fast exploration tuned for it, grey at the "
+        "device's own settings (what an architecture-only search on fixed hardware sees). "
+        "The step lines are the two fronts."
+    )
+    body = "\n".join(parts) or _na("Co-exploration", "no device in this run co-explored")
+    return _section("coexplore", intro, body)
+
+
 def section_provenance(data: dict) -> str:
     """What produced this run, so it can be reproduced."""
     prov = _dict(data.get("provenance"))
@@ -716,6 +782,7 @@ def write_report(out_dir: Path, data: dict) -> Path:
         section_lut(data, out_dir),
         section_predictor(data, out_dir),
         section_history(data, out_dir),
+        section_coexplore(data, out_dir),
         section_provenance(data),
     ]
     page = (

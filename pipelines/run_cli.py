@@ -140,7 +140,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _handoff(args: argparse.Namespace) -> int:
-    from pipelines.handoff import make_bundle, manifest_digest, verify_bundle
+    from pipelines.handoff import hardware_of, make_bundle, manifest_digest, verify_bundle
 
     if args.target == "verify":
         if not args.bundle:
@@ -213,6 +213,7 @@ def _handoff(args: argparse.Namespace) -> int:
         args.seed,
         db=args.db,
         keep_local=args.private_paths,
+        hardware=hardware_of(fin),
     )
     print(f"bundle {out}: {', '.join(m['files'])}")
     print(f"  manifest sha256 {manifest_digest(out)} (pin it: handoff verify BUNDLE --digest ...)")

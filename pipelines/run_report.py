@@ -67,8 +67,11 @@ def measured_models(space: SearchSpace, db: str, device: str) -> list[dict[str, 
 def device_data(run: Any, res: dict[str, Any]) -> dict[str, Any]:
     spec, dev = res["spec"], res["device"]
     table = read_table(run.space, run.p.db, dev)
-    history, models = [], []
+    history, models, coexplore = [], [], []
     for label, b in res["budgets"].items():
+        srch = b.get("search") or (run.steps.record(f"search-{dev}-{label}") or {}).get("outputs")
+        if srch and srch.get("coexplore"):
+            coexplore.append({"budget_ms": b["budget_ms"], **srch["coexplore"]})
         work = run.root / dev / label
         history += _history(work / "search_a", f"{label} A") + _history(
             work / "search_b", f"{label} B"
@@ -102,6 +105,7 @@ def device_data(run: Any, res: dict[str, Any]) -> dict[str, Any]:
         "history": history,
         "scatter": scatter,
         "models": models,
+        "coexplore": coexplore,
     }
 
 

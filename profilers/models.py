@@ -156,6 +156,7 @@ def choose_measured(
     db: str | Path,
     n: int = 5,
     progress: bool = True,
+    spec_for: Callable[[dict[str, Any]], DeviceSpec] | None = None,
 ) -> dict[str, Any]:
     """The fittest of the first ``n`` ranked candidates (dicts with ``arch``, ``fitness``,
     ``latency_ms``) whose latency measured on the device meets ``budget_ms`` (decided by
@@ -163,22 +164,30 @@ def choose_measured(
 
     The prediction decides what the search may evaluate; the device decides what is handed
     over. When none of them fits, the fastest measured one is returned, marked not accepted.
+    ``spec_for``: the device each candidate runs on (co-exploration's pairs each name their
+    configuration); default ``spec`` for all.
     """
     top = list(ranked)[:n]
-    rows = measure_archs(
-        space, spec, [space.parse_arch(c["arch"]) for c in top], db, progress=progress
-    )
+    where = [spec_for(c) if spec_for else spec for c in top]
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    floors: dict[str, float] = {}
+    for s in {w.name: w for w in where}.values():  # one batch per configuration
+        archs = [space.parse_arch(c["arch"]) for c, w in zip(top, where) if w.name == s.name]
+        got = measure_archs(space, s, archs, db, progress=progress)
+        rows.update({(s.name, a): r for a, r in got.items()})
+        floors[s.name] = device_noise(db, s)
     measured = []
-    floor = device_noise(db, spec)
-    for c in top:
-        row = rows.get(c["arch"], {})
+    for c, w in zip(top, where):
+        row = rows.get((w.name, c["arch"]), {})
         ms = row.get("median_ms") if row.get("status") in USABLE else None
-        decision = judge_budget(ms, budget_ms, row_noise(row, floor) if ms is not None else 0.0)
+        noise = row_noise(row, floors[w.name]) if ms is not None else 0.0
+        decision = judge_budget(ms, budget_ms, noise)
         measured.append(
             {
                 **c,
                 "predicted_ms": c["latency_ms"],
                 "measured_ms": ms,
+                "measured_on": w.name,
                 "accepted": decision["accepted"],
                 "decision": decision,
             }
@@ -188,7 +197,7 @@ def choose_measured(
             return {**c, "candidates": measured}
     timed = [c for c in measured if c["measured_ms"] is not None]
     if not timed:
-        why = next((r["error"] for c in top if (r := rows.get(c["arch"], {})).get("error")), "")
+        why = next((r["error"] for r in rows.values() if r.get("error")), "")
         raise MeasureError(
             f"none of the {len(top)} best candidates could be measured on {spec.name}"
             + (f" (first error: {why[:200]})" if why else "")

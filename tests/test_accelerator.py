@@ -146,3 +146,20 @@ def test_space_errors(tmp_path: Path, edit: tuple[str, str], field: str, needle:
         load_accelerator_space(path)
     msg = str(info.value)
     assert "\n" not in msg and msg.startswith(f"{path}: {field}: ") and needle in msg
+
+
+def test_tables_from_worker_processes_match_one_process(tmp_path) -> None:
+    from devices.accelerator import design_tables
+    from hurricane.space_file import load_space
+
+    space = load_space(str(Path(__file__).parent / "spaces" / "mini.toml"))
+    design = AcceleratorDesign(pe_rows=8, pe_cols=8)
+    with LutDB(tmp_path / "one.sqlite") as db:
+        one = design_tables(space, design, db, lpf_limit=2, progress=False)
+    with LutDB(tmp_path / "two.sqlite") as db:
+        two = design_tables(space, design, db, lpf_limit=2, progress=False, workers=2)
+    assert two == one and len(one[0]) == len(space.op_instances()) + len(space.fixed_instances())
+    # Each figure the workers made is in the database: a second call evaluates nothing.
+    with LutDB(tmp_path / "two.sqlite") as db:
+        for key in one[0]:
+            assert db.accel_get(design.name, key, 2, accel.zigzag_version(), accel.MODEL_VERSION)

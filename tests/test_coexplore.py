@@ -175,7 +175,16 @@ def test_coexplore_cli_names_both_halves(mini_supernet, tmp_path: Path, strategy
     args = ["coexplore", "--space", str(spaces / "mini.toml")]
     args += ["--hw-space", str(spaces / "accel-two.toml"), "--supernet", str(mini_supernet)]
     args += ["--db", str(db), "--out", str(out), "--strategy", strategy, "--no-progress"]
-    args += ["--population", "4", "--generations", "2", "--eval-limit", "100"]
+    args += [
+        "--population",
+        "4",
+        "--generations",
+        "2",
+        "--eval-limit",
+        "100",
+        "--cost-workers",
+        "1",
+    ]
     assert main([*args, "--latency-ms", "0.2"]) == 0
     res = json.loads((out / "result.json").read_text())
     assert res["hardware"]["pe_rows"] * res["hardware"]["pe_cols"] <= 64
@@ -187,6 +196,12 @@ def test_coexplore_cli_names_both_halves(mini_supernet, tmp_path: Path, strategy
     assert design["name"] == res["hardware"]["name"] and design["kind"] == "accelerator"
     assert design["pe_rows"] == res["hardware"]["pe_rows"]
     assert "memories" in (out / "accelerator.yaml").read_text()
+    # The fronts: each evaluated architecture on its tuned design and on the default one.
+    pairs = res["pairs"]
+    assert len(pairs) == res["evaluations"] and res["default"] == "pe8x8-gb64k-rf16-bw32-c500-i8"
+    for p in pairs:
+        assert p["ms"] <= p["own_ms"] + 1e-12 and p["own_energy_mj"] > 0 and p["energy_mj"] > 0
+    assert Path(res["fronts"]).name == "fronts.png" and Path(res["fronts"]).stat().st_size > 1000
     with sqlite3.connect(db) as conn:  # every (instance, design) costed once, and kept
         assert conn.execute("SELECT COUNT(*) FROM accel_entries").fetchone()[0] >= 3 * 5
 
