@@ -228,11 +228,14 @@ def test_steps_skip_rerun_and_clear_stale_work(tmp_path) -> None:
 
 def test_example_pipelines_load() -> None:
     names = builtin_pipelines()
-    assert {"demo", "mobile-cpu", "dsp", "vpu"} <= set(names)
+    assert {"demo", "mobile-cpu", "dsp", "vpu", "coexplore"} <= set(names)
     for name in names:
         p = load_pipeline(name)
         assert p.devices and p.budgets
     assert load_pipeline("demo").devices == ("local-litert",)
+    co = load_pipeline("coexplore").coexplore
+    assert list(co.spaces()) == ["local-litert"]
+    assert len(co.spaces()["local-litert"].configurations()) == 4
 
 
 @pytest.mark.parametrize(
