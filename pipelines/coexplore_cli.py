@@ -199,6 +199,8 @@ def _coexplore(args: argparse.Namespace) -> int:
     title = f"{hw_name} @ {args.latency_ms:g} ms ({args.strategy})"
     plot = plot_coexplore(out / "fronts.png", title, result["pairs"], args.latency_ms)
     result["fronts"] = str(out / plot) if plot else None
+    if args.final_steps:
+        result["final"] = _final_and_bundle(args, space, hw, design.name, tuned, arch, out)
     (out / "result.json").write_text(json.dumps(result, indent=1))
     mj = "" if tuned.energy_mj is None else f", {tuned.energy_mj:.4g} mJ"
     print(
@@ -209,6 +211,85 @@ def _coexplore(args: argparse.Namespace) -> int:
         + (f"; fronts: {result['fronts']}" if result["fronts"] else "")
     )
     return 0
+
+
+def _final_and_bundle(args, space, hw: HardwareTables, config: str, tuned, arch: str, out: Path):
+    """The chosen architecture fine-tuned from its supernet weights and bundled with its
+    hardware half: on the device under the chosen configuration (a deployment space), or
+    with the design's files and modelled figures (an accelerator)."""
+    import tempfile
+
+    from devices.accelerator import zigzag_version
+    from hurricane.final import train_final
+    from pipelines.handoff import make_bundle, make_modelled_bundle
+
+    pt = Path(args.supernet)
+    fin = train_final(
+        args.space,
+        arch,
+        out / "final",
+        args.final_steps,
+        data=args.data,
+        init=pt / "supernet.pt" if pt.is_dir() else pt,
+        seed=args.seed,
+        progress=not args.no_progress,
+        train_on=train_on_from(args),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {p.name: p.read_text() for p in hw.write_files(config, Path(tmp))}
+    design = next(c for c in hw.configs if c.name == config)
+    knobs = {k: v for k, v in design.knobs.items() if k not in ("device", "name")}
+    hardware = {
+        "space": hw.name,
+        "source": str(args.hw_space),
+        "config": config,
+        "knobs": knobs,
+        "files": files,
+        "description": "accelerator.yaml" if "accelerator.yaml" in files else None,
+    }
+    acc = {"test_acc": fin["test_acc"], "test_images": fin["test_images"], "val_acc": None}
+    bundle = out / "bundle"
+    if hw.kind == "deployment":
+        m = make_bundle(
+            str(args.space),
+            fin["model"],
+            hw.specs[config],
+            bundle,
+            args.latency_ms,
+            tuned.latency_ms,
+            acc,
+            args.data,
+            seed=args.seed,
+            db=args.db,
+            hardware=hardware,
+        )
+    else:
+        modelled = {
+            "latency_ms": tuned.latency_ms,
+            "energy_mj": tuned.energy_mj,
+            "model": f"zigzag-dse {zigzag_version()}, lpf_limit {args.lpf_limit}",
+        }
+        m = make_modelled_bundle(
+            str(args.space),
+            fin["model"],
+            bundle,
+            hardware,
+            args.latency_ms,
+            modelled,
+            acc,
+            args.data,
+            seed=args.seed,
+        )
+    print(
+        f"final model: test accuracy {fin['test_acc']:.4f}; bundle {bundle} "
+        f"{'accepted' if m['accepted'] else 'NOT ACCEPTED: ' + '; '.join(m['reasons'])}"
+    )
+    return {
+        "test_acc": fin["test_acc"],
+        "model": fin["model"],
+        "bundle": str(bundle),
+        "accepted": m["accepted"],
+    }
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -255,6 +336,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="processes costing accelerator designs with zigzag-dse (default: %(default)s)",
     )
     c.add_argument("--eval-limit", type=positive_int, default=d.eval_limit)
+    c.add_argument(
+        "--final-steps",
+        type=nonnegative_int,
+        default=0,
+        help="fine-tune the best pair's architecture this many steps and bundle it with its "
+        "hardware (default: %(default)s, no final model)",
+    )
     c.add_argument("--seed", type=nonnegative_int, default=0)
     c.add_argument("--no-progress", action="store_true")
     add_train_on_args(c)

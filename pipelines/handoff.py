@@ -261,28 +261,17 @@ def make_bundle(
 
     Built in a temporary folder beside ``out`` and moved into place when complete, so an
     interrupted handoff never leaves a bundle that looks finished."""
-    space = load_space(space_ref)
-    net, arch = load_final_model(space, model_pt)
+    space, net, arch, splits, batch, calib, reference = _prepare(
+        space_ref, model_pt, data, samples, seed
+    )
     local = (lambda text: text) if keep_local else portable_path
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    splits = load_data(data, space.resolution, space.in_channels, space.classes)
-    gen = torch.Generator().manual_seed(seed)
-    batch, _ = splits.test.batch(torch.randperm(len(splits.test), generator=gen)[:samples])
-    calib, _ = splits.train.batch(torch.randperm(len(splits.train), generator=gen)[:64])
     example = batch[:1].clone()
-    with torch.no_grad():
-        reference = net(batch).numpy()
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
         work = Path(tmp)
         art = export(net, example, spec, work, calib)
-        torch.save(
-            {"space": space.name, "arch": arch, "model": net.state_dict()}, work / "model.pt"
-        )
-        (work / "arch.txt").write_text(arch + "\n")
-        for name, text in (hardware or {}).get("files", {}).items():
-            (work / name).write_text(text)
-        (work / "space.toml").write_text(space_to_toml(space, f"The space of {arch}"))
+        _write_model(work, space, net, arch, hardware)
         outputs: dict[str, np.ndarray] = {}
         measured = time_on_device(
             spec,
@@ -375,16 +364,138 @@ def make_bundle(
             # Recorded here, after ``extra``: a caller's own provenance() has the host name.
             "provenance": provenance(keep_local),
         }
-        manifest["files"] = {
-            p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
-            for p in sorted(work.iterdir())
-            if p.is_file()
+        _seal(work, out, manifest)
+    return manifest
+
+
+def _prepare(
+    space_ref: str, model_pt: str | Path, data: str, samples: int, seed: int
+) -> tuple[SearchSpace, torch.nn.Module, str, DataSplits, torch.Tensor, torch.Tensor, np.ndarray]:
+    """The model, its data, the seeded test batch the outputs are compared on, training
+    images for int8 calibration, and PyTorch's outputs on the batch."""
+    space = load_space(space_ref)
+    net, arch = load_final_model(space, model_pt)
+    splits = load_data(data, space.resolution, space.in_channels, space.classes)
+    gen = torch.Generator().manual_seed(seed)
+    batch, _ = splits.test.batch(torch.randperm(len(splits.test), generator=gen)[:samples])
+    calib, _ = splits.train.batch(torch.randperm(len(splits.train), generator=gen)[:64])
+    with torch.no_grad():
+        reference = net(batch).numpy()
+    return space, net, arch, splits, batch, calib, reference
+
+
+def _write_model(
+    work: Path, space: SearchSpace, net: torch.nn.Module, arch: str, hardware: dict | None
+) -> None:
+    """What every bundle holds besides the exports: weights, the architecture, its space,
+    and the hardware half's files of a co-explored pair."""
+    torch.save({"space": space.name, "arch": arch, "model": net.state_dict()}, work / "model.pt")
+    (work / "arch.txt").write_text(arch + "\n")
+    (work / "space.toml").write_text(space_to_toml(space, f"The space of {arch}"))
+    for name, text in (hardware or {}).get("files", {}).items():
+        (work / name).write_text(text)
+
+
+def _seal(work: Path, out: Path, manifest: dict[str, Any]) -> None:
+    """List every file with its sha256 in the manifest and move the bundle into place."""
+    manifest["files"] = {
+        p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
+        for p in sorted(work.iterdir())
+        if p.is_file()
+    }
+    (work / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(work, out)
+    work.mkdir()  # the context manager removes the (now empty) temporary name
+
+
+def make_modelled_bundle(
+    space_ref: str,
+    model_pt: str | Path,
+    out: str | Path,
+    hardware: dict[str, Any],
+    budget_ms: float | None,
+    modelled: dict[str, Any],
+    accuracy: dict[str, Any] | None = None,
+    data: str = "fashion-mnist",
+    samples: int = 32,
+    seed: int = 0,
+    keep_local: bool = False,
+) -> dict[str, Any]:
+    """A bundle for hardware that exists only as a model (an accelerator design costed by
+    zigzag-dse): the ONNX copy (what zigzag reads), checked against PyTorch on this host;
+    the design's files (``hardware``); and the modelled latency and energy (``modelled``:
+    ``latency_ms``, ``energy_mj``, ``model``) judged against the budget. Nothing was timed,
+    so the manifest says so and the decision has no noise to allow for."""
+    space, net, arch, splits, batch, _, reference = _prepare(
+        space_ref, model_pt, data, samples, seed
+    )
+    local = (lambda text: text) if keep_local else portable_path
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    example = batch[:1].clone()
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
+        work = Path(tmp)
+        onnx = work / ONNX_COPY.handoff_files[0]
+        with torch.no_grad():
+            ONNX_COPY.convert(net, example, onnx, "fp32", None)
+        _write_model(work, space, net, arch, hardware)
+        onnx_check = compare_outputs(
+            reference, _onnx_outputs(onnx, batch.numpy()), ONNX_COPY.tolerance["fp32"]
+        )
+        ms = float(modelled["latency_ms"])
+        decision = judge_budget(ms, budget_ms, 0.0)
+        reasons = []
+        if not decision["accepted"]:
+            reasons.append(f"modelled {ms:.4g} ms on {hardware['config']}, over {budget_ms:g} ms")
+        if not onnx_check["passed"]:
+            reasons.append("the ONNX copy's outputs differ from PyTorch")
+        described = {**splits.describe(), "digest": data_digest(splits)}
+        described["source"] = local(described["source"])
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "hurricane": hurricane.__version__,
+            "accepted": not reasons,
+            "reasons": reasons,
+            "space": {
+                "name": space.name,
+                "source": local(space_ref),
+                "structure_hash": space.structure_hash(),
+                "file": "space.toml",
+            },
+            "architecture": arch,
+            "device": {"name": hardware["config"], "kind": "accelerator", "modelled": True},
+            "format": {
+                "device": [ONNX_COPY.handoff_files[0]],
+                "onnx": ONNX_COPY.handoff_files[0],
+                "pytorch": "model.pt",
+                "input_shape": list(example.shape),
+                "input": "float32 NCHW, normalised as the training data",
+            },
+            "converters": {d: v for d in CONVERTERS if (v := _version(d))},
+            "latency": {
+                "budget_ms": budget_ms,
+                "modelled_ms": ms,
+                "measured_ms": None,
+                "energy_mj": modelled.get("energy_mj"),
+                "model": modelled.get("model"),
+                "decision": decision,
+            },
+            "accuracy": {**(accuracy or {}), "data": described},
+            "verification": {
+                "samples": len(batch),
+                "from": f"{local(data)} test split, seed {seed}",
+                "onnx": onnx_check,
+            },
+            "hardware": {
+                **_hardware_record(hardware, local),
+                "spec": None,
+                "description": hardware.get("description"),
+            },
+            "provenance": provenance(keep_local),
         }
-        (work / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(work, out)
-        work.mkdir()  # the context manager removes the (now empty) temporary name
+        _seal(work, out, manifest)
     return manifest
 
 
@@ -523,6 +634,12 @@ def verify_bundle(
     }
     if device is None or problems:
         return result
+    if (manifest.get("device") or {}).get("modelled"):
+        raise BundleError(
+            f"{bundle}: made for {manifest['device'].get('name')}, an accelerator that exists "
+            "only as zigzag-dse's model: there is no device to time it on; verify it "
+            "without --device"
+        )
     spec = load_device(device)
     names = device_format(spec)
     try:

@@ -185,7 +185,8 @@ def test_coexplore_cli_names_both_halves(mini_supernet, tmp_path: Path, strategy
         "--cost-workers",
         "1",
     ]
-    assert main([*args, "--latency-ms", "0.2"]) == 0
+    final = ["--final-steps", "5"] if strategy == "evolution" else []
+    assert main([*args, *final, "--latency-ms", "0.2"]) == 0
     res = json.loads((out / "result.json").read_text())
     assert res["hardware"]["pe_rows"] * res["hardware"]["pe_cols"] <= 64
     assert res["hardware"]["name"].startswith("pe") and res["configurations"] == 3
@@ -202,6 +203,23 @@ def test_coexplore_cli_names_both_halves(mini_supernet, tmp_path: Path, strategy
     for p in pairs:
         assert p["ms"] <= p["own_ms"] + 1e-12 and p["own_energy_mj"] > 0 and p["energy_mj"] > 0
     assert Path(res["fronts"]).name == "fronts.png" and Path(res["fronts"]).stat().st_size > 1000
+    if final:  # the accelerator's bundle: the ONNX copy, the design's files, modelled figures
+        from pipelines.handoff import BundleError, check_files, read_manifest, verify_bundle
+
+        bundle = Path(res["final"]["bundle"])
+        m = read_manifest(bundle)
+        assert check_files(bundle) == [] and {"model.onnx", "accelerator.yaml"} <= set(m["files"])
+        assert m["device"] == {
+            "name": res["hardware"]["config"],
+            "kind": "accelerator",
+            "modelled": True,
+        }
+        assert m["latency"]["modelled_ms"] == res["latency_ms"] and m["latency"]["energy_mj"] > 0
+        assert m["latency"]["measured_ms"] is None and m["verification"]["onnx"]["passed"]
+        assert m["hardware"]["knobs"]["pe_rows"] == res["hardware"]["pe_rows"]
+        assert verify_bundle(bundle)["ok"] is m["accepted"] is True
+        with pytest.raises(BundleError, match="no device to time it on"):
+            verify_bundle(bundle, "local-onnxruntime")
     with sqlite3.connect(db) as conn:  # every (instance, design) costed once, and kept
         assert conn.execute("SELECT COUNT(*) FROM accel_entries").fetchone()[0] >= 3 * 5
 

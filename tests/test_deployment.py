@@ -175,7 +175,7 @@ def test_coexplore_over_deployment_configurations(tmp_path: Path, capsys) -> Non
     args = ["coexplore", "--space", TINY, "--hw-space", str(dep), "--supernet", str(sup)]
     args += ["--db", str(tmp_path / "lut.sqlite"), "--out", str(out), "--no-progress"]
     args += ["--population", "4", "--generations", "2", "--eval-limit", "100"]
-    args += ["--latency-ms", "10"]
+    args += ["--latency-ms", "10", "--final-steps", "3"]
     assert main(args) == 0
     res = json.loads((out / "result.json").read_text())
     assert res["hardware"]["config"] in ("ort.t1-fp32", "ort.t2-fp32")
@@ -190,3 +190,10 @@ def test_coexplore_over_deployment_configurations(tmp_path: Path, capsys) -> Non
     assert ready.name == res["hardware"]["config"]
     assert ready.runtime.threads == res["hardware"]["threads"]
     assert ready.runtime.name == "onnxruntime" and ready.measure.rounds == 3
+    # The bundle was timed under the chosen configuration and carries its spec.
+    from pipelines.handoff import read_manifest
+
+    m = read_manifest(res["final"]["bundle"])
+    assert m["device"]["name"] == ready.name and m["hardware"]["spec"] == "hardware.toml"
+    assert m["runtime"]["settings"]["threads"] == ready.runtime.threads
+    assert m["hardware"]["knobs"] == {"threads": ready.runtime.threads, "precision": "fp32"}
