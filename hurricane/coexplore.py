@@ -134,11 +134,25 @@ class FastExplorer:
         )
         self.tuned = 0
         self.pruned = 0
+        # Per architecture seen: how many of its pairs (one per configuration, those over
+        # the limits included) fast exploration rejected, and how many there were.
+        self.pairs: dict[str, tuple[int, int]] = {}
 
     def table(self, archs: Sequence[Arch]) -> np.ndarray:
         """Predicted latency of every architecture under every configuration within limits:
         shape (len(archs), len(configs))."""
-        return np.stack([self.latency[c.name](archs) for c in self.configs], axis=1)
+        lat = np.stack([self.latency[c.name](archs) for c in self.configs], axis=1)
+        over_limits = len(self.all) - len(self.configs)
+        for a, row in zip(archs, lat):
+            self.pairs[str(a)] = (int((row > self.budget_ms).sum()) + over_limits, len(self.all))
+        return lat
+
+    def pair_pruned_share(self) -> float:
+        """The share of (architecture, configuration) pairs of the architectures seen that
+        fast exploration rejected without an evaluation: over budget or over the limits."""
+        pruned = sum(p for p, _ in self.pairs.values())
+        total = sum(n for _, n in self.pairs.values())
+        return round(pruned / total, 4) if total else 0.0
 
     def tune(self, archs: Sequence[Arch]) -> list[Tuned]:
         if not archs:
@@ -410,6 +424,9 @@ class PairResult:
     # these when the best one does not measure within budget.
     top: list[dict[str, Any]] = field(default_factory=list)
     evaluated: dict[str, float] = field(default_factory=dict)  # every architecture's fitness
+    # (architecture, configuration) pairs rejected before evaluation; ``pruned_share``
+    # counts architectures (made and dropped: no configuration fits).
+    pair_pruned_share: float = 0.0
 
 
 def evolve_pairs(
@@ -426,10 +443,12 @@ def evolve_pairs(
     search does). The pruned share counts candidates made and dropped before evaluation.
     It ranks by accuracy within the budget, so the reward weight ``a`` has no part in it."""
     t = time.perf_counter()
+    explorer.pairs.clear()
     search = EvolutionSearch(space, latency or explorer.best_latency, fitness, cfg, out)
     res = search.run()
     made = res["evaluated"] + res["rejected"]
     pruned = round(res["rejected"] / made, 4) if made else 0.0
+    pairs = pruned if latency is not None else explorer.pair_pruned_share()
     top = [{"arch": c["arch"], "fitness": c["fitness"]} for c in res["top"]]
     return PairResult(
         res["best"],
@@ -439,6 +458,7 @@ def evolve_pairs(
         time.perf_counter() - t,
         top,
         dict(search.state.evaluated),
+        pairs,
     )
 
 
@@ -471,6 +491,7 @@ def reinforce_pairs(
         time.perf_counter() - t,
         [{"arch": a, "fitness": f} for a, f in ranked],
         fit,
+        res["pruned_share"],  # each episode is one pair
     )
 
 

@@ -166,7 +166,7 @@ def _coexplore(args: argparse.Namespace) -> int:
         found.arch,
         found.fitness,
         found.evaluations,
-        found.pruned_share,
+        found.pair_pruned_share,
     )
     tuned = explorer.tune([space.parse_arch(arch)])[0]
     design = next(c for c in configs if c.name == tuned.config)
@@ -185,7 +185,8 @@ def _coexplore(args: argparse.Namespace) -> int:
         "strategy": args.strategy,
         "tune": args.tune,
         "evaluations": evaluations,
-        "pruned_share": pruned,
+        "pruned_share": pruned,  # of the (architecture, configuration) pairs
+        "pruned_archs_share": found.pruned_share,  # architectures no configuration fits
         "configurations": len(configs),
         "tables_seconds": round(tables_s, 1),
         "search_seconds": round(found.seconds, 1),

@@ -575,7 +575,7 @@ class PipelineRun:
         pairs_front = fronts(space, explorer, own, found.evaluated)
         self.echo(
             f"  co-exploration ({c.strategy}, {found.evaluations} evaluated, "
-            f"{found.pruned_share:.0%} of the pairs pruned before evaluation)"
+            f"{found.pair_pruned_share:.0%} of the pairs pruned before evaluation)"
         )
         return {
             "arch": best["arch"],
@@ -590,7 +590,8 @@ class PipelineRun:
                 "strategy": c.strategy,
                 "tune": c.tune,
                 "evaluations": found.evaluations,
-                "pruned_share": found.pruned_share,
+                "pruned_share": found.pair_pruned_share,
+                "pruned_archs_share": found.pruned_share,
                 "search_seconds": round(found.seconds, 1),
                 "configurations": len(pairs),
                 "default": own,

@@ -61,6 +61,11 @@ def test_fast_exploration_tunes_and_prunes_from_the_tables(tables) -> None:
     assert small.config == "threads2" and small.latency_ms == pytest.approx(one[0] * 0.6)
     assert big.config is None and big.latency_ms == pytest.approx(one[1] * 0.6)
     assert explorer.pruned == 1 and explorer.pruned_share() == 0.5
+    # Pairs: threads4 is over the limits for both; the big one is over budget on the other
+    # two; the small one on threads1 exactly when its one-thread figure is over budget.
+    small_over = int(one[0] > budget)
+    assert explorer.pairs == {str(archs[0]): (1 + small_over, 3), str(archs[1]): (3, 3)}
+    assert explorer.pair_pruned_share() == round((4 + small_over) / 6, 4)
     assert reward(0.9, big, budget) == -1.0 and reward(0.9, small, budget) > 0.7
     with pytest.raises(UserError, match="no hardware configuration is within the resource"):
         FastExplorer(CONFIGS, latency, budget, limits={"cores": 0})
