@@ -355,6 +355,7 @@ def rl_search(
     agent = Reinforce(Controller(tokens_of.choices, seed=seed), lr=lr)
     done: list[dict[str, Any]] = []
     evaluated: dict[str, float] = {}
+    seconds, t0 = 0.0, time.perf_counter()
     state_file = Path(out) / "rl_state.pt" if out else None
     if state_file is not None and state_file.exists():
         saved = torch.load(state_file, weights_only=True)
@@ -362,6 +363,7 @@ def rl_search(
             raise UserError(f"{state_file}: a search with other settings is stored here")
         agent.load_state_dict(saved["agent"])
         done, evaluated = json.loads(saved["history"]), json.loads(saved["evaluated"])
+        seconds = float(saved.get("seconds", 0.0))
     while len(done) < episodes:
         b = len(done) // batch
         gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
@@ -393,6 +395,7 @@ def rl_search(
                     "agent": agent.state_dict(),
                     "history": json.dumps(done),
                     "evaluated": json.dumps(evaluated),
+                    "seconds": seconds + time.perf_counter() - t0,
                 },
                 tmp,
             )
@@ -405,6 +408,7 @@ def rl_search(
         "evaluations": len(evaluated),
         "pruned_share": round(sum(d["fitness"] is None for d in done) / max(1, len(done)), 4),
         "history": done,
+        "seconds": round(seconds + time.perf_counter() - t0, 1),
         "mean_reward_last": round(float(np.mean([d["reward"] for d in done[-batch:]])), 4)
         if done
         else math.nan,
@@ -442,9 +446,23 @@ def evolve_pairs(
     (``latency``: search one fixed configuration's table instead, as architecture-only
     search does). The pruned share counts candidates made and dropped before evaluation.
     It ranks by accuracy within the budget, so the reward weight ``a`` has no part in it."""
-    t = time.perf_counter()
+    # The pairs counted so far are kept beside the search's state, so a resumed search
+    # reports the share over everything it made.
+    counts = Path(out) / "pairs.json" if out else None
     explorer.pairs.clear()
-    search = EvolutionSearch(space, latency or explorer.best_latency, fitness, cfg, out)
+    if counts is not None and counts.exists():
+        explorer.pairs.update({k: tuple(v) for k, v in json.loads(counts.read_text()).items()})
+
+    def best_latency(archs: Sequence[Arch]) -> np.ndarray:
+        lat = explorer.best_latency(archs)
+        if counts is not None:
+            counts.parent.mkdir(parents=True, exist_ok=True)
+            tmp = counts.with_suffix(".tmp")
+            tmp.write_text(json.dumps(explorer.pairs))
+            os.replace(tmp, counts)
+        return lat
+
+    search = EvolutionSearch(space, latency or best_latency, fitness, cfg, out)
     res = search.run()
     made = res["evaluated"] + res["rejected"]
     pruned = round(res["rejected"] / made, 4) if made else 0.0
@@ -455,7 +473,7 @@ def evolve_pairs(
         res["fitness"],
         res["evaluated"],
         pruned,
-        time.perf_counter() - t,
+        float(res["seconds"]),  # over every session of a resumed search
         top,
         dict(search.state.evaluated),
         pairs,
@@ -475,7 +493,6 @@ def reinforce_pairs(
     (population x generations); None when no episode found a pair within budget."""
     if latency is not None:
         raise UserError("the controller chooses the configuration: it takes no fixed table")
-    t = time.perf_counter()
     episodes = cfg.population * cfg.generations
     res = rl_search(space, explorer, fitness, episodes, out, seed=cfg.seed, a=a)
     if res["best"] is None:
@@ -488,7 +505,7 @@ def reinforce_pairs(
         best["fitness"],
         res["evaluations"],
         res["pruned_share"],
-        time.perf_counter() - t,
+        res["seconds"],
         [{"arch": a, "fitness": f} for a, f in ranked],
         fit,
         res["pruned_share"],  # each episode is one pair

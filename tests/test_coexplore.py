@@ -261,3 +261,26 @@ def test_the_tuning_rule_picks_among_the_configurations_that_fit() -> None:
         FastExplorer(configs, latency, 2.5, rule="least-energy").tune(arch)
     with pytest.raises(UserError, match="tuning rule 'cheapest'"):
         FastExplorer(configs, latency, 2.5, rule="cheapest")
+
+
+def test_a_resumed_evolution_reports_the_same_pruned_pairs(tables, tmp_path: Path) -> None:
+    from hurricane.coexplore import evolve_pairs
+
+    space, latency = tables
+    rng = random.Random(1)
+    budget = float(
+        np.percentile(latency["threads2"]([space.sample_arch(rng) for _ in range(50)]), 40)
+    )
+    cfg = SearchConfig(budget_ms=budget, population=6, generations=2, mutations=3, crossovers=3)
+
+    def fitness(arch) -> float:
+        return len(str(arch)) / 100
+
+    first = evolve_pairs(space, FastExplorer(CONFIGS, latency, budget), fitness, cfg, tmp_path)
+    again = evolve_pairs(space, FastExplorer(CONFIGS, latency, budget), fitness, cfg, tmp_path)
+    assert 0 < first.pair_pruned_share < 1 and first.pair_pruned_share >= first.pruned_share
+    assert (again.arch, again.pair_pruned_share, again.seconds) == (
+        first.arch,
+        first.pair_pruned_share,
+        first.seconds,
+    )
