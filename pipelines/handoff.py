@@ -309,17 +309,7 @@ def make_bundle(
         if not onnx_check["passed"]:
             reasons.append("the ONNX copy's outputs differ from PyTorch")
         manifest = {
-            "manifest_version": MANIFEST_VERSION,
-            "hurricane": hurricane.__version__,
-            "accepted": not reasons,
-            "reasons": reasons,
-            "space": {
-                "name": space.name,
-                "source": local(space_ref),
-                "structure_hash": space.structure_hash(),
-                "file": "space.toml",
-            },
-            "architecture": arch,
+            **_manifest_head(space, space_ref, arch, reasons, local),
             "device": {
                 "name": spec.name,
                 "kind": spec.kind,
@@ -336,13 +326,7 @@ def make_bundle(
                 "settings": spec.runtime.agent_options(),
                 "affinity": list(spec.affinity),
             },
-            "format": {
-                "device": device_format(spec),
-                "onnx": "model.onnx",
-                "pytorch": "model.pt",
-                "input_shape": list(example.shape),
-                "input": "float32 NCHW, normalised as the training data",
-            },
+            "format": _format(device_format(spec), example),
             "converters": {d: v for d in CONVERTERS if (v := _version(d))},
             "latency": {
                 "budget_ms": budget_ms,
@@ -366,6 +350,38 @@ def make_bundle(
         }
         _seal(work, out, manifest)
     return manifest
+
+
+def _manifest_head(
+    space: SearchSpace,
+    space_ref: str,
+    arch: str,
+    reasons: list[str],
+    local: Callable[[str], str],
+) -> dict[str, Any]:
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "hurricane": hurricane.__version__,
+        "accepted": not reasons,
+        "reasons": reasons,
+        "space": {
+            "name": space.name,
+            "source": local(space_ref),
+            "structure_hash": space.structure_hash(),
+            "file": "space.toml",
+        },
+        "architecture": arch,
+    }
+
+
+def _format(device_files: list[str], example: torch.Tensor) -> dict[str, Any]:
+    return {
+        "device": device_files,
+        "onnx": ONNX_COPY.handoff_files[0],
+        "pytorch": "model.pt",
+        "input_shape": list(example.shape),
+        "input": "float32 NCHW, normalised as the training data",
+    }
 
 
 def _prepare(
@@ -454,25 +470,9 @@ def make_modelled_bundle(
         described = {**splits.describe(), "digest": data_digest(splits)}
         described["source"] = local(described["source"])
         manifest = {
-            "manifest_version": MANIFEST_VERSION,
-            "hurricane": hurricane.__version__,
-            "accepted": not reasons,
-            "reasons": reasons,
-            "space": {
-                "name": space.name,
-                "source": local(space_ref),
-                "structure_hash": space.structure_hash(),
-                "file": "space.toml",
-            },
-            "architecture": arch,
+            **_manifest_head(space, space_ref, arch, reasons, local),
             "device": {"name": hardware["config"], "kind": "accelerator", "modelled": True},
-            "format": {
-                "device": [ONNX_COPY.handoff_files[0]],
-                "onnx": ONNX_COPY.handoff_files[0],
-                "pytorch": "model.pt",
-                "input_shape": list(example.shape),
-                "input": "float32 NCHW, normalised as the training data",
-            },
+            "format": _format([ONNX_COPY.handoff_files[0]], example),
             "converters": {d: v for d in CONVERTERS if (v := _version(d))},
             "latency": {
                 "budget_ms": budget_ms,
