@@ -96,16 +96,21 @@ def configured(device: DeviceSpec, knobs: dict[str, Any]) -> DeviceSpec:
     )
 
 
-def load_deployment_space(path: str | Path) -> DeploymentSpace:
+def load_deployment_space(path: str | Path, device_ref: str | None = None) -> DeploymentSpace:
+    """The space in ``path``; ``device_ref`` (a spec file or built-in name) stands in for
+    its ``device`` field, so one list of knobs serves several devices."""
     source = str(path)
     data = read_toml(Path(path), "deployment space")
     top = Fields(data, source, error_type=DeploymentSpaceError)
     top.only({"name", "kind", "description", "device", *KNOBS})
     if top.str("kind", "deployment") != "deployment":
         raise top.error("kind", 'a deployment space has kind = "deployment"')
-    ref = top.str("device")
-    local = Path(path).parent / ref
-    device = load_device(local if local.exists() or ref not in builtin_devices() else ref)
+    if device_ref is not None:
+        device = load_device(device_ref)
+    else:
+        ref = top.str("device")
+        local = Path(path).parent / ref
+        device = load_device(local if local.exists() or ref not in builtin_devices() else ref)
     rt, entry = device.runtime, device.runtime.entry
     cores = (os.cpu_count() or 1) if device.is_local else None
     values: dict[str, tuple[Any, ...]] = {}

@@ -60,10 +60,12 @@ def hardware_tables(
     lpf_limit: int,
     progress: bool = True,
     workers: int = 1,
+    device: str | None = None,
 ) -> HardwareTables:
     """Load ``hw_space`` and fill its tables: an accelerator space is costed by zigzag-dse
     (cached in ``db``, over ``workers`` processes); a deployment space is profiled on its
-    device, one campaign per configuration (resumable)."""
+    device (or on ``device``, a spec standing in for the space's own), one campaign per
+    configuration (resumable)."""
     from hurricane.latency import LatencyModel, LutPredictor
     from hurricane.lut import LutDB
     from hurricane.tomlcheck import read_toml
@@ -77,7 +79,7 @@ def hardware_tables(
         from devices.deployment import load_deployment_space, spec_toml
         from profilers.configurations import profile_configurations
 
-        dep = load_deployment_space(hw_space)
+        dep = load_deployment_space(hw_space, device)
         profile_configurations(space, dep, db, progress=progress)
         pairs = dep.configurations()
         for c, _ in pairs:
@@ -104,6 +106,11 @@ def hardware_tables(
         raise UserError(
             f"{hw_space}: kind: {kind!r}: expected 'accelerator' (a design space costed "
             "by zigzag-dse) or 'deployment' (configurations of a device)"
+        )
+    if device is not None:
+        raise UserError(
+            f"--device {device}: {hw_space} is an accelerator design space, costed by "
+            "zigzag-dse; --device names the device of a deployment space"
         )
     from devices.accelerator import (
         design_json,
@@ -141,7 +148,13 @@ def _coexplore(args: argparse.Namespace) -> int:
     space = load_space(args.space)
     t0 = time.perf_counter()
     hw = hardware_tables(
-        args.hw_space, space, args.db, args.lpf_limit, not args.no_progress, args.cost_workers
+        args.hw_space,
+        space,
+        args.db,
+        args.lpf_limit,
+        not args.no_progress,
+        args.cost_workers,
+        args.device,
     )
     configs, hw_name = hw.configs, hw.name
     tables_s = time.perf_counter() - t0
@@ -308,6 +321,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="hardware space TOML: an accelerator design space or a device's deployment "
         "configurations",
+    )
+    c.add_argument(
+        "--device",
+        default=None,
+        help="device spec whose deployment configurations are searched (default: the one "
+        "the deployment space names; not for an accelerator space)",
     )
     c.add_argument("--latency-ms", type=positive_finite_float, required=True)
     c.add_argument("--supernet", required=True, help="trained run folder or supernet.pt")

@@ -197,3 +197,23 @@ def test_coexplore_over_deployment_configurations(tmp_path: Path, capsys) -> Non
     assert m["device"]["name"] == ready.name and m["hardware"]["spec"] == "hardware.toml"
     assert m["runtime"]["settings"]["threads"] == ready.runtime.threads
     assert m["hardware"]["knobs"] == {"threads": ready.runtime.threads, "precision": "fp32"}
+
+
+def test_device_flag_stands_in_for_the_spaces_device(tmp_path: Path, capsys) -> None:
+    ort = write(
+        tmp_path,
+        "ort.toml",
+        'name = "ort"\nkind = "cpu"\n[runtime]\nname = "onnxruntime"\n' + QUICK,
+    )
+    dep = write(tmp_path, "dep.toml", 'device = "local-litert"\nthreads = [1, 2]\n')
+    space = load_deployment_space(dep, str(ort))
+    assert space.device.name == "ort"
+    assert [s.name for _, s in space.configurations()] == ["ort.t1-fp32", "ort.t2-fp32"]
+    # An accelerator space has no device to stand in for.
+    from pipelines.cli import main
+
+    accel = str(Path(__file__).parent / "spaces" / "accel-two.toml")
+    args = ["coexplore", "--space", TINY, "--hw-space", accel, "--supernet", str(tmp_path)]
+    assert main([*args, "--device", str(ort), "--latency-ms", "1"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is an accelerator design space" in err, err
