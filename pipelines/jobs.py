@@ -650,10 +650,12 @@ class PipelineRun:
         keys = ("within_5pct", "within_10pct", "mape", "rmse_ms", "spearman", "calibration")
         return {"digest": digest(res["calibration"]), **{k: res[k] for k in keys}}
 
-    def _handoff(self, spec, space_file, fin, budget_ms, label, dev) -> dict[str, Any]:
+    def _handoff(self, spec, space_file, fin, budget_ms, label, dev=None) -> dict[str, Any]:
+        """Bundle the final model for ``spec``: the device's own, or a co-explored pair's
+        configuration of device ``dev`` (the bundle keeps the device's name)."""
         from pipelines.handoff import hardware_of, make_bundle
 
-        out = child_path(self.root, "bundles", f"{dev}-{label}")
+        out = child_path(self.root, "bundles", f"{dev or spec.name}-{label}")
         acc = {
             "test_acc": fin.get("test_acc"),
             "test_images": fin.get("test_images"),

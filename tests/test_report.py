@@ -16,6 +16,7 @@ HEADINGS = [
     "Latency lookup table",
     "Latency predictor: predicted vs measured",
     "Evolution history",
+    "Co-exploration against architecture-only",
     "Provenance",
 ]
 OPS = [
