@@ -144,20 +144,29 @@ def test_every_caller_gives_the_same_figure(tmp_path: Path, cache, single_thread
     path = spec_file(tmp_path, "passes = 2\n")
     spec = load_device(path)
     model = _bundle(tmp_path, arch)
-    db = tmp_path / "m.sqlite"
-    final = measure_archs(
-        space, spec, [space.parse_arch(arch)], db, cache=cache, progress=False, workers=0
-    )[arch]
-    m = make_bundle(str(TINY), model, spec, tmp_path / "b", final["median_ms"] * 1.5, samples=4)
-    v = verify_bundle(tmp_path / "b", str(path))
-    figures = {
-        "final": (final["median_ms"], row_noise(final)),
-        "handoff": (m["latency"]["measured_ms"], m["latency"]["noise"]),
-        "verify": (v["measured_ms"], v["noise"]),
-    }
-    values = [ms for ms, _ in figures.values()]
-    allowed = max(0.15, 3 * max(n for _, n in figures.values()))
-    assert max(values) / min(values) - 1 <= allowed, figures
+    # Load on this shared VM only ever adds time, and it moves whole sessions minutes apart
+    # by 20-50%: each caller keeps its least disturbed figure over up to three rounds (a
+    # caller that timed differently would stay apart in every round).
+    best: dict[str, tuple[float, float]] = {}
+    for attempt in range(3):
+        db = tmp_path / f"m{attempt}.sqlite"
+        final = measure_archs(
+            space, spec, [space.parse_arch(arch)], db, cache=cache, progress=False, workers=0
+        )[arch]
+        bundle = tmp_path / f"b{attempt}"
+        m = make_bundle(str(TINY), model, spec, bundle, final["median_ms"] * 1.5, samples=4)
+        v = verify_bundle(bundle, str(path))
+        figures = {
+            "final": (final["median_ms"], row_noise(final)),
+            "handoff": (m["latency"]["measured_ms"], m["latency"]["noise"]),
+            "verify": (v["measured_ms"], v["noise"]),
+        }
+        best = {k: min(f, best.get(k, f)) for k, f in figures.items()}
+        values = [ms for ms, _ in best.values()]
+        allowed = max(0.15, 3 * max(n for _, n in best.values()))
+        if max(values) / min(values) - 1 <= allowed:
+            break
+    assert max(values) / min(values) - 1 <= allowed, best
     # 1.5x the final figure: accepted by both, whatever the noise on a loaded machine makes
     # the verdict ("within budget", or "within noise of the budget" when rounds spread 1/3).
     assert m["accepted"] and m["latency"]["decision"]["accepted"] and v["within_budget"]
