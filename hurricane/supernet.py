@@ -8,7 +8,7 @@ slice the shared weights (GoldenNAS's dynamic channel scaling, Once-for-All's dy
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import cast
 
 import torch
@@ -67,13 +67,24 @@ class Supernet(nn.Module):
         return self.head(x)
 
     def sample(
-        self, rng: random.Random, layers: list[int] | None = None, fixed: Arch | None = None
+        self,
+        rng: random.Random,
+        layers: list[int] | None = None,
+        fixed: Arch | None = None,
+        allowed: Sequence[Sequence[str]] | None = None,
     ) -> Arch:
-        return self.space.sample_arch(rng, layers, fixed)
+        return self.space.sample_arch(rng, layers, fixed, allowed)
 
     def largest(self, layers: list[int] | None = None, fixed: Arch | None = None) -> Arch:
         """The biggest path: on each sampled layer the op with the most multiply-adds at the
         widest width (the teacher of in-place distillation); other layers from ``fixed``."""
+        return self._extreme(max, layers, fixed)
+
+    def smallest(self, layers: list[int] | None = None, fixed: Arch | None = None) -> Arch:
+        """The sandwich rule's other end: the fewest multiply-adds at the narrowest width."""
+        return self._extreme(min, layers, fixed)
+
+    def _extreme(self, pick, layers: list[int] | None, fixed: Arch | None) -> Arch:
         space = self.space
         base = fixed or space.default_arch()
         ops, widths = list(base.ops), list(base.widths)
@@ -86,8 +97,8 @@ class Supernet(nn.Module):
                 OpInstance(op, cin, cout, h, w, layer.stride, space.layer_act(i, op))
                 for op in layer.ops
             ]
-            big = max(insts, key=lambda inst: instance_cost(inst).macs)
-            ops[i], widths[i] = big.op, max(layer.widths)
+            one = pick(insts, key=lambda inst: instance_cost(inst).macs)
+            ops[i], widths[i] = one.op, pick(layer.widths)
         return Arch(tuple(ops), tuple(widths))
 
     def extract(self, arch: Arch | str) -> Subnet:

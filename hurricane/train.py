@@ -97,6 +97,16 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     distill: bool = False  # in-place distillation: the largest path teaches the sampled one
+    # A student's loss: kd_weight * T^2 * KL(teacher || student at temperature T)
+    # + (1 - kd_weight) * cross-entropy; 1.0 and 1.0 are the KL alone, as OFA's.
+    kd_weight: float = 1.0
+    kd_temperature: float = 1.0
+    sandwich: bool = False  # each step trains the largest, the smallest and a random path
+    # A GoldenNet (hurricane.adaptive): the depth variants of ``fixed`` are the paths
+    # ("default", a number of blocks per stage, or comma-separated variant names).
+    depths: str | None = None
+    adaptive_bn: bool = True  # per-variant batch-norm statistics
+    per_depth_affine: bool = False
     init: str | None = None  # start from this supernet.pt (stage B continues stage A)
     # GoldenNAS progressive shrinking (off when shrink_every is 0): needs a device's LUT.
     shrink_every: int = 0
@@ -228,6 +238,26 @@ class _StopOnInterrupt:
             self._installed = False
 
 
+def distill_loss(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    soft: torch.Tensor,
+    weight: float,
+    temperature: float,
+    smoothing: float,
+) -> torch.Tensor:
+    """A student's loss: ``weight`` of the KL to the teacher's ``soft`` outputs (taken at
+    ``temperature``, scaled by its square so gradients keep their size, as Hinton et al.),
+    the rest cross-entropy on the labels."""
+    t = temperature
+    kl = F.kl_div(F.log_softmax(logits / t, 1), soft, reduction="batchmean")
+    if weight >= 1.0:
+        return t * t * kl
+    return weight * t * t * kl + (1 - weight) * F.cross_entropy(
+        logits, y, label_smoothing=smoothing
+    )
+
+
 class Trainer:
     def __init__(
         self,
@@ -287,8 +317,18 @@ class Trainer:
                     f"--init {cfg.init}: not a supernet of space "
                     f"{self.space.name!r} ({type(exc).__name__}: {first})"
                 ) from None
+        if cfg.depths is not None:  # the same path interface as a supernet's
+            self.net = cast(Supernet, self._golden_net(self.net))
         self.net = cast(Supernet, self.compute.module(self.net))
         self.teacher = self.net.largest(self.sample_layers, self.fixed) if cfg.distill else None
+        # The sandwich rule's fixed members: trained by themselves, or as the teacher.
+        ends = (self.net.largest, self.net.smallest) if cfg.sandwich else ()
+        self.sandwich = [end(self.sample_layers, self.fixed) for end in ends]
+        if not 0.0 <= cfg.kd_weight <= 1.0 or cfg.kd_temperature <= 0:
+            raise UserError(
+                f"distillation: kd_weight {cfg.kd_weight} must be within 0..1 and "
+                f"kd_temperature {cfg.kd_temperature} above 0"
+            )
         self.allowed: list[list[str]] = [list(layer.ops) for layer in self.space.layers]
         self.shrink_history: list[dict[str, Any]] = []
         self.latency = self._shrink_latency() if cfg.shrink_every else None
@@ -316,6 +356,20 @@ class Trainer:
         self.resumed_from: list[int] = []
         self.seconds = 0.0  # training wall time over all sessions of this run
         self.epoch_stats = [0.0, 0, 0]  # loss sum, correct, seen so far in this epoch
+
+    def _golden_net(self, supernet: Supernet) -> torch.nn.Module:
+        """The fixed architecture made depth-adaptive, from the supernet's weights."""
+        from hurricane.adaptive import AdaptiveNet, parse_depths, variants
+
+        if self.fixed is None or self.sample_layers != []:
+            raise UserError("depths: a GoldenNet is one architecture: give fixed, sample no layer")
+        text = self.cfg.depths
+        depths = None if text in (None, "default") else parse_depths(text)
+        found = variants(self.space, self.fixed, depths)
+        cfg = self.cfg
+        return AdaptiveNet(
+            self.space, supernet.extract(self.fixed), found, cfg.adaptive_bn, cfg.per_depth_affine
+        )
 
     # --- schedule and sampling ------------------------------------------------------------
     def _shrink_latency(self) -> Latency:
@@ -365,7 +419,7 @@ class Trainer:
 
     def path_at(self, step: int) -> Arch:
         rng = random.Random(_step_rng(self.cfg.seed, step, 1))
-        return self.space.sample_arch(rng, self.sample_layers, self.fixed, self.allowed)
+        return self.net.sample(rng, self.sample_layers, self.fixed, self.allowed)
 
     def my_shards(self) -> range:
         """The shards of every global batch this process trains (``micro_batches`` of them)."""
@@ -577,26 +631,32 @@ class Trainer:
         self, x: torch.Tensor, y: torch.Tensor, arch: Arch, sync: bool
     ) -> tuple[float, torch.Tensor]:
         """Forward and backward of one shard; its loss and logits."""
-        smoothing = self.cfg.label_smoothing
+        cfg = self.cfg
+        smoothing, w, t = cfg.label_smoothing, cfg.kd_weight, cfg.kd_temperature
         soft = self._teach(x, y) if self.teacher is not None else None
-        with contextlib.nullcontext() if sync else self._no_sync():
-            with self.compute.autocast():
-                logits = self.model(x, arch)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
-                if soft is not None:
-                    kl = F.kl_div(F.log_softmax(logits.float(), 1), soft, reduction="batchmean")
-            self._backward(kl if soft is not None else loss)
+        # The sandwich's largest path is the teacher when there is one; otherwise it and
+        # the smallest train on the labels like the sampled path.
+        paths = [p for p in self.sandwich if soft is None or p != self.teacher] + [arch]
+        for k, path in enumerate(paths):
+            last = sync and k == len(paths) - 1
+            with contextlib.nullcontext() if last else self._no_sync():
+                with self.compute.autocast():
+                    logits = self.model(x, path).float()
+                    loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+                    total = loss if soft is None else distill_loss(logits, y, soft, w, t, smoothing)
+                self._backward(total)
         return float(loss.detach()), logits.detach()
 
     def _teach(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Train the largest path on the labels (its gradients accumulate with the
-        student's) and return its soft predictions for the sampled path to learn from."""
+        students') and return its soft predictions, at the distillation's temperature, for
+        the other paths to learn from."""
         with self._no_sync():
             with self.compute.autocast():
                 t_logits = self.model(x, self.teacher).float()
                 loss = F.cross_entropy(t_logits, y, label_smoothing=self.cfg.label_smoothing)
             self._backward(loss)
-        return F.softmax(t_logits.detach(), 1)
+        return F.softmax(t_logits.detach() / self.cfg.kd_temperature, 1)
 
     def _end_epoch(self, loss: float, acc: float) -> None:
         epoch = math.ceil(self.step / self.steps_per_epoch)

@@ -41,6 +41,8 @@ from profilers.models import device_noise
 from profilers.session import AgentCrashed, AgentSession
 
 MANIFEST = "manifest.json"
+# The on-device switcher between a GoldenNet's depths, shipped in its bundle.
+SELECTOR = Path(__file__).resolve().parents[1] / "profilers" / "agent" / "selector.py"
 MANIFEST_VERSION = 1
 SHA256 = re.compile(r"[0-9a-f]{64}")
 # Host packages whose versions a bundle records: every runtime's, and the ONNX copy's.
@@ -190,10 +192,25 @@ def time_on_device(
     final step timed the chosen model (batched with the drift reference, the spec's passes,
     noisy ones measured again), so both give the same figure within the device's noise.
     ``check`` runs once in the first agent session, before any timing (the output check)."""
+    return time_models_on_device(spec, {item: art}, seed, check, device_noise)[item]
+
+
+def time_models_on_device(
+    spec: DeviceSpec,
+    arts: dict[str, Artifact],
+    seed: int,
+    check: Callable[[AgentSession], None] | None = None,
+    device_noise: float = 0.0,
+) -> dict[str, dict[str, Any]]:
+    """``time_on_device`` for several models in one batch (a GoldenNet's depths): each
+    item's figures, all under the same drift reference."""
     sink = MemorySink()
     engine = Engine(spec, progress=False, on_open=check)
-    rep = engine.run([item], lambda _: art, sink, seed=seed)
-    row = sink.rows.get(item)
+    rep = engine.run(list(arts), arts.__getitem__, sink, seed=seed)
+    return {item: _timed(spec, rep, sink.rows.get(item), device_noise) for item in arts}
+
+
+def _timed(spec: DeviceSpec, rep: Any, row: dict | None, device_noise: float) -> dict[str, Any]:
     if row is None or row["status"] == "error":
         why = row["error"] if row else "no timing came back"
         raise BundleError(f"{spec.name}: the exported model failed to run: {why}")
@@ -247,8 +264,13 @@ def make_bundle(
     db: str | Path | None = None,
     keep_local: bool = False,
     hardware: dict[str, Any] | None = None,
+    golden: str | Path | None = None,
+    depth_accuracy: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Export, verify on ``spec`` and write the bundle to ``out``; returns the manifest.
+    ``golden``: a GoldenNet's ``adaptive.pt`` (``model_pt`` its full depth): every depth is
+    exported, checked and timed with the full one, listed in ``manifest.adaptive`` with its
+    test accuracy from ``depth_accuracy``, and ``selector.py`` switches between them.
     ``hardware``: a co-explored pair's hardware half (``hardware_of``): recorded in the
     manifest, its files (a ready device spec) carried in the bundle.
     ``db``: the LUT database whose profile runs say how noisy the device is (the budget
@@ -272,16 +294,16 @@ def make_bundle(
         work = Path(tmp)
         art = export(net, example, spec, work, calib)
         _write_model(work, space, net, arch, hardware)
+        depths = _export_depths(space, golden, example, spec, work, calib) if golden else {}
+        arts = {"bundle": art, **{item: d[1] for item, d in depths.items()}}
         outputs: dict[str, np.ndarray] = {}
-        measured = time_on_device(
-            spec,
-            art,
-            "bundle",
-            seed,
-            lambda s: outputs.update(got=_infer(s, art, batch)),
-            device_noise(db, spec),
-        )
-        got, fingerprint = outputs["got"], measured.pop("fingerprint")
+
+        def check(session: AgentSession) -> None:
+            outputs.update({item: _infer(session, a, batch) for item, a in arts.items()})
+
+        timed = time_models_on_device(spec, arts, seed, check, device_noise(db, spec))
+        measured = timed["bundle"]
+        got, fingerprint = outputs["bundle"], measured.pop("fingerprint")
         described = {**splits.describe(), "digest": data_digest(splits)}
         described["source"] = local(described["source"])
         if not keep_local:  # the device's host name (this host's, for a local device)
@@ -308,6 +330,19 @@ def make_bundle(
             )
         if not onnx_check["passed"]:
             reasons.append("the ONNX copy's outputs differ from PyTorch")
+        adaptive = None
+        if golden:
+            adaptive = _depth_records(
+                spec, work, depths, timed, outputs, batch, measured, budget_ms, depth_accuracy
+            )
+            adaptive["depths"][0]["test_acc"] = (accuracy or {}).get("test_acc")
+            reasons += [
+                f"depth {d['name']}: {spec.runtime.name} outputs differ from PyTorch "
+                f"(relative error {d['verification']['device']['relative_error']:.3g})"
+                for d in adaptive["depths"][1:]
+                if not d["verification"]["device"]["passed"]
+            ]
+            shutil.copy(SELECTOR, work / SELECTOR.name)
         manifest = {
             **_manifest_head(space, space_ref, arch, reasons, local),
             "device": {
@@ -345,11 +380,97 @@ def make_bundle(
             },
             **(portable(extra or {}) if not keep_local else (extra or {})),
             **({"hardware": _hardware_record(hardware, local)} if hardware else {}),
+            **({"adaptive": adaptive} if adaptive else {}),
             # Recorded here, after ``extra``: a caller's own provenance() has the host name.
             "provenance": provenance(keep_local),
         }
         _seal(work, out, manifest)
     return manifest
+
+
+def _export_depths(
+    space: SearchSpace,
+    golden: str | Path,
+    example: torch.Tensor,
+    spec: DeviceSpec,
+    work: Path,
+    calib: torch.Tensor,
+) -> dict[str, tuple[Any, Artifact, torch.nn.Module]]:
+    """Every depth but the full one in the device's format and as ONNX, as
+    ``depth-NAME.*`` beside the full depth's ``model.*``: (variant, artifact, network) per
+    timing item."""
+    from hurricane.adaptive import load_adaptive
+
+    net = load_adaptive(space, golden).eval()
+    out: dict[str, tuple[Any, Artifact, torch.nn.Module]] = {}
+    for v in net.variants[1:]:
+        sub = net.extract(v.arch).eval()
+        tmp = work / f".depth-{v.name}"
+        tmp.mkdir()
+        made = export(sub, example, spec, tmp, calib)
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, work / f"depth-{v.name}{f.suffix}")
+        tmp.rmdir()
+        path = work / f"depth-{v.name}{made.path.suffix}"
+        item = f"depth-{v.name}"
+        out[item] = (v, Artifact(made.runtime, made.precision, f"{made.key}-{v.name}", path), sub)
+    return out
+
+
+def _depth_records(
+    spec: DeviceSpec,
+    work: Path,
+    depths: dict[str, tuple[Any, Artifact, torch.nn.Module]],
+    timed: dict[str, dict[str, Any]],
+    outputs: dict[str, np.ndarray],
+    batch: torch.Tensor,
+    full: dict[str, Any],
+    budget_ms: float | None,
+    depth_accuracy: dict[str, float] | None,
+) -> dict[str, Any]:
+    """``manifest.adaptive``: every depth, deepest first, with its files, test accuracy,
+    latency measured in the same batch as the full depth, and output checks."""
+    acc = depth_accuracy or {}
+    names = device_format(spec)
+    records = [
+        {
+            "name": "full",
+            "dropped": [],
+            "file": names[0],
+            "files": names,
+            "measured_ms": full["latency_ms"],
+            "noise": full["noise"],
+        }
+    ]
+    for item, (v, art, sub) in depths.items():
+        with torch.no_grad():
+            reference = sub(batch).numpy()
+        t = timed[item]
+        records.append(
+            {
+                "name": v.name,
+                "arch": str(v.arch),
+                "dropped": list(v.dropped),
+                "blocks": v.blocks,
+                "file": art.path.name,
+                "files": [f"{item}{Path(n).suffix}" for n in names],
+                "onnx": f"{item}.onnx",
+                "test_acc": acc.get(v.name),
+                "measured_ms": t["latency_ms"],
+                "noise": t["noise"],
+                "round_cv": t["round_cv"],
+                "decision": judge_budget(t["latency_ms"], budget_ms, t["noise"]),
+                "verification": {
+                    "device": compare_outputs(reference, outputs[item], _tolerance(spec)),
+                    "onnx": compare_outputs(
+                        reference,
+                        _onnx_outputs(work / f"{item}.onnx", batch.numpy()),
+                        ONNX_COPY.tolerance["fp32"],
+                    ),
+                },
+            }
+        )
+    return {"depths": records, "checkpoint": "adaptive.pt", "selector": SELECTOR.name}
 
 
 def _manifest_head(
