@@ -221,9 +221,39 @@ def variants(
     return found
 
 
+def check_depths(space: SearchSpace, text: str) -> None:
+    """What can be checked before an architecture is chosen: each name asks a stage for no
+    more blocks than follow its first (the only ones that can keep its shape)."""
+    depths = None if text == "default" else parse_depths(text)
+    if not isinstance(depths, list):
+        return
+    all_stages = stages(space)
+    for name in depths:
+        try:
+            drops = _parse_name(name)
+        except ValueError:
+            raise DepthError(
+                f"depths: {name!r}: expected 'full' or stages to drop, like 's2-1' or "
+                "'s2-1+s3-2' (stage numbers from 1, blocks dropped from its end)"
+            ) from None
+        for s, n in drops.items():
+            if s >= len(all_stages):
+                raise DepthError(
+                    f"depths: {name!r}: the space has {len(all_stages)} stages, not {s + 1}"
+                )
+            st = all_stages[s]
+            can = [i for i in st[1:] if "skip" in space.layers[i].ops]
+            if n > len(can):
+                which = ", ".join(str(i) for i in can) or "none"
+                raise DepthError(
+                    f"depths: {name!r}: stage {s + 1} (layers {st[0]}-{st[-1]}) can drop at most "
+                    f"{len(can)} block(s) (layers {which}: the first changes the shape)"
+                )
+
+
 def parse_depths(text: str | None) -> int | list[str] | None:
     """The CLI's ``--depths``: a number of blocks per stage, or comma-separated names."""
-    if text is None or not text.strip():
+    if text is None or not text.strip() or text.strip() == "default":
         return None
     text = text.strip()
     if text.isdigit():

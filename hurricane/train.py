@@ -363,9 +363,7 @@ class Trainer:
 
         if self.fixed is None or self.sample_layers != []:
             raise UserError("depths: a GoldenNet is one architecture: give fixed, sample no layer")
-        text = self.cfg.depths
-        depths = None if text in (None, "default") else parse_depths(text)
-        found = variants(self.space, self.fixed, depths)
+        found = variants(self.space, self.fixed, parse_depths(self.cfg.depths))
         cfg = self.cfg
         return AdaptiveNet(
             self.space, supernet.extract(self.fixed), found, cfg.adaptive_bn, cfg.per_depth_affine

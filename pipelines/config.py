@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from devices.spec import builtin_devices, load_device
+from hurricane.adaptive import AdaptiveSettings
 from hurricane.budgets import Budget, BudgetError
 from hurricane.compute import PRECISIONS, ComputeError, TrainOn, resolve_torch_device
 from hurricane.names import check_name
 from hurricane.reduce import RULES, SKIP_RULES
 from hurricane.search import SearchConfig
+from hurricane.space import SearchSpace
 from hurricane.space_file import builtin_spaces, load_space
 from hurricane.tomlcheck import ConfigError, Fields, read_toml
 from hurricane.train import TrainConfig
@@ -145,6 +147,7 @@ class Pipeline:
     generate: GenerateSettings = field(default_factory=GenerateSettings)
     train: TrainOn = field(default_factory=TrainOn)  # the torch device, not the targets
     coexplore: CoexploreSettings = field(default_factory=CoexploreSettings)
+    adaptive: AdaptiveSettings | None = None  # ``[adaptive]``: the final model a GoldenNet
     validate_models: int = 0  # whole models measured to calibrate and check the LUT
     calibration_models: int = 10
     handoff_samples: int = 32
@@ -174,6 +177,7 @@ class Pipeline:
                 "generate": GenerateSettings(**g),
                 "train": TrainOn(**(data.get("train") or {})),
                 "coexplore": _coexplore_json(data.get("coexplore") or {}),
+                "adaptive": AdaptiveSettings(**data["adaptive"]) if data.get("adaptive") else None,
             }
         )
 
@@ -234,6 +238,7 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
             "generate",
             "train",
             "coexplore",
+            "adaptive",
             "handoff",
             "report",
         }
@@ -316,6 +321,7 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
     except ComputeError as exc:
         raise tf.error("torch_device", str(exc)) from None
     coexplore = _parse_coexplore(top, base, names, gen)
+    adaptive = _parse_adaptive(top, load_space(space), gen)
     hf = top.sub("handoff")
     hf.only({"enabled", "samples"})
     rf = top.sub("report")
@@ -334,6 +340,7 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
         generate=gen,
         train=train_on,
         coexplore=coexplore,
+        adaptive=adaptive,
         validate_models=lf.int("validate", Pipeline.validate_models, lo=0),
         calibration_models=lf.int("calibration", Pipeline.calibration_models, lo=2),
         handoff=hf.bool("enabled", Pipeline.handoff),
@@ -394,4 +401,53 @@ def _parse_coexplore(
         strategy=cf.str("strategy", d.strategy, choices=tuple(STRATEGIES)),
         tune=cf.str("tune", d.tune, choices=tuple(TUNE_RULES)),
         a=a,
+    )
+
+
+def _parse_adaptive(
+    top: Fields, space: SearchSpace, gen: GenerateSettings
+) -> AdaptiveSettings | None:
+    """``[adaptive]``: the final model made a GoldenNet (``hurricane.adaptive``); its depth
+    names are checked against the space's stages here, and against the chosen architecture
+    when the final step runs."""
+    from hurricane.adaptive import DepthError, check_depths
+
+    if not top.has("adaptive"):
+        return None
+    af = top.sub("adaptive")
+    d = AdaptiveSettings()
+    af.only(set(asdict(d)) | {"enabled"})
+    if not af.bool("enabled", True):
+        return None
+    raw = af._get("depths", d.depths)
+    if isinstance(raw, bool) or not isinstance(raw, (int, str, list)):
+        raise af.error(
+            "depths", 'expected a number of blocks per stage, "default" or a list of variant names'
+        )
+    if isinstance(raw, list):
+        if not all(isinstance(x, str) for x in raw):
+            raise af.error("depths", 'variant names are strings, like "s2-1"')
+        depths = ",".join(raw)
+    else:
+        depths = str(raw)
+    try:
+        check_depths(space, depths)
+    except DepthError as exc:
+        raise af.error("depths", str(exc).removeprefix("depths: ")) from None
+    if gen.final_steps == 0:
+        raise af.error(
+            "", "a GoldenNet is made by the final training: set [generate] final_steps > 0"
+        )
+    kd_weight = af.float("kd_weight", d.kd_weight, lo=0.0)
+    if kd_weight > 1:
+        raise af.error(
+            "kd_weight", f"the distillation's share of the loss is within 0..1, got {kd_weight}"
+        )
+    return AdaptiveSettings(
+        depths=depths,
+        adaptive_bn=af.bool("adaptive_bn", d.adaptive_bn),
+        per_depth_affine=af.bool("per_depth_affine", d.per_depth_affine),
+        distill=af.bool("distill", d.distill),
+        kd_weight=kd_weight,
+        kd_temperature=af.float("kd_temperature", d.kd_temperature, lo=0.01),
     )

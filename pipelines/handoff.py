@@ -5,7 +5,9 @@ bundle whose ``manifest.json`` says what it is, what produced it and a sha256 of
 Bundle files: ``model.tflite`` (LiteRT fp32, or full int8 for a DSP) or ``model.xml`` +
 ``model.bin`` (OpenVINO IR; FP16 for a VPU) or ``model.onnx`` (ONNX Runtime) — always also
 ``model.onnx`` — then ``model.pt`` (the PyTorch state dict), ``arch.txt``, ``space.toml``
-and ``manifest.json``.
+and ``manifest.json``. A GoldenNet's bundle adds each shallower depth as ``depth-NAME.*``
+(device format and ONNX), every depth's weights in ``adaptive.pt``, and ``selector.py``,
+which switches between the depths on the device.
 """
 
 from __future__ import annotations
@@ -343,6 +345,7 @@ def make_bundle(
                 if not d["verification"]["device"]["passed"]
             ]
             shutil.copy(SELECTOR, work / SELECTOR.name)
+            shutil.copy(golden, work / adaptive["checkpoint"])
         manifest = {
             **_manifest_head(space, space_ref, arch, reasons, local),
             "device": {

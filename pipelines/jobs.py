@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from devices.spec import DeviceSpec, load_device
+from hurricane.adaptive import AdaptiveSettings
 from hurricane.compute import TrainOn, is_main, main_only
 from hurricane.errors import UserError
 from hurricane.final import train_final
@@ -137,6 +138,7 @@ def final_model(
     train_on: TrainOn | None = None,
     spec_for: Callable[[dict[str, Any]], DeviceSpec] | None = None,
     hardware: Callable[[str], dict[str, Any]] | None = None,
+    adaptive: AdaptiveSettings | None = None,
 ) -> dict[str, Any]:
     """The device's check of the best candidates, then the chosen one fine-tuned from its
     inherited weights (or, not ``inherit``, trained from scratch) on ``train_on``'s torch
@@ -190,6 +192,8 @@ def final_model(
             out.mkdir(parents=True, exist_ok=True)
             (out / "hardware.toml").write_text(record["spec_toml"])
             final["hardware"]["file"] = str(out / "hardware.toml")
+    if final_steps > 0 and adaptive is not None:
+        adaptive = _golden_or_plain(space, chosen["arch"], adaptive, echo)
     if final_steps > 0:
         trained = train_final(
             space_ref,
@@ -201,6 +205,7 @@ def final_model(
             seed=seed,
             progress=progress,
             train_on=train_on,
+            adaptive=adaptive,
         )
         final.update(trained)
         how = "fine-tuned" if inherit else "trained from scratch"
@@ -209,6 +214,11 @@ def final_model(
             f"accuracy {trained['test_acc']:.4f} on {trained['test_images']} images; "
             f"{trained['model']}"
         )
+        for d in trained.get("depths", [])[1:]:
+            echo(
+                f"  GoldenNet depth {d['name']} ({d['blocks']} blocks): test accuracy "
+                f"{d['test_acc']:.4f}"
+            )
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
         (out / "final.json").write_text(json.dumps(final, indent=1))
@@ -493,6 +503,7 @@ class PipelineRun:
                 "measure": g.measure_candidates,
                 "data": p.data,
                 "seed": p.seed,
+                **({"adaptive": asdict(p.adaptive)} if p.adaptive else {}),
             },
             lambda: _final_outputs(
                 final_model(
@@ -514,10 +525,11 @@ class PipelineRun:
                     p.train,
                     spec_for=self._spec_for(dep),
                     hardware=self._hardware(dep),
+                    adaptive=p.adaptive,
                 )
             ),
             workdir=work / "final",
-            intact=lambda o: not o.get("model") or _same_file(o["model"], o["digest"]),
+            intact=_final_intact,
         )
         res = {"budget": label, "budget_ms": budget_ms, "search": srch, "final": fin}
         if handoff and p.handoff and fin.get("model"):
@@ -679,6 +691,8 @@ class PipelineRun:
             },
             db=self.p.db,
             hardware=hardware_of(fin),
+            golden=fin.get("adaptive"),
+            depth_accuracy={d["name"]: d["test_acc"] for d in fin.get("depths", [])},
         )
         ms = m["latency"]["measured_ms"]
         if m["accepted"]:
@@ -803,9 +817,38 @@ def _bundle_intact(outputs: dict[str, Any]) -> bool:
         return False
 
 
+def _golden_or_plain(
+    space: SearchSpace, arch: str, adaptive: AdaptiveSettings, echo: Echo
+) -> AdaptiveSettings | None:
+    """The GoldenNet settings if the chosen architecture offers their depths. Named depths
+    it cannot offer stop the run (fix them and run again: the search is kept); with a
+    number of blocks and nothing to drop, the final model is a plain one."""
+    from hurricane.adaptive import DepthError, parse_depths, variants
+
+    depths = parse_depths(adaptive.depths)
+    try:
+        variants(space, space.parse_arch(arch), depths)
+    except DepthError as exc:
+        if isinstance(depths, list):
+            raise
+        echo(f"  no GoldenNet: {str(exc).removeprefix('depths: ')}; a plain final model")
+        return None
+    return adaptive
+
+
+def _final_intact(outputs: dict[str, Any]) -> bool:
+    """The final step's files are still what it made (its model, and a GoldenNet's depths)."""
+    files = [outputs[k] for k in ("model", "adaptive") if outputs.get(k)]
+    if not all(Path(f).is_file() for f in files):
+        return False
+    return not files or _final_outputs(dict(outputs))["digest"] == outputs["digest"]
+
+
 def _final_outputs(final: dict[str, Any]) -> dict[str, Any]:
     model = final.get("model")
     final["digest"] = file_sha256(model) if model else digest(final)
+    if final.get("adaptive"):  # a GoldenNet: its every depth is part of what was made
+        final["digest"] = digest([final["digest"], file_sha256(final["adaptive"])])
     return final
 
 
