@@ -9,7 +9,9 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+from hurricane.adaptive import AdaptiveSettings
 from hurricane.budgets import Budget
 from hurricane.errors import UserError
 from hurricane.reduce import RULES, SKIP_RULES
@@ -126,10 +128,39 @@ def _generate(args: argparse.Namespace) -> int:
             "generate": gen,
             "train": {k: v for k, v in train_on_from(args).fields().items() if v is not None},
             "handoff": {"enabled": False},
+            **({"adaptive": adaptive_from(args)} if args.depths else {}),
         },
         COMMAND_LINE,
     )
     return execute(p, not args.no_progress, args.require_measured)
+
+
+def add_adaptive_args(parser: argparse.ArgumentParser) -> None:
+    """GoldenNet flags: ``--depths`` turns the final model depth-adaptive."""
+    d = AdaptiveSettings()
+    parser.add_argument(
+        "--depths",
+        default=None,
+        help="make the final model a GoldenNet: blocks each stage may drop (a number, or "
+        "'default' for 2) or comma-separated variant names like s2-1,s2-1+s3-1",
+    )
+    parser.add_argument("--no-abn", action="store_true", help="one set of BN statistics")
+    parser.add_argument("--per-depth-affine", action="store_true")
+    parser.add_argument("--no-skd", action="store_true", help="no self-distillation")
+    parser.add_argument("--kd-weight", type=float, default=d.kd_weight)
+    parser.add_argument("--kd-temperature", type=float, default=d.kd_temperature)
+
+
+def adaptive_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``[adaptive]`` table the GoldenNet flags stand for."""
+    return {
+        "depths": args.depths,
+        "adaptive_bn": not args.no_abn,
+        "per_depth_affine": args.per_depth_affine,
+        "distill": not args.no_skd,
+        "kd_weight": args.kd_weight,
+        "kd_temperature": args.kd_temperature,
+    }
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -214,6 +245,8 @@ def _handoff(args: argparse.Namespace) -> int:
         db=args.db,
         keep_local=args.private_paths,
         hardware=hardware_of(fin),
+        golden=fin.get("adaptive"),
+        depth_accuracy={d["name"]: d["test_acc"] for d in fin.get("depths", [])},
     )
     print(f"bundle {out}: {', '.join(m['files'])}")
     print(f"  manifest sha256 {manifest_digest(out)} (pin it: handoff verify BUNDLE --digest ...)")
@@ -300,6 +333,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--train-limit", type=positive_int, default=None)
     g.add_argument("--seed", type=nonnegative_int, default=Pipeline.seed)
     g.add_argument("--no-progress", action="store_true")
+    add_adaptive_args(g)
     add_require_measured(g)
     add_train_on_args(g)
     g.set_defaults(func=_generate)

@@ -122,3 +122,15 @@ def test_bad_adaptive_section_is_one_line(tmp_path, edit, says) -> None:
         load_pipeline(write(tmp_path, PIPELINE.replace(*edit)))
     msg = str(err.value)
     assert len(msg.splitlines()) == 1 and "adaptive" in msg and says in msg, msg
+
+
+def test_generate_depths_flag_is_checked_against_the_space(tmp_path, capsys) -> None:
+    from pipelines.cli import main
+
+    write(tmp_path)
+    args = ["generate", "--space", "deep.toml", "--device", "ort.toml", "--budget", "20"]
+    assert main([*args, "--depths", "s1-1,s2-3", "--out", "g"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "adaptive.depths" in err and "stage 2 (layers 3-5) can drop at most 2" in err
+    assert not (tmp_path / "g").exists()  # refused before anything ran
