@@ -29,6 +29,7 @@ SECTIONS = (
     ("predictor", "Latency predictor: predicted vs measured"),
     ("history", "Evolution history"),
     ("coexplore", "Co-exploration against architecture-only"),
+    ("goldennets", "GoldenNets: accuracy and latency at every depth"),
     ("provenance", "Provenance"),
 )
 
@@ -744,6 +745,71 @@ def section_coexplore(data: dict, out_dir: Path) -> str:
     return _section("coexplore", intro, body)
 
 
+def plot_golden(path: Path, dev: dict, net: dict) -> str | None:
+    """A GoldenNet's depths (test accuracy against latency, measured where its bundle timed
+    them, else predicted) beside the search's Pareto front; None without a depth to draw."""
+    pts = []
+    for d in _dicts(net.get("depths")):
+        x = _num(d.get("measured_ms"))
+        x = _num(d.get("predicted_ms")) if x is None else x
+        y = _num(d.get("test_acc"))
+        if x is not None and y is not None:
+            pts.append((x, y, _str(d.get("name"))))
+    if not pts:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    front = pareto_front([(x, y) for x, y, _ in _history_points(dev)])
+    if front:
+        ax.step(*zip(*front), where="post", color="0.5", lw=1.2, label="search's Pareto front")
+        ax.scatter(*zip(*front), s=12, color="0.5")
+    ax.plot(
+        [x for x, _, _ in pts],
+        [y for _, y, _ in pts],
+        "o-",
+        color="tab:green",
+        lw=1.6,
+        label="GoldenNet depths (test accuracy)",
+    )
+    for x, y, name in pts:
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, -10), fontsize=8)
+    if _num(net.get("budget_ms")) is not None:
+        ax.axvline(float(net["budget_ms"]), ls="--", color="0.3", lw=0.9, label="budget")
+    ax.set_xlabel("latency (ms) — depths measured in the bundle, candidates predicted")
+    ax.set_ylabel("accuracy (depths: test; front: validation fitness)")
+    ax.set_title(f"{_str(dev.get('name'))} @ {_fmt_ms(net.get('budget_ms'))} ms", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def section_goldennets(data: dict, out_dir: Path) -> str:
+    """Per device and budget whose final model is a GoldenNet: its depths' curve and table."""
+    parts = []
+    for i, dev in enumerate(_dicts(data.get("devices"))):
+        for j, net in enumerate(_dicts(dev.get("goldennets"))):
+            name = _str(dev.get("name"), "?")
+            title = f"{name} @ {_fmt_ms(net.get('budget_ms'))} ms"
+            src = plot_golden(out_dir / f"golden_{i}_{j}_{_slug(name)}.png", dev, net)
+            rows = [
+                f"<tr><td><code>{_e(d.get('name'))}</code></td><td>{_e(d.get('blocks'))}</td>"
+                f"<td>{_fmt_acc(d.get('test_acc'))}</td><td>{_fmt_ms(d.get('measured_ms'))}</td>"
+                f"<td>{_fmt_ms(d.get('predicted_ms'))}</td></tr>"
+                for d in _dicts(net.get("depths"))
+            ]
+            table = _table(["depth", "blocks", "test acc", "measured ms", "predicted ms"], rows)
+            cap = html.escape(f"{_str(net.get('arch'))}: every depth from one training.")
+            parts.append(_figure(src, f"GoldenNet, {title}", cap, title) + "\n" + table)
+    intro = (
+        "A GoldenNet is the chosen network made depth-adaptive: one training, one bundle, "
+        "and depths that skip trailing blocks of a stage, switched on the device when it "
+        "slows. Green: each depth at its test accuracy and its latency measured in the "
+        "bundle; grey: the search's Pareto front (validation fitness, predicted latency)."
+    )
+    body = "\n".join(parts) or _na("GoldenNets", "no final model in this run is depth-adaptive")
+    return _section("goldennets", intro, body)
+
+
 def section_provenance(data: dict) -> str:
     """What produced this run, so it can be reproduced."""
     prov = _dict(data.get("provenance"))
@@ -783,6 +849,7 @@ def write_report(out_dir: Path, data: dict) -> Path:
         section_predictor(data, out_dir),
         section_history(data, out_dir),
         section_coexplore(data, out_dir),
+        section_goldennets(data, out_dir),
         section_provenance(data),
     ]
     page = (

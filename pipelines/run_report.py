@@ -67,7 +67,7 @@ def measured_models(space: SearchSpace, db: str, device: str) -> list[dict[str, 
 def device_data(run: Any, res: dict[str, Any]) -> dict[str, Any]:
     spec, dev = res["spec"], res["device"]
     table = read_table(run.space, run.p.db, dev)
-    history, models, coexplore = [], [], []
+    history, models, coexplore, golden = [], [], [], []
     for label, b in res["budgets"].items():
         srch = b.get("search") or (run.steps.record(f"search-{dev}-{label}") or {}).get("outputs")
         if srch and srch.get("coexplore"):
@@ -80,6 +80,8 @@ def device_data(run: Any, res: dict[str, Any]) -> dict[str, Any]:
         fin, hand = b["final"], b.get("handoff") or {}
         arch = Arch.parse(fin["arch"])
         bundle = hand.get("bundle")
+        if fin.get("depths"):
+            golden.append(_golden(run, dev, b["budget_ms"], fin, bundle))
         models.append(
             {
                 "budget_ms": b["budget_ms"],
@@ -106,6 +108,38 @@ def device_data(run: Any, res: dict[str, Any]) -> dict[str, Any]:
         "scatter": scatter,
         "models": models,
         "coexplore": coexplore,
+        "goldennets": golden,
+    }
+
+
+def _golden(run: Any, dev: str, budget_ms: float, fin: dict, bundle: str | None) -> dict:
+    """A GoldenNet's depths: test accuracy, latency measured in its bundle (where there is
+    one) and predicted by the device's LUT."""
+    measured: dict[str, float] = {}
+    manifest = Path(bundle) / "manifest.json" if bundle else None
+    if manifest is not None and manifest.is_file():
+        listed = json.loads(manifest.read_text()).get("adaptive", {}).get("depths", [])
+        measured = {d["name"]: d["measured_ms"] for d in listed}
+    predicted: list[float | None] = [None] * len(fin["depths"])
+    try:
+        model = LatencyModel.from_db(run.space, run.p.db, dev)
+        archs = [run.space.parse_arch(d["arch"]) for d in fin["depths"]]
+        predicted = [float(ms) for ms in model.predict(archs)]
+    except UserError:  # the table lacks an instance a variant needs
+        pass
+    return {
+        "budget_ms": budget_ms,
+        "arch": fin["arch"],
+        "depths": [
+            {
+                "name": d["name"],
+                "blocks": d.get("blocks"),
+                "test_acc": d["test_acc"],
+                "measured_ms": measured.get(d["name"]),
+                "predicted_ms": ms,
+            }
+            for d, ms in zip(fin["depths"], predicted)
+        ],
     }
 
 

@@ -100,6 +100,12 @@ def test_pipeline_hands_off_every_depth(tmp_path, single_thread) -> None:
         convs.append(sum(n.op_type == "Conv" for n in onnx.load(bundle / d["file"]).graph.node))
     assert convs[0] == max(convs) and convs[-1] < convs[0]
 
+    # The report draws every depth beside the search's front, with the bundle's timings.
+    page = (tmp_path / "run" / "report" / "index.html").read_text()
+    assert 'id="goldennets"' in page and 'src="golden_0_0_ort.png"' in page
+    assert (tmp_path / "run" / "report" / "golden_0_0_ort.png").stat().st_size > 1000
+    for d in listed:
+        assert f"<code>{d['name']}</code>" in page
     rerun = PipelineRun(load_pipeline(tmp_path / "p.toml"), echo=lambda _: None, progress=False)
     rerun.run()
     assert rerun.steps.log.ran == []

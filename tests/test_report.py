@@ -17,6 +17,7 @@ HEADINGS = [
     "Latency predictor: predicted vs measured",
     "Evolution history",
     "Co-exploration against architecture-only",
+    "GoldenNets: accuracy and latency at every depth",
     "Provenance",
 ]
 OPS = [
