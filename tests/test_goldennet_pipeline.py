@@ -5,6 +5,8 @@ it. Real ONNX Runtime on this machine, real training on Fashion-MNIST, a real SQ
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +102,16 @@ def test_pipeline_hands_off_every_depth(tmp_path, single_thread) -> None:
         convs.append(sum(n.op_type == "Conv" for n in onnx.load(bundle / d["file"]).graph.node))
     assert convs[0] == max(convs) and convs[-1] < convs[0]
 
+    # The bundle's own selector runs its depths; with no budget to speak of, the full one.
+    ran = subprocess.run(
+        [sys.executable, str(bundle / "selector.py"), str(bundle), "--budget-ms", "1000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    summary = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert summary["final"] == "full" and summary["runs"] > 0 and summary["switches"] == 0
     # The report draws every depth beside the search's front, with the bundle's timings.
     page = (tmp_path / "run" / "report" / "index.html").read_text()
     assert 'id="goldennets"' in page and 'src="golden_0_0_ort.png"' in page
