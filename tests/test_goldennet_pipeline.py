@@ -20,8 +20,10 @@ from pipelines.jobs import PipelineRun
 
 ROOT = Path(__file__).resolve().parents[1]
 # The test space with one width: a stage's trailing blocks keep its shape unless a skip.
-SPACE = (ROOT / "tests" / "spaces" / "deep.toml").read_text().replace(
-    "widths = [0.5, 1.0]", "widths = [1.0]"
+SPACE = (
+    (ROOT / "tests" / "spaces" / "deep.toml")
+    .read_text()
+    .replace("widths = [0.5, 1.0]", "widths = [1.0]")
 )
 SPEC = (
     'name = "ort"\nkind = "cpu"\n[runtime]\nname = "onnxruntime"\n'
