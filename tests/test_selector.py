@@ -288,3 +288,19 @@ def test_onnxruntime_and_openvino_load_the_same_variant(bundle, tmp_path, single
         sel = Selector([variant], 1e9, runtime=runtime, threads=1, settings=settings)
         assert sel.input_shape == (1, 64, 56, 56) and sel.input_dtype == "float32"
         np.testing.assert_allclose(sel.infer(x), ref, rtol=1e-4, atol=1e-4, err_msg=runtime)
+
+
+def test_cli_pins_to_the_cores_the_depths_were_timed_on(bundle, tmp_path):
+    for n in DEPTHS:
+        (tmp_path / f"{n}.tflite").symlink_to(bundle[0] / f"{n}.tflite")
+    manifest = json.loads((bundle[0] / "manifest.json").read_text())
+    for cores, ok in (([0], True), ([4096], False)):
+        manifest["runtime"]["affinity"] = cores
+        (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+        cli = [str(SELECTOR), str(tmp_path), "--budget-ms", "1e6", "--runs", "3"]
+        proc = subprocess.run([sys.executable, *cli], capture_output=True, text=True)
+        if ok:
+            assert proc.returncode == 0, proc.stderr
+            assert json.loads(proc.stdout.splitlines()[-1])["runs"] == 3
+        else:
+            assert proc.returncode == 2 and "runtime.affinity [4096]" in proc.stderr

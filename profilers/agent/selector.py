@@ -303,6 +303,21 @@ def read_manifest(bundle: str) -> Tuple[str, Optional[int], dict, List[Variant]]
     return name, threads, {k: v for k, v in settings.items() if k in SETTINGS[name]}, variants
 
 
+def pin(bundle: str) -> None:
+    """Run on the cores the depths were timed on (``runtime.affinity``), where the OS allows."""
+    try:
+        with open(os.path.join(bundle, "manifest.json")) as f:
+            cores = (json.load(f).get("runtime") or {}).get("affinity") or []
+    except (OSError, ValueError, AttributeError):
+        return  # read_manifest says what is wrong with it
+    if cores and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, {int(c) for c in cores})
+        except (OSError, ValueError, TypeError) as exc:
+            msg = f"runtime.affinity {cores}: cannot pin to them ({_line(exc)})"
+            raise SelectorError(msg) from None
+
+
 def main(argv: Optional[List[str]] = None, out: Any = None) -> int:
     p = argparse.ArgumentParser(description="Run a bundle's depths within a latency budget.")
     p.add_argument("bundle")
@@ -314,6 +329,7 @@ def main(argv: Optional[List[str]] = None, out: Any = None) -> int:
     args = p.parse_args(argv)
     out = out or sys.stdout
     try:
+        pin(args.bundle)
         sel = Selector.from_bundle(args.bundle, args.budget_ms)
     except SelectorError as exc:
         print(f"selector: {exc}", file=sys.stderr)
