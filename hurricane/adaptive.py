@@ -138,6 +138,21 @@ def _parse_name(name: str) -> dict[int, int]:
     return drops
 
 
+def _drops(name: str, n_stages: int) -> dict[int, int]:
+    """A variant name's {stage index: blocks}, or a DepthError saying what is wrong."""
+    try:
+        drops = _parse_name(name)
+    except ValueError:
+        raise DepthError(
+            f"depths: {name!r}: expected 'full' or stages to drop, like 's2-1' or "
+            "'s2-1+s3-2' (stage numbers from 1, blocks dropped from its end)"
+        ) from None
+    for s in drops:
+        if s >= n_stages:
+            raise DepthError(f"depths: {name!r}: the space has {n_stages} stages, not {s + 1}")
+    return drops
+
+
 def _blocks_text(space: SearchSpace, arch: Arch, stage: list[int], can: list[int]) -> str:
     if can:
         layers = ", ".join(f"layer {i} ({arch.ops[i]})" for i in sorted(can))
@@ -175,18 +190,8 @@ def variants(
     else:
         wanted = [{}]
         for name in depths:
-            try:
-                drops = _parse_name(str(name))
-            except ValueError:
-                raise DepthError(
-                    f"depths: {name!r}: expected 'full' or stages to drop, like 's2-1' or "
-                    "'s2-1+s3-2' (stage numbers from 1, blocks dropped from its end)"
-                ) from None
+            drops = _drops(str(name), len(all_stages))
             for s, n in drops.items():
-                if s >= len(all_stages):
-                    raise DepthError(
-                        f"depths: {name!r}: the space has {len(all_stages)} stages, not {s + 1}"
-                    )
                 if n > len(can[s]):
                     raise DepthError(
                         f"depths: {name!r}: stage {s + 1} (layers {all_stages[s][0]}-"
@@ -229,18 +234,7 @@ def check_depths(space: SearchSpace, text: str) -> None:
         return
     all_stages = stages(space)
     for name in depths:
-        try:
-            drops = _parse_name(name)
-        except ValueError:
-            raise DepthError(
-                f"depths: {name!r}: expected 'full' or stages to drop, like 's2-1' or "
-                "'s2-1+s3-2' (stage numbers from 1, blocks dropped from its end)"
-            ) from None
-        for s, n in drops.items():
-            if s >= len(all_stages):
-                raise DepthError(
-                    f"depths: {name!r}: the space has {len(all_stages)} stages, not {s + 1}"
-                )
+        for s, n in _drops(name, len(all_stages)).items():
             st = all_stages[s]
             can = [i for i in st[1:] if "skip" in space.layers[i].ops]
             if n > len(can):
