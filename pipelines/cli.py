@@ -110,6 +110,18 @@ def _add_train_args(
         action="store_true",
         help="in-place distillation: the largest path teaches the sampled one",
     )
+    p.add_argument(
+        "--sandwich",
+        action="store_true",
+        help="each step trains the largest, the smallest and a random path",
+    )
+    p.add_argument(
+        "--kd-weight",
+        type=float,
+        default=d.kd_weight,
+        help="with --distill, the KL term's share of a student's loss (default: %(default)s)",
+    )
+    p.add_argument("--kd-temperature", type=float, default=d.kd_temperature)
     p.add_argument("--init", default=None, help="start from this supernet.pt")
     p.add_argument(
         "--device",
@@ -194,6 +206,9 @@ def _train_config(args: argparse.Namespace):
         threads=args.threads,
         progress=not args.no_progress,
         distill=args.distill,
+        sandwich=args.sandwich,
+        kd_weight=args.kd_weight,
+        kd_temperature=args.kd_temperature,
         init=args.init,
         shrink_every=args.shrink_every,
         shrink_paths=args.shrink_paths,

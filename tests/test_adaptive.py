@@ -222,3 +222,38 @@ def test_golden_final_scores_every_depth_and_resumes(
     resumed = train_final(TINY, arch, part, adaptive=adaptive, **kw)
     assert resumed["steps"] == 8
     assert [d["test_acc"] for d in resumed["depths"]] == [d["test_acc"] for d in whole["depths"]]
+
+
+def test_supernet_sandwich_trains_largest_smallest_and_a_sampled_path(
+    tmp_path: Path, single_thread, capsys
+) -> None:
+    from hurricane.errors import UserError
+    from pipelines.cli import main
+
+    args = ["train", "--space", TINY, "--steps", "3", "--batch-size", "16", "--train-limit"]
+    args += ["64", "--eval-paths", "0", "--no-progress", "--threads", "1", "--sandwich"]
+    assert main([*args, "--out", str(tmp_path / "cli")]) == 0
+    summary = (tmp_path / "cli" / "summary.json").read_text()
+    assert '"sandwich": true' in summary
+    cfg = TrainConfig(
+        space=TINY,
+        out=str(tmp_path / "s"),
+        steps=4,
+        batch_size=16,
+        train_limit=64,
+        eval_paths=0,
+        progress=False,
+        sandwich=True,
+    )
+    tr = Trainer(cfg)
+    seen: list[Arch] = []
+    inner = tr.model.forward
+    tr.model.forward = lambda x, arch: seen.append(arch) or inner(x, arch)  # type: ignore
+    tr.train()
+    big, small = tr.net.largest(), tr.net.smallest()
+    assert big != small and len(seen) == 12
+    assert seen[0::3] == [big] * 4 and seen[1::3] == [small] * 4
+    assert seen[2::3] == [tr.path_at(s) for s in range(4)]
+    assert small.widths == (0.5, 0.5, 0.5) and big.widths == (1.0, 1.0, 1.0)
+    with pytest.raises(UserError, match="kd_weight 1.5 must be within 0..1"):
+        Trainer(TrainConfig(**{**cfg.__dict__, "kd_weight": 1.5}))
