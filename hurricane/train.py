@@ -102,6 +102,7 @@ class TrainConfig:
     kd_weight: float = 1.0
     kd_temperature: float = 1.0
     sandwich: bool = False  # each step trains the largest, the smallest and a random path
+    fair: bool = False  # FairNAS: each step trains every candidate of every layer once
     # A GoldenNet (hurricane.adaptive): the depth variants of ``fixed`` are the paths
     # ("default", a number of blocks per stage, or comma-separated variant names).
     depths: str | None = None
@@ -317,6 +318,10 @@ class Trainer:
                     f"--init {cfg.init}: not a supernet of space "
                     f"{self.space.name!r} ({type(exc).__name__}: {first})"
                 ) from None
+        if cfg.fair and cfg.depths is not None:
+            raise UserError(
+                "fair sampling is for a supernet's candidates, not a GoldenNet's depths"
+            )
         if cfg.depths is not None:  # the same path interface as a supernet's
             self.net = cast(Supernet, self._golden_net(self.net))
         self.net = cast(Supernet, self.compute.module(self.net))
@@ -418,6 +423,26 @@ class Trainer:
     def path_at(self, step: int) -> Arch:
         rng = random.Random(_step_rng(self.cfg.seed, step, 1))
         return self.net.sample(rng, self.sample_layers, self.fixed, self.allowed)
+
+    def paths_at(self, step: int) -> list[Arch]:
+        """The sampled paths of a step: one (SPOS), or with ``fair`` as many as a layer has
+        candidates, each candidate of each sampled layer on exactly one of them (FairNAS's
+        strict fairness: no op gets more updates than another, so none is favoured for
+        learning fast). Widths are drawn per path."""
+        if not self.cfg.fair:
+            return [self.path_at(step)]
+        rng = random.Random(_step_rng(self.cfg.seed, step, 1))
+        base = self.fixed or self.space.default_arch()
+        layers = range(len(self.space.layers)) if self.sample_layers is None else self.sample_layers
+        perms = {i: rng.sample(self.allowed[i], len(self.allowed[i])) for i in layers}
+        paths = []
+        for k in range(max((len(p) for p in perms.values()), default=1)):
+            ops, widths = list(base.ops), list(base.widths)
+            for i, perm in perms.items():
+                ops[i] = perm[k % len(perm)]
+                widths[i] = rng.choice(self.space.layers[i].widths)
+            paths.append(Arch(tuple(ops), tuple(widths)))
+        return paths
 
     def my_shards(self) -> range:
         """The shards of every global batch this process trains (``micro_batches`` of them)."""
@@ -558,7 +583,7 @@ class Trainer:
                 if stop.requested:
                     raise KeyboardInterrupt
                 step = self.step
-                arch = self.path_at(step)
+                sampled = self.paths_at(step)
                 shards = [next(batches) for _ in self.my_shards()]
                 for group in self.opt.param_groups:
                     group["lr"] = self.lr_at(step)
@@ -569,7 +594,7 @@ class Trainer:
                     y = y.to(self.compute.device, non_blocking=self.compute.cuda)
                     torch.manual_seed(_step_rng(cfg.seed, step, _shard_salt(5, j)))
                     last = k == len(shards) - 1  # DDP averages the gradients after the last
-                    loss, logits = self._shard_step(x, y, arch, sync=last)
+                    loss, logits = self._shard_step(x, y, sampled, sync=last)
                     stats[0] += float(loss) * len(y)
                     stats[1] += int((logits.argmax(1) == y).sum())
                     stats[2] += len(y)
@@ -626,15 +651,16 @@ class Trainer:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def _shard_step(
-        self, x: torch.Tensor, y: torch.Tensor, arch: Arch, sync: bool
+        self, x: torch.Tensor, y: torch.Tensor, sampled: list[Arch], sync: bool
     ) -> tuple[float, torch.Tensor]:
-        """Forward and backward of one shard; its loss and logits."""
+        """Forward and backward of one shard over every path of the step (gradients
+        summed); the last path's loss and logits."""
         cfg = self.cfg
         smoothing, w, t = cfg.label_smoothing, cfg.kd_weight, cfg.kd_temperature
         soft = self._teach(x, y) if self.teacher is not None else None
         # The sandwich's largest path is the teacher when there is one; otherwise it and
         # the smallest train on the labels like the sampled path.
-        paths = [p for p in self.sandwich if soft is None or p != self.teacher] + [arch]
+        paths = [p for p in self.sandwich if soft is None or p != self.teacher] + sampled
         for k, path in enumerate(paths):
             last = sync and k == len(paths) - 1
             with contextlib.nullcontext() if last else self._no_sync():

@@ -116,6 +116,11 @@ def _add_train_args(
         help="each step trains the largest, the smallest and a random path",
     )
     p.add_argument(
+        "--fair",
+        action="store_true",
+        help="FairNAS: each step trains every candidate of every layer once, gradients summed",
+    )
+    p.add_argument(
         "--kd-weight",
         type=float,
         default=d.kd_weight,
@@ -207,6 +212,7 @@ def _train_config(args: argparse.Namespace):
         progress=not args.no_progress,
         distill=args.distill,
         sandwich=args.sandwich,
+        fair=args.fair,
         kd_weight=args.kd_weight,
         kd_temperature=args.kd_temperature,
         init=args.init,

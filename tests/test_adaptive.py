@@ -257,3 +257,50 @@ def test_supernet_sandwich_trains_largest_smallest_and_a_sampled_path(
     assert small.widths == (0.5, 0.5, 0.5) and big.widths == (1.0, 1.0, 1.0)
     with pytest.raises(UserError, match="kd_weight 1.5 must be within 0..1"):
         Trainer(TrainConfig(**{**cfg.__dict__, "kd_weight": 1.5}))
+
+
+def test_fair_sampling_trains_every_candidate_once_and_sums_gradients(
+    tmp_path: Path, single_thread
+) -> None:
+    cfg = TrainConfig(
+        space=TINY,
+        out=str(tmp_path / "f"),
+        steps=2,
+        batch_size=16,
+        train_limit=64,
+        eval_paths=0,
+        progress=False,
+        fair=True,
+        augment=False,
+    )
+    tr = Trainer(cfg)
+    space = tr.space
+    for step in range(5):
+        paths = tr.paths_at(step)
+        assert len(paths) == 4 == len(tr.paths_at(step))
+        assert paths == tr.paths_at(step)  # seeded by the step
+        for i, layer in enumerate(space.layers):
+            assert sorted(p.ops[i] for p in paths) == sorted(layer.ops)
+    assert tr.paths_at(0) != tr.paths_at(1)
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    paths = tr.paths_at(0)
+    tr.opt.zero_grad(set_to_none=True)
+    tr._shard_step(x, y, paths, sync=True)
+    fair = {n: p.grad.clone() for n, p in tr.net.named_parameters() if p.grad is not None}
+    tr.opt.zero_grad(set_to_none=True)
+    for path in paths:  # the single-path steps, one after another
+        F.cross_entropy(tr.net(x, path), y, label_smoothing=cfg.label_smoothing).backward()
+    alone = {n: p.grad for n, p in tr.net.named_parameters() if p.grad is not None}
+    assert fair.keys() == alone.keys() and len(fair) > 0
+    for n in fair:
+        assert torch.allclose(fair[n], alone[n], atol=1e-6), n
+    # Every candidate of every layer got a gradient in that one step (a skip where shapes
+    # match is the identity and has none to get).
+    for i, layer in enumerate(space.layers):
+        for j in range(len(layer.ops)):
+            if layer.ops[j] == "skip":
+                continue
+            block = tr.net.choices[i][j]
+            params = list(block.parameters())
+            assert not params or any(f"choices.{i}.{j}." in n for n in fair), (i, layer.ops[j])
