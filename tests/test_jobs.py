@@ -228,7 +228,7 @@ def test_steps_skip_rerun_and_clear_stale_work(tmp_path) -> None:
 
 def test_example_pipelines_load() -> None:
     names = builtin_pipelines()
-    assert {"demo", "mobile-cpu", "dsp", "vpu", "coexplore"} <= set(names)
+    assert {"demo", "mobile-cpu", "dsp", "vpu", "coexplore", "goldennet"} <= set(names)
     for name in names:
         p = load_pipeline(name)
         assert p.devices and p.budgets
@@ -236,6 +236,9 @@ def test_example_pipelines_load() -> None:
     co = load_pipeline("coexplore").coexplore
     assert list(co.spaces()) == ["local-litert"]
     assert len(co.spaces()["local-litert"].configurations()) == 4
+    golden = load_pipeline("goldennet")
+    assert golden.adaptive is not None and golden.adaptive.depths == "2"
+    assert golden.generate == load_pipeline("demo").generate
 
 
 @pytest.mark.parametrize(
