@@ -1,7 +1,7 @@
 """Search methods compared under one latency budget: demo space, Fashion-MNIST, local LiteRT.
 
     .venv/bin/python benchmarks/search_comparison.py [--steps 1500] [--stage-fraction 0.3]
-        [--final-steps 800] [--budget 40% | --budget MS] [--seed 0]
+        [--final-steps 800] [--budget 40% | --budget MS | --budgets 20% 40% 70%] [--seed 0]
         [--min-budget-fraction 0.9] [--k 4] [--rule pareto] [--eval-limit N] [--final-seeds 5]
         [--skip identity] [--budget-only]
 
@@ -26,7 +26,12 @@ with ``--final-seeds`` seeds, and scored on the whole test split; test_acc is th
 - ``mbv2_scaled``: MobileNetV2 blocks (mb_k3_e6) on every layer, one width multiplier, the
   widest the device runs within budget, trained from scratch for ``--final-steps``.
 
-Every part is resumable (pipelines, searches, measured models, final runs live under --out).
+With ``--budgets 20% 40% 70%`` the comparison runs at each budget (the product's supernets
+are trained once and searched per budget, as one pipeline with several budgets does) and
+writes ``benchmarks/results/search_budgets.json`` (a list, one report per budget) and
+``search_budgets.png`` (test accuracy against measured latency, seed spread as error bars)
+instead. Every part is resumable (pipelines, searches, measured models, final runs live
+under --out).
 Writes benchmarks/results/search_comparison.json with ``budget_ms`` and ``methods`` (each with
 test_acc, measured_ms, supernet_steps, supernet_seconds). Goal: hurricane >= spos_full's test
 accuracy with <= 0.7 of its supernet steps, above random and mbv2_scaled, every measured
@@ -232,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
         "hurricane run resolves it (default: %(default)s)",
     )
     ap.add_argument(
+        "--budgets",
+        nargs="+",
+        default=None,
+        help="several budgets (e.g. 20%% 40%% 70%%): writes search_budgets.json and .png "
+        "instead of search_comparison.json",
+    )
+    ap.add_argument(
         "--budget-only",
         action="store_true",
         help="print the budget in ms the comparison would run under, and stop",
@@ -301,21 +313,43 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     t_start = time.perf_counter()
-    out = Path(args.out)
     space, spec = load_space(args.space), load_device(args.device)
     rep = profile(space, spec, args.db, progress=not args.budget_only)
     print(f"LUT for {spec.name}/{space.name}: {rep.instances} entries ({rep.new_entries} new)")
     model = LatencyModel.from_db(space, args.db, spec.name)
-    budget = Budget.parse(args.budget).resolve(model.predict, space, args.seed)
-    print(f"budget {budget} ms on {spec.name} (fastest in the space {model.fastest()[0]:.4f} ms)")
+    texts = args.budgets or [args.budget]
+    budgets = [Budget.parse(t).resolve(model.predict, space, args.seed) for t in texts]
+    for t, b in zip(texts, budgets):
+        print(f"budget {t}: {b} ms on {spec.name} (fastest {model.fastest()[0]:.4f} ms)")
     if args.budget_only:
         return
+    if not args.budgets:
+        compare(args, space, spec, model, budgets[0], RESULTS / "search_comparison.json", "")
+        return
+    # Over budgets: the product's supernets are trained once and searched per budget (a
+    # pipeline's steps); random search and mbv2_scaled get a folder per budget.
+    reports = []
+    path = RESULTS / "search_budgets.json"
+    for t, b in zip(texts, budgets):
+        print(f"\n=== budget {t} ({b} ms) ===", flush=True)
+        one = compare(args, space, spec, model, b, None, f"-{t.rstrip('%')}")
+        reports.append({"budget": t, **one})
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(reports, indent=1) + "\n")
+    plot_budgets(reports, RESULTS / "search_budgets.png", spec.name)
+    print(f"wrote {path} ({time.perf_counter() - t_start:.0f} s)")
+
+
+def compare(args, space, spec, model, budget: float, res_path: Path | None, tag: str) -> dict:
+    """Every method under one budget; ``tag`` names the per-budget folders of the methods
+    that are not pipelines. Writes ``res_path`` as it goes (when given); returns the report."""
+    t_start = time.perf_counter()
+    out = Path(args.out)
     g = settings(args)
     stage_steps = round(args.steps * args.stage_fraction)
     methods: dict[str, dict] = {}
-    res_path = RESULTS / "search_comparison.json"
 
-    def save() -> None:
+    def save() -> dict:
         report = {
             "budget_ms": budget,
             "space": space.name,
@@ -326,8 +360,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             "seconds": round(time.perf_counter() - t_start, 1),
             "provenance": provenance(),
         }
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        res_path.write_text(json.dumps(report, indent=1) + "\n")
+        if res_path is not None:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            res_path.write_text(json.dumps(report, indent=1) + "\n")
+        return report
 
     if {"spos_full", "random"} & set(args.methods):
         t0 = time.perf_counter()
@@ -347,11 +383,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             save()
         if "random" in args.methods:
             t0 = time.perf_counter()
-            cfg = g.train_config(args.space, Pipeline.data, out / "random", args.seed, False)
+            cfg = g.train_config(args.space, Pipeline.data, out / f"random{tag}", args.seed, False)
             net = load_supernet(space, spos_pt)
             fit = SupernetFitness(net, data_for(cfg, space), cfg.bn_batches, seed=args.seed)
             search = g.search_config(budget, args.seed)
-            rnd = random_search(space, model.predict, fit, search, out=out / "random" / "search")
+            rnd = random_search(
+                space, model.predict, fit, search, out=out / f"random{tag}" / "search"
+            )
             fin = final_model(
                 args.space,
                 spec,
@@ -359,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 budget,
                 args.db,
                 Path(spos_pt),
-                out / "random",
+                out / f"random{tag}",
                 g.verify_top,
                 g.final_steps,
                 Pipeline.data,
@@ -370,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             methods["random"] = {
                 **cost,
                 "search_seconds": rnd["seconds"],
-                **_final_summary(fin, args.space, spos_pt, out / "random", args),
+                **_final_summary(fin, args.space, spos_pt, out / f"random{tag}", args),
             }
             report("random", methods, t0)
             save()
@@ -407,13 +445,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             spec,
             args.db,
             budget,
-            out / "mbv2_scaled",
+            out / f"mbv2_scaled{tag}",
             args.final_steps,
             args.seed,
             args.final_seeds,
         )
         report("mbv2_scaled", methods, t0)
-    save()
+    result = save()
     print(f"\n{'method':<18} {'test_acc':>8} {'measured_ms':>11} {'steps':>6} {'seconds':>8}")
     for name, m in methods.items():
         print(
@@ -422,7 +460,38 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     for check, ok in goal(methods, budget).items():
         print(f"  {'PASS' if ok else 'FAIL'}  {check}")
-    print(f"wrote {res_path}")
+    if res_path is not None:
+        print(f"wrote {res_path}")
+    return result
+
+
+def plot_budgets(reports: list[dict], path: Path, device: str) -> None:
+    """Test accuracy (mean, seed spread as error bars) against measured latency, every
+    method at every budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    names = list(dict.fromkeys(n for r in reports for n in r["methods"]))
+    for i, name in enumerate(names):
+        pts = [
+            (m["measured_ms"], m["test_acc"], float(np.std(m.get("test_accs") or [0.0])))
+            for r in reports
+            if (m := r["methods"].get(name))
+        ]
+        xs, ys, es = zip(*pts)
+        ax.errorbar(xs, ys, yerr=es, fmt="o-", capsize=3, color=f"C{i}", label=name)
+    for r in reports:
+        ax.axvline(r["budget_ms"], ls="--", color="0.6", lw=0.8)
+    ax.set_xlabel(f"measured latency on {device} (ms); dashed: budgets")
+    ax.set_ylabel("test accuracy (mean over final seeds, ±1 std)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def report(name: str, methods: dict, t0: float) -> None:
