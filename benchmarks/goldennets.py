@@ -18,8 +18,8 @@ reference, by the handoff that bundles ``abn_skd``'s first seed (``pipelines.han
 Writes ``benchmarks/results/goldennets.json``: ``arch``, and ``depths``, a list with per
 depth ``name``, ``measured_ms``, ``test_acc`` and ``test_acc_std`` (objects keyed by
 method: the mean and standard deviation over seeds). Every training resumes from ``--out``.
-Goal: ``abn_skd`` within 0.5 points of ``separate`` at every depth, and ahead of ``shared``
-at the shallowest depth by more than the seed spread.
+Goal: ``abn_skd`` within 0.5 points of ``separate`` at every depth (no more than 0.5 below
+it), and ahead of ``shared`` at the shallowest depth by more than the seed spread.
 """
 
 from __future__ import annotations
@@ -159,16 +159,18 @@ def main() -> None:
 
 
 def goal_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """abn_skd within 0.5 points of separate at every depth; ahead of shared at the
-    shallowest by more than the seed spread (the larger of the two methods' deviations)."""
-    close = all(abs(r["test_acc"]["abn_skd"] - r["test_acc"]["separate"]) <= 0.005 for r in rows)
+    """abn_skd no more than 0.5 points below separate at any depth (ahead of it counts as
+    within); ahead of shared at the shallowest by more than the seed spread (the larger of
+    the two methods' deviations)."""
+    behind = [r["test_acc"]["separate"] - r["test_acc"]["abn_skd"] for r in rows]
+    close = all(b <= 0.005 for b in behind)
     last = rows[-1]
     gap = last["test_acc"]["abn_skd"] - last["test_acc"]["shared"]
     spread = max(last["test_acc_std"]["abn_skd"], last["test_acc_std"]["shared"])
-    worst = max(abs(r["test_acc"]["abn_skd"] - r["test_acc"]["separate"]) for r in rows)
     return [
         f"goal: abn_skd within 0.5 points of separate at every depth: "
-        f"{'met' if close else 'NOT met'} (largest gap {worst * 100:.2f} points)",
+        f"{'met' if close else 'NOT met'} (abn_skd minus separate: "
+        f"{', '.join(f'{-b * 100:+.2f}' for b in behind)} points)",
         f"goal: abn_skd ahead of shared at {last['name']} by more than the seed spread: "
         f"{'met' if gap > spread else 'NOT met'} ({gap * 100:+.2f} points, spread "
         f"{spread * 100:.2f})",
