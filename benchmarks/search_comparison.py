@@ -320,7 +320,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     texts = args.budgets or [args.budget]
     budgets = [Budget.parse(t).resolve(model.predict, space, args.seed) for t in texts]
     for t, b in zip(texts, budgets):
-        print(f"budget {t}: {b} ms on {spec.name} (fastest {model.fastest()[0]:.4f} ms)")
+        print(
+            f"budget {b} ms on {spec.name} ({t}; fastest in the space {model.fastest()[0]:.4f} ms)"
+        )
     if args.budget_only:
         return
     if not args.budgets:
