@@ -468,7 +468,27 @@ class LutDB:
         ident = _proc(me)
         told = False
         while True:
-            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                # Another process holds the file's write lock past the busy timeout (paused
+                # mid-commit, say): the lock row still says who is profiling, for a reader.
+                if "locked" not in str(exc):
+                    raise
+                found = self.conn.execute("SELECT * FROM locks WHERE device = ?", (device,))
+                holder = dict(got) if (got := found.fetchone()) else None
+                if holder is None or not _alive(holder["pid"], holder["host"], holder["proc"]):
+                    raise UserError(
+                        f"{self.path}: another process has held the database's write lock "
+                        "for over 30 s; wait for it or stop it, then run again"
+                    ) from None
+                if not wait:
+                    raise DeviceBusy(self._busy(device, holder), holder["pid"]) from None
+                if on_wait is not None and not told:
+                    on_wait(holder)
+                    told = True
+                time.sleep(poll_s)
+                continue
             try:
                 row = self.conn.execute("SELECT * FROM locks WHERE device = ?", (device,))
                 found = row.fetchone()
