@@ -166,6 +166,12 @@ def _add_train_args(
         "--eval-paths", type=nonnegative_int, default=d.eval_paths, help="paths evaluated per epoch"
     )
     p.add_argument(
+        "--bn-batches",
+        type=positive_int,
+        default=d.bn_batches,
+        help="training batches that recalibrate batch norm before each evaluation",
+    )
+    p.add_argument(
         "--threads", type=positive_int, default=None, help="torch CPU threads per process"
     )
     p.add_argument(
@@ -208,6 +214,7 @@ def _train_config(args: argparse.Namespace):
         train_limit=args.train_limit,
         eval_limit=args.eval_limit,
         eval_paths=args.eval_paths,
+        bn_batches=args.bn_batches,
         threads=args.threads,
         progress=not args.no_progress,
         distill=args.distill,

@@ -59,6 +59,11 @@ class GenerateSettings:
     batch_size: int = TrainConfig.batch_size
     lr: float = TrainConfig.lr
     distill: bool = TrainConfig.distill
+    sandwich: bool = TrainConfig.sandwich
+    fair: bool = TrainConfig.fair
+    kd_weight: float = TrainConfig.kd_weight
+    kd_temperature: float = TrainConfig.kd_temperature
+    bn_batches: int = TrainConfig.bn_batches  # batch-norm recalibration per fitness
     train_limit: int | None = TrainConfig.train_limit
     eval_limit: int | None = TrainConfig.eval_limit  # validation images per fitness
     population: int = SearchConfig.population
@@ -93,6 +98,11 @@ class GenerateSettings:
             lr=self.lr,
             seed=seed,
             distill=self.distill,
+            sandwich=self.sandwich,
+            fair=self.fair,
+            kd_weight=self.kd_weight,
+            kd_temperature=self.kd_temperature,
+            bn_batches=self.bn_batches,
             train_limit=self.train_limit,
             eval_limit=self.eval_limit,
             progress=progress,
@@ -282,6 +292,11 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
         batch_size=gf.int("batch_size", d.batch_size, lo=1),
         lr=gf.float("lr", d.lr, lo=0.0),
         distill=gf.bool("distill", d.distill),
+        sandwich=gf.bool("sandwich", d.sandwich),
+        fair=gf.bool("fair", d.fair),
+        kd_weight=_kd_weight(gf, d.kd_weight),
+        kd_temperature=gf.float("kd_temperature", d.kd_temperature, lo=0.01),
+        bn_batches=gf.int("bn_batches", d.bn_batches, lo=1),
         train_limit=gf.int("train_limit", None, lo=1),
         eval_limit=gf.int("eval_limit", d.eval_limit, lo=1),
         population=gf.int("population", d.population, lo=2),
@@ -404,6 +419,16 @@ def _parse_coexplore(
     )
 
 
+def _kd_weight(section: Fields, default: float) -> float:
+    """A distillation's share of a student's loss: a number within 0..1."""
+    w = section.float("kd_weight", default, lo=0.0)
+    if w > 1:
+        raise section.error(
+            "kd_weight", f"the distillation's share of the loss is within 0..1, got {w}"
+        )
+    return float(w)
+
+
 def _parse_adaptive(
     top: Fields, space: SearchSpace, gen: GenerateSettings
 ) -> AdaptiveSettings | None:
@@ -438,11 +463,7 @@ def _parse_adaptive(
         raise af.error(
             "", "a GoldenNet is made by the final training: set [generate] final_steps > 0"
         )
-    kd_weight = af.float("kd_weight", d.kd_weight, lo=0.0)
-    if kd_weight > 1:
-        raise af.error(
-            "kd_weight", f"the distillation's share of the loss is within 0..1, got {kd_weight}"
-        )
+    kd_weight = _kd_weight(af, d.kd_weight)
     return AdaptiveSettings(
         depths=depths,
         adaptive_bn=af.bool("adaptive_bn", d.adaptive_bn),

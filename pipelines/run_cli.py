@@ -105,6 +105,9 @@ def _generate(args: argparse.Namespace) -> int:
         "two_stage": not args.single_stage,
         "steps": args.steps,
         "distill": args.distill,
+        "sandwich": args.sandwich,
+        "fair": args.fair,
+        "bn_batches": args.bn_batches,
         "eval_limit": args.eval_limit,
         "population": args.population,
         "generations": args.generations,
@@ -306,7 +309,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="supernet steps per stage (default: %(default)s)",
     )
     g.add_argument("--steps-b", type=positive_int, default=None)
-    g.add_argument("--distill", action="store_true")
+    onoff = argparse.BooleanOptionalAction
+    g.add_argument(
+        "--distill", action=onoff, default=d.distill, help="in-place distillation in the supernet"
+    )
+    g.add_argument(
+        "--sandwich", action=onoff, default=d.sandwich, help="largest, smallest and random paths"
+    )
+    g.add_argument(
+        "--fair", action=onoff, default=d.fair, help="FairNAS: every candidate once per step"
+    )
+    g.add_argument(
+        "--bn-batches",
+        type=positive_int,
+        default=d.bn_batches,
+        help="batch-norm recalibration batches per fitness (default: %(default)s)",
+    )
     g.add_argument(
         "--eval-limit",
         type=positive_int,

@@ -336,6 +336,15 @@ def test_search_commands_take_their_defaults_from_the_config_dataclasses() -> No
             g.final_steps,
         ), command
         assert args.final_from == g.final_from
+    gen = parser.parse_args(["generate", *given])
+    assert (gen.fair, gen.sandwich, gen.distill, gen.bn_batches) == (
+        g.fair,
+        g.sandwich,
+        g.distill,
+        g.bn_batches,
+    )
+    flipped = parser.parse_args(["generate", *given, "--no-distill", "--fair", "--bn-batches", "5"])
+    assert (flipped.distill, flipped.fair, flipped.bn_batches) == (False, True, 5)
     shrink = parser.parse_args(["shrink", "--space", "demo", "--device", "x"])
     assert (shrink.k, shrink.rule, shrink.skip) == (g.k, g.rule, g.skip)
     for bad in (["--rule", "nope"], ["--skip", "nope"]):  # choices are the registries'

@@ -241,6 +241,30 @@ def test_example_pipelines_load() -> None:
     assert golden.generate == load_pipeline("demo").generate
 
 
+def test_supernet_training_options_in_a_pipeline_reach_the_training() -> None:
+    import tomllib
+
+    from hurricane.train import TrainConfig
+
+    body = (
+        'space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0]\n[generate]\n'
+        "fair = true\nsandwich = true\ndistill = true\nkd_weight = 0.25\n"
+        "kd_temperature = 2.0\nbn_batches = 40\n"
+    )
+    gen = parse_pipeline(tomllib.loads(body)).generate
+    cfg = gen.train_config("demo", "fashion", "o", 7, False)
+    assert (cfg.fair, cfg.sandwich, cfg.distill) == (True, True, True)
+    assert (cfg.kd_weight, cfg.kd_temperature, cfg.bn_batches) == (0.25, 2.0, 40)
+    plain = parse_pipeline(tomllib.loads(body.split("[generate]")[0]))
+    d = plain.generate.train_config("demo", "fashion", "o", 7, False)
+    assert (d.fair, d.sandwich, d.distill, d.bn_batches) == (
+        TrainConfig.fair,
+        TrainConfig.sandwich,
+        TrainConfig.distill,
+        TrainConfig.bn_batches,
+    )
+
+
 @pytest.mark.parametrize(
     "body, words",
     [
@@ -271,6 +295,15 @@ def test_example_pipelines_load() -> None:
             'space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0]\n'
             '[generate]\nskip = "some"',
             "generate.skip",
+        ),
+        (
+            'space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0]\n'
+            "[generate]\nkd_weight = 1.5",
+            "generate.kd_weight",
+        ),
+        (
+            'space = "demo"\ndevices = ["local-litert"]\nbudgets = [1.0]\n[generate]\nfair = "yes"',
+            "generate.fair",
         ),
     ],
 )
