@@ -251,11 +251,11 @@ def test_supernet_training_options_in_a_pipeline_reach_the_training() -> None:
         "fair = true\nsandwich = true\ndistill = true\nkd_weight = 0.25\n"
         "kd_temperature = 2.0\nbn_batches = 40\n"
     )
-    gen = parse_pipeline(tomllib.loads(body)).generate
+    gen = parse_pipeline(tomllib.loads(body), "p.toml").generate
     cfg = gen.train_config("demo", "fashion", "o", 7, False)
     assert (cfg.fair, cfg.sandwich, cfg.distill) == (True, True, True)
     assert (cfg.kd_weight, cfg.kd_temperature, cfg.bn_batches) == (0.25, 2.0, 40)
-    plain = parse_pipeline(tomllib.loads(body.split("[generate]")[0]))
+    plain = parse_pipeline(tomllib.loads(body.split("[generate]")[0]), "p.toml")
     d = plain.generate.train_config("demo", "fashion", "o", 7, False)
     assert (d.fair, d.sandwich, d.distill, d.bn_batches) == (
         TrainConfig.fair,
