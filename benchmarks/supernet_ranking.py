@@ -69,6 +69,12 @@ TRAININGS: dict[str, dict[str, Any]] = {
     "distill": {"distill": True},
     "sandwich_distill": {"sandwich": True, "distill": True},
     "fair_distill": {"fair": True, "distill": True},
+    # The same with a family's kernels and expansions sharing one block.
+    "family": {"share": "family"},
+    "fair_family": {"fair": True, "share": "family"},
+    "sandwich_family": {"sandwich": True, "share": "family"},
+    "distill_family": {"distill": True, "share": "family"},
+    "sandwich_distill_family": {"sandwich": True, "distill": True, "share": "family"},
 }
 DEFAULT = "spos"
 DEFAULT_BAND = [30.0, 60.0]  # results written before the band was recorded used it

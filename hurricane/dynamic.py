@@ -85,7 +85,18 @@ class DynConv2d(nn.Module):
         nn.init.normal_(self.weight, std=math.sqrt(2.0 / fan_out))
         self.bias = nn.Parameter(torch.zeros(cout)) if bias else None
 
-    def active_weight(self, cin: int, cout: int) -> torch.Tensor:
+    def active_weight(self, cin: int, cout: int, kernel: int | None = None) -> torch.Tensor:
+        """The first ``cin``/``cout`` channels and the centre ``kernel`` x ``kernel`` taps
+        (Single-Path NAS's superkernel: a smaller kernel is the centre of the largest)."""
+        w = self._channels(cin, cout)
+        if kernel is None or kernel == self.kernel:
+            return w
+        if kernel > self.kernel or kernel % 2 != self.kernel % 2:
+            raise ValueError(f"a {self.kernel}x{self.kernel} conv has no {kernel}x{kernel} centre")
+        c = (self.kernel - kernel) // 2
+        return w[:, :, c : c + kernel, c : c + kernel]
+
+    def _channels(self, cin: int, cout: int) -> torch.Tensor:
         if self.depthwise:
             return self.weight if cin == self.max_out else self.weight[:cin]
         if cin == self.max_in and cout == self.max_out:
@@ -101,27 +112,30 @@ class DynConv2d(nn.Module):
             return self.bias
         return self.bias[:cout]
 
-    def forward(self, x: torch.Tensor, cout: int | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cout: int | None = None, kernel: int | None = None
+    ) -> torch.Tensor:
         cin = x.shape[1]
         if self.depthwise:
             cout = cin
         elif cout is None:
             cout = self.max_out
         groups = cin if self.depthwise else self.groups
+        k = kernel or self.kernel
         return F.conv2d(
             x,
-            self.active_weight(cin, cout),
+            self.active_weight(cin, cout, k),
             self.active_bias(cout),
             self.stride,
-            self.padding,
+            k // 2,
             1,
             groups,
         )
 
     def load_active_from(self, other: DynConv2d) -> None:
-        """Copy ``other``'s weights, sliced to this layer's size, into this layer."""
+        """Copy ``other``'s weights, sliced to this layer's size and kernel, into this layer."""
         with torch.no_grad():
-            self.weight.copy_(other.active_weight(self.max_in, self.max_out))
+            self.weight.copy_(other.active_weight(self.max_in, self.max_out, self.kernel))
             if self.bias is not None:
                 bias = other.active_bias(self.max_out)
                 if bias is None:
@@ -204,8 +218,10 @@ class ConvBN(nn.Module):
         self.bn = DynBatchNorm2d(self.conv.max_out)
         self.act = make_act(act) if act else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cout: int | None = None) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x, cout)))
+    def forward(
+        self, x: torch.Tensor, cout: int | None = None, kernel: int | None = None
+    ) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x, cout, kernel)))
 
 
 class SqueezeExcite(nn.Module):

@@ -2,7 +2,9 @@
 
 Every block is built from sliceable layers, so one class serves both uses: built at a layer's
 largest widths with ``dynamic=True`` it is a supernet choice that can run narrower
-(``forward(x, cout)`` with fewer input channels); built at exact widths it is a plain block.
+(``forward(x, cout)`` with fewer input channels) and, where the supernet shares one block
+between a family's kernels and expansions, smaller (``kernel``, ``expansion``: the centre of
+its kernels, the first channels of its hidden width); built at exact widths it is a plain block.
 """
 
 from __future__ import annotations
@@ -83,12 +85,18 @@ class MBConv(_Block):
         self.se = SqueezeExcite(hidden) if spec.se else None
         self.project = ConvBN(hidden, cout, 1, groups=g)
 
-    def forward(self, x: torch.Tensor, cout: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cout: int | None = None,
+        kernel: int | None = None,
+        expansion: int | None = None,
+    ) -> torch.Tensor:
         cin, cout = x.shape[1], cout or self.max_out
-        h = self.expand(x, cin * self.expansion)
+        h = self.expand(x, cin * (expansion or self.expansion))
         if self.spec.groups > 1:
             h = channel_shuffle(h, self.spec.groups)
-        h = self.dw(h)
+        h = self.dw(h, kernel=kernel)
         if self.se is not None:
             h = self.se(h)
         y = self.project(h, cout)
@@ -104,9 +112,15 @@ class DepthwiseSeparable(_Block):
         self.se = SqueezeExcite(cin) if spec.se else None
         self.project = ConvBN(cin, cout, 1)
 
-    def forward(self, x: torch.Tensor, cout: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cout: int | None = None,
+        kernel: int | None = None,
+        expansion: int | None = None,
+    ) -> torch.Tensor:
         cin, cout = x.shape[1], cout or self.max_out
-        h = self.dw(x)
+        h = self.dw(x, kernel=kernel)
         if self.se is not None:
             h = self.se(h)
         y = self.project(h, cout)
@@ -124,9 +138,15 @@ class FusedMBConv(_Block):
         self.se = SqueezeExcite(hidden) if spec.se else None
         self.project = ConvBN(hidden, cout, 1)
 
-    def forward(self, x: torch.Tensor, cout: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cout: int | None = None,
+        kernel: int | None = None,
+        expansion: int | None = None,
+    ) -> torch.Tensor:
         cin, cout = x.shape[1], cout or self.max_out
-        h = self.expand(x, cin * self.expansion)
+        h = self.expand(x, cin * (expansion or self.expansion), kernel)
         if self.se is not None:
             h = self.se(h)
         y = self.project(h, cout)
@@ -183,21 +203,29 @@ class ShuffleBlock(_Block):
     def passthrough(cin: int, cout: int) -> int:
         return min(cin // 2, cout // 2)
 
-    def _branch(self, x: torch.Tensor, out: int) -> torch.Tensor:
+    def _branch(self, x: torch.Tensor, out: int, kernel: int | None) -> torch.Tensor:
         for layer in self.branch:
             # Only pointwise convs choose a width; depthwise ones follow their input.
             depthwise = cast(ConvBN, layer).conv.depthwise  # the branch holds ConvBNs only
-            x = layer(x, out) if not depthwise else layer(x)
+            x = layer(x, out) if not depthwise else layer(x, kernel=kernel)
         return self.se(x) if self.se is not None else x
 
-    def forward(self, x: torch.Tensor, cout: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cout: int | None = None,
+        kernel: int | None = None,
+        expansion: int | None = None,
+    ) -> torch.Tensor:
         cin, cout = x.shape[1], cout or self.max_out
         if self.proj is None:  # stride 1
             left = self.passthrough(cin, cout)
-            y = torch.cat([x[:, :left], self._branch(x[:, left:], cout - left)], 1)
+            y = torch.cat([x[:, :left], self._branch(x[:, left:], cout - left, kernel)], 1)
         else:
             dw, pw = self.proj
-            y = torch.cat([pw(dw(x), cout // 2), self._branch(x, cout - cout // 2)], 1)
+            y = torch.cat(
+                [pw(dw(x, kernel=kernel), cout // 2), self._branch(x, cout - cout // 2, kernel)], 1
+            )
         return channel_shuffle(y, 2)
 
 
@@ -208,8 +236,14 @@ class ConvBlock(_Block):
         super().__init__(spec, cin, cout, stride)
         self.conv = ConvBN(cin, cout, _kernel(spec), stride, act=act)
 
-    def forward(self, x: torch.Tensor, cout: int | None = None) -> torch.Tensor:
-        return self.conv(x, cout or self.max_out)
+    def forward(
+        self,
+        x: torch.Tensor,
+        cout: int | None = None,
+        kernel: int | None = None,
+        expansion: int | None = None,
+    ) -> torch.Tensor:
+        return self.conv(x, cout or self.max_out, kernel)
 
 
 class ResidualBlock(_Block):
@@ -226,9 +260,15 @@ class ResidualBlock(_Block):
         self.shortcut = ConvBN(cin, cout, 1, stride) if needs_proj else None
         self.act = make_act(act)
 
-    def forward(self, x: torch.Tensor, cout: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cout: int | None = None,
+        kernel: int | None = None,
+        expansion: int | None = None,
+    ) -> torch.Tensor:
         cin, cout = x.shape[1], cout or self.max_out
-        y = self.conv2(self.conv1(x, cout), cout)
+        y = self.conv2(self.conv1(x, cout, kernel), cout, kernel)
         sc = x if self.residual(cin, cout) else self._projection(self.shortcut, cin, cout)(x, cout)
         return self.act(y + sc)
 
@@ -243,7 +283,13 @@ class Skip(_Block):
         needs_proj = dynamic or not self.residual(cin, cout)
         self.proj = ConvBN(cin, cout, 1, stride, act=act) if needs_proj else None
 
-    def forward(self, x: torch.Tensor, cout: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cout: int | None = None,
+        kernel: int | None = None,
+        expansion: int | None = None,
+    ) -> torch.Tensor:
         cin, cout = x.shape[1], cout or self.max_out
         return x if self.residual(cin, cout) else self._projection(self.proj, cin, cout)(x, cout)
 

@@ -48,7 +48,7 @@ from hurricane.loader import default_workers, iterate
 from hurricane.provenance import provenance
 from hurricane.space import SearchSpace
 from hurricane.space_file import load_space
-from hurricane.supernet import Supernet
+from hurricane.supernet import DEFAULT_SHARING, SHARING, Supernet
 
 if TYPE_CHECKING:
     from hurricane.shrink import Latency
@@ -103,6 +103,7 @@ class TrainConfig:
     kd_temperature: float = 1.0
     sandwich: bool = False  # each step trains the largest, the smallest and a random path
     fair: bool = False  # FairNAS: each step trains every candidate of every layer once
+    share: str = DEFAULT_SHARING  # which candidates share one block (supernet.SHARING)
     # A GoldenNet (hurricane.adaptive): the depth variants of ``fixed`` are the paths
     # ("default", a number of blocks per stage, or comma-separated variant names).
     depths: str | None = None
@@ -307,11 +308,21 @@ class Trainer:
             )
         self.total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
         torch.manual_seed(cfg.seed)
-        self.net = net or Supernet(self.space)  # built on the CPU: the same start anywhere
-        if cfg.init and net is None:
-            state = load_tensors(cfg.init, "supernet (--init)")["model"]
+        init = load_tensors(cfg.init, "supernet (--init)") if cfg.init and net is None else None
+        if init is not None:  # the weights fix the sharing: a final run from a shared supernet
+            made = init.get("config")
+            share = made.get("share", "none") if isinstance(made, dict) else "none"
+            cfg = self.cfg = dataclasses.replace(cfg, share=share)
+        if cfg.share not in SHARING:
+            raise UserError(
+                f"share: {cfg.share!r} is not a weight-sharing rule; use one of "
+                f"{', '.join(SHARING)}"
+            )
+        # Built on the CPU: the same start anywhere.
+        self.net = net or Supernet(self.space, cfg.share)
+        if init is not None:
             try:
-                self.net.load_state_dict(state)
+                self.net.load_state_dict(init["model"])
             except RuntimeError as exc:
                 first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
                 raise UserError(

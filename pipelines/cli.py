@@ -68,6 +68,7 @@ def _space_list(args: argparse.Namespace) -> int:
 def _add_train_args(
     p: argparse.ArgumentParser, out_default: str, epochs: float | None = None
 ) -> None:
+    from hurricane.supernet import SHARING
     from hurricane.train import TrainConfig
     from pipelines.config import DEFAULT_DB
 
@@ -119,6 +120,13 @@ def _add_train_args(
         "--fair",
         action="store_true",
         help="FairNAS: each step trains every candidate of every layer once, gradients summed",
+    )
+    p.add_argument(
+        "--share",
+        choices=list(SHARING),
+        default=d.share,
+        help="which candidates share one block: 'family' gives a family's kernels and "
+        "expansions one (default: %(default)s)",
     )
     p.add_argument(
         "--kd-weight",
@@ -220,6 +228,7 @@ def _train_config(args: argparse.Namespace):
         distill=args.distill,
         sandwich=args.sandwich,
         fair=args.fair,
+        share=args.share,
         kd_weight=args.kd_weight,
         kd_temperature=args.kd_temperature,
         init=args.init,

@@ -19,6 +19,7 @@ from hurricane.reduce import RULES, SKIP_RULES
 from hurricane.search import SearchConfig
 from hurricane.space import SearchSpace
 from hurricane.space_file import builtin_spaces, load_space
+from hurricane.supernet import SHARING
 from hurricane.tomlcheck import ConfigError, Fields, read_toml
 from hurricane.train import TrainConfig
 
@@ -61,6 +62,7 @@ class GenerateSettings:
     distill: bool = TrainConfig.distill
     sandwich: bool = TrainConfig.sandwich
     fair: bool = TrainConfig.fair
+    share: str = TrainConfig.share  # which candidates share one block (supernet.SHARING)
     kd_weight: float = TrainConfig.kd_weight
     kd_temperature: float = TrainConfig.kd_temperature
     bn_batches: int = TrainConfig.bn_batches  # batch-norm recalibration per fitness
@@ -100,6 +102,7 @@ class GenerateSettings:
             distill=self.distill,
             sandwich=self.sandwich,
             fair=self.fair,
+            share=self.share,
             kd_weight=self.kd_weight,
             kd_temperature=self.kd_temperature,
             bn_batches=self.bn_batches,
@@ -294,6 +297,7 @@ def parse_pipeline(data: dict[str, Any], source: str = "<string>") -> Pipeline:
         distill=gf.bool("distill", d.distill),
         sandwich=gf.bool("sandwich", d.sandwich),
         fair=gf.bool("fair", d.fair),
+        share=gf.str("share", d.share, choices=tuple(SHARING)),
         kd_weight=_kd_weight(gf, d.kd_weight),
         kd_temperature=gf.float("kd_temperature", d.kd_temperature, lo=0.01),
         bn_batches=gf.int("bn_batches", d.bn_batches, lo=1),

@@ -15,6 +15,7 @@ from hurricane.adaptive import AdaptiveSettings
 from hurricane.budgets import Budget
 from hurricane.errors import UserError
 from hurricane.reduce import RULES, SKIP_RULES
+from hurricane.supernet import SHARING
 from hurricane.train import TrainConfig
 from pipelines.argtypes import (
     add_train_on_args,
@@ -107,6 +108,7 @@ def _generate(args: argparse.Namespace) -> int:
         "distill": args.distill,
         "sandwich": args.sandwich,
         "fair": args.fair,
+        "share": args.share,
         "bn_batches": args.bn_batches,
         "eval_limit": args.eval_limit,
         "population": args.population,
@@ -318,6 +320,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--fair", action=onoff, default=d.fair, help="FairNAS: every candidate once per step"
+    )
+    g.add_argument(
+        "--share",
+        choices=list(SHARING),
+        default=d.share,
+        help="which supernet candidates share one block (default: %(default)s)",
     )
     g.add_argument(
         "--bn-batches",

@@ -508,3 +508,25 @@ def test_a_percentile_budget_is_one_budget_in_the_pipeline_and_the_benchmark(
     )
     printed = capsys.readouterr().out
     assert f"budget {pipeline_ms} ms on ort" in printed
+
+
+def test_search_budgets_keeps_the_budgets_an_earlier_run_finished_with_the_same_settings(
+    tmp_path,
+) -> None:
+    from benchmarks.search_comparison import build_parser, stored_budgets
+
+    args = build_parser().parse_args(["--budgets", "20%", "40%", "--out", "a"])
+    same = vars(build_parser().parse_args(["--budgets", "20%", "--out", "elsewhere"]))
+    other = vars(build_parser().parse_args(["--budgets", "40%", "--final-seeds", "2"]))
+    path = tmp_path / "search_budgets.json"
+    path.write_text(
+        json.dumps(
+            [
+                {"budget": "20%", "budget_ms": 0.05, "settings": same},
+                {"budget": "40%", "budget_ms": 0.06, "settings": other},
+            ]
+        )
+    )
+    kept = stored_budgets(path, args)
+    assert list(kept) == ["20%"] and kept["20%"]["budget_ms"] == 0.05
+    assert stored_budgets(tmp_path / "none.json", args) == {}

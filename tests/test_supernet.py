@@ -121,14 +121,18 @@ def _input(space: SearchSpace, n: int = 3, seed: int = 0) -> torch.Tensor:
 def nets(tiny: SearchSpace, demo: SearchSpace) -> dict[str, tuple[SearchSpace, Supernet]]:
     out = {}
     for space in (tiny, demo):
-        torch.manual_seed(0)
-        net = Supernet(space)
-        _randomise(net, 1)
-        out[space.name] = (space, net)
+        for share in ("none", "family"):
+            torch.manual_seed(0)
+            net = Supernet(space, share)
+            _randomise(net, 1)
+            out[space.name + ("" if share == "none" else "-family")] = (space, net)
     return out
 
 
-@pytest.mark.parametrize("name", ["tiny", "demo"])
+SHARED = ["tiny", "demo", "tiny-family", "demo-family"]
+
+
+@pytest.mark.parametrize("name", SHARED)
 def test_extract_matches_supernet_eval(nets: dict, name: str) -> None:
     space, net = nets[name]
     net.eval()
@@ -146,7 +150,7 @@ def test_extract_matches_supernet_eval(nets: dict, name: str) -> None:
         )
 
 
-@pytest.mark.parametrize("name", ["tiny", "demo"])
+@pytest.mark.parametrize("name", SHARED)
 def test_extract_matches_supernet_train(nets: dict, name: str) -> None:
     space, net = nets[name]
     net.train()
@@ -163,6 +167,42 @@ def test_extract_matches_supernet_train(nets: dict, name: str) -> None:
             f"{arch}: max diff {(got - expected).abs().max():.3g}"
         )
     net.eval()
+
+
+def test_family_sharing_gives_a_familys_kernels_and_expansions_one_block(demo) -> None:
+    net = Supernet(demo, "family")
+    mb = {"mb_k3_e3", "mb_k3_e6", "mb_k5_e3", "mb_k5_e6", "mb_k7_e3"}
+    for i, layer in enumerate(demo.layers):
+        index = net._index[i]
+        assert len(net.choices[i]) == 6  # mb, mb_se, ds, fmb, shuffle, skip
+        assert len({index[op][0] for op in mb}) == 1
+        assert index["ds_k3"][0] == index["ds_k5"][0] != index["mb_k3_e3_se"][0]
+        assert index["shuffle_k3"][0] == index["shuffle_k5"][0]
+        block = net.choices[i][index["mb_k3_e3"][0]]
+        assert (block.dw.conv.kernel, block.expansion) == (7, 6)
+    assert len(Supernet(demo).choices[0]) == len(demo.layers[0].ops)
+    with pytest.raises(ValueError, match="not one of none, family"):
+        Supernet(demo, "all")
+
+
+def test_a_smaller_kernel_runs_the_centre_of_the_shared_one(nets: dict) -> None:
+    """mb_k3 reads only the centre 3x3 taps of the shared 7x7 depthwise kernel: a corner
+    tap moves mb_k7's output and leaves mb_k3's alone."""
+    space, net = nets["demo-family"]
+    net.eval()
+    x = _input(space)
+    base = space.default_arch()
+    k3 = Arch(("mb_k3_e3",) + base.ops[1:], base.widths)
+    k7 = Arch(("mb_k7_e3",) + base.ops[1:], base.widths)
+    dw = net.choices[0][net._index[0]["mb_k3_e3"][0]].dw.conv.weight
+    with torch.no_grad():
+        before = net(x, k3), net(x, k7)
+        saved = dw[:, :, 0, 0].clone()
+        dw[:, :, 0, 0] += 1.0
+        after = net(x, k3), net(x, k7)
+        dw[:, :, 0, 0] = saved
+    assert torch.equal(before[0], after[0])
+    assert (before[1] - after[1]).abs().max() > 1e-3
 
 
 def test_eval_outputs_depend_on_arch(nets: dict) -> None:

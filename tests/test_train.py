@@ -366,3 +366,60 @@ def test_image_files_train_the_same_with_any_workers_and_across_a_kill(tmp_path:
     s_killed = json.loads((killed / "summary.json").read_text())
     assert s_whole["trained_on"]["workers"] == 2 and s_killed["trained_on"]["workers"] == 0
     assert s_killed["resumed_from"] and s_killed["state_sha256"] == s_whole["state_sha256"]
+
+
+SHARED_SPACE = """\
+name = "shared"
+channel_divisor = 4
+widths = [0.5, 1.0]
+ops = ["mb_k3_e3", "mb_k5_e6", "ds_k3", "skip"]
+
+[input]
+resolution = 28
+channels = 1
+classes = 10
+
+[stem]
+cout = 8
+stride = 2
+
+[[layers]]
+cout = 16
+stride = 2
+
+[[layers]]
+cout = 16
+"""
+
+
+def test_a_shared_supernet_is_searched_and_inherited_with_its_sharing(
+    tmp_path: Path, single_thread
+) -> None:
+    """The sharing a supernet was trained with travels in its file: the search and a final
+    model started from it rebuild the same blocks, with no flag to repeat."""
+    from hurricane.final import train_final
+    from hurricane.two_stage import load_supernet
+    from pipelines.cli import main
+
+    space_file = tmp_path / "shared.toml"
+    space_file.write_text(SHARED_SPACE)
+    out = tmp_path / "sup"
+    args = cli_args(out, 4, "--share", "family")
+    args[args.index(TINY)] = str(space_file)
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["share"] == "family"
+    net = load_supernet(load_space(space_file), out / "supernet.pt")
+    assert net.share == "family" and [len(c) for c in net.choices] == [3, 3]
+    fin = train_final(
+        str(space_file),
+        "mb_k3_e3-mb_k5_e6@0.5",
+        tmp_path / "fin",
+        2,
+        init=out / "supernet.pt",
+        batch_size=32,
+        progress=False,
+    )
+    assert fin["steps"] == 2
+    with pytest.raises(UserError, match="share: 'all' is not a weight-sharing rule"):
+        Trainer(TrainConfig(space=str(space_file), share="all", train_limit=256, progress=False))
