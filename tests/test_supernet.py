@@ -172,7 +172,7 @@ def test_extract_matches_supernet_train(nets: dict, name: str) -> None:
 def test_family_sharing_gives_a_familys_kernels_and_expansions_one_block(demo) -> None:
     net = Supernet(demo, "family")
     mb = {"mb_k3_e3", "mb_k3_e6", "mb_k5_e3", "mb_k5_e6", "mb_k7_e3"}
-    for i, layer in enumerate(demo.layers):
+    for i in range(len(demo.layers)):
         index = net._index[i]
         assert len(net.choices[i]) == 6  # mb, mb_se, ds, fmb, shuffle, skip
         assert len({index[op][0] for op in mb}) == 1
