@@ -129,7 +129,9 @@ def bootstrap(x: np.ndarray, y: np.ndarray, fn, rounds: int, seed: int) -> list[
     for _ in range(rounds):
         idx = rs.integers(0, len(x), len(x))
         if len(set(idx)) > 2:
-            vals.append(fn(x[idx], y[idx]))
+            v = fn(x[idx], y[idx])
+            if np.isfinite(v):  # a resample whose scores all tie has no rank correlation
+                vals.append(v)
     return [round(float(np.percentile(vals, 2.5)), 4), round(float(np.percentile(vals, 97.5)), 4)]
 
 
