@@ -20,8 +20,10 @@ with ``--final-seeds`` seeds, and scored on the whole test split; test_acc is th
 - ``hurricane``: stage one (the space reduced for this device, top ``--k`` per layer by
   ``--rule``, ``skip`` only where it is an identity) and two-stage training,
   ``--stage-fraction`` of the SPOS steps per stage.
-- ``hurricane_distill``: the same with in-place distillation (the largest path teaches).
-- ``spos_full``: single-stage SPOS over the full space for ``--steps``, evolution.
+- ``hurricane_distill``: the same with in-place distillation (the largest path teaches),
+  where the product's defaults do not already distil.
+- ``spos_full``: single-stage plain SPOS (one uniform path per step, a block per candidate)
+  over the full space for ``--steps``, evolution.
 - ``random``: random search under the budget on spos_full's supernet, as many evaluations.
 - ``mbv2_scaled``: MobileNetV2 blocks (mb_k3_e6) on every layer, one width multiplier, the
   widest the device runs within budget, trained from scratch for ``--final-steps``.
@@ -69,6 +71,15 @@ from profilers.models import measure_archs
 
 RESULTS = Path(__file__).parent / "results"
 MBV2_OP = "mb_k3_e6"
+# spos_full is plain single-path one-shot training whatever the product's defaults become.
+PLAIN_SPOS: dict[str, Any] = {
+    "k": 0,
+    "two_stage": False,
+    "share": "none",
+    "fair": False,
+    "sandwich": False,
+    "distill": False,
+}
 MBV2_WIDTHS = (0.25, 0.35, 0.5, 0.6, 0.75, 0.9, 1.0)
 
 
@@ -393,7 +404,7 @@ def compare(args, space, spec, model, budget: float, res_path: Path | None, tag:
 
     if {"spos_full", "random"} & set(args.methods):
         t0 = time.perf_counter()
-        spos = run_product(args, "spos_full", budget, k=0, two_stage=False, steps=args.steps)
+        spos = run_product(args, "spos_full", budget, steps=args.steps, **PLAIN_SPOS)
         spos_pt = spos["search"]["supernet_pt"]
         cost = {
             "supernet_steps": spos["search"]["supernet_steps"],
@@ -450,7 +461,8 @@ def compare(args, space, spec, model, budget: float, res_path: Path | None, tag:
             two_stage=True,
             steps=stage_steps,
             steps_b=stage_steps,
-            distill=name.endswith("distill"),
+            # hurricane: the product's own training options; _distill: with distillation.
+            **({"distill": True} if name.endswith("distill") else {}),
         )
         methods[name] = {
             "supernet_steps": res["search"]["supernet_steps"],
