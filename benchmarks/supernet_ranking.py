@@ -94,12 +94,15 @@ DEFAULT = product_default()
 DEFAULT_BAND = [30.0, 60.0]  # results written before the band was recorded used it
 
 
-def sample_band(space, predict, lo: float, hi: float, n: int, seed: int) -> list:
-    """``n`` distinct architectures with predicted latency within [lo, hi] ms, seeded."""
+def sample_band(
+    space, predict, lo: float, hi: float, n: int, seed: int, exclude: frozenset = frozenset()
+) -> list:
+    """``n`` distinct architectures with predicted latency within [lo, hi] ms, seeded, none
+    of them in ``exclude``."""
     rng, found = random.Random(seed), {}
     for _ in range(200 * n):
         a = space.sample_arch(rng)
-        if lo <= float(predict([a])[0]) <= hi:
+        if str(a) not in exclude and lo <= float(predict([a])[0]) <= hi:
             found.setdefault(str(a), a)
         if len(found) == n:
             break
@@ -121,15 +124,16 @@ def standalone(space_ref: str, arch, steps: int, seed: int, out: Path) -> float:
 
 def reusable(path: Path, args, device: str) -> dict | None:
     """The stored result at ``path`` when it was measured on the same space, device, band,
-    seed, count and stand-alone schedule: its architectures and accuracies are reused, so
-    the stand-alone trainings are paid once even where ``--out`` did not survive."""
+    seed and stand-alone schedule, with at most ``--n`` architectures: its architectures and
+    accuracies are reused (a larger ``--n`` adds architectures from the same band), so the
+    stand-alone trainings are paid once even where ``--out`` did not survive."""
     if args.fresh or not path.is_file():
         return None
     body = json.loads(path.read_text())
     same = (
         body.get("space") == args.space
         and body.get("device") == device
-        and body.get("n") == args.n
+        and body.get("n", 0) <= args.n
         and body.get("standalone_steps") == args.standalone_steps
         and body.get("band_percentiles", DEFAULT_BAND) == args.band
         and body.get("seed", 0) == args.seed
@@ -294,6 +298,14 @@ def main() -> None:
         known = [r.get("test_accs", [r["test_acc"]]) for r in stored["archs"]]
         lo, hi = stored["band_ms"]
         print(f"{len(archs)} architectures and their stand-alone accuracies from {path}")
+        if len(archs) < args.n:
+            db = out / "lut.sqlite"
+            profile_device(space, spec, db, progress=True)
+            predict = LatencyModel.from_db(space, db, spec.name).predict
+            have = frozenset(str(a) for a in archs)
+            more = sample_band(space, predict, lo, hi, args.n - len(archs), args.seed, have)
+            archs, known = archs + more, known + [[] for _ in more]
+            print(f"  and {len(more)} more within {lo:.4g}-{hi:.4g} ms", flush=True)
     else:
         db = out / "lut.sqlite"
         profile_device(space, spec, db, progress=True)
@@ -323,6 +335,7 @@ def main() -> None:
     rows = [
         {**r, **ranking(archs, y, np.array(r["fitness"]), args.bootstrap, args.seed)}
         for r in (stored or {}).get("trainings", [])
+        if len(r["fitness"]) == len(archs)  # rows scored on fewer architectures are redone
     ]
     for name in args.trainings:
         steps = steps_for(name, args.steps, space, args.equal_passes)
