@@ -59,10 +59,13 @@ class GenerateSettings:
     steps_b: int | None = None  # stage B steps (default: steps)
     batch_size: int = TrainConfig.batch_size
     lr: float = TrainConfig.lr
-    distill: bool = TrainConfig.distill
+    # The supernet training that ranked architectures best on the ranking benchmark
+    # (benchmarks/supernet_ranking.py): in-place distillation with a family's kernels and
+    # expansions sharing one block. `hurricane train` keeps plain SPOS (TrainConfig's).
+    distill: bool = True
     sandwich: bool = TrainConfig.sandwich
     fair: bool = TrainConfig.fair
-    share: str = TrainConfig.share  # which candidates share one block (supernet.SHARING)
+    share: str = "family"  # which candidates share one block (supernet.SHARING)
     kd_weight: float = TrainConfig.kd_weight
     kd_temperature: float = TrainConfig.kd_temperature
     bn_batches: int = TrainConfig.bn_batches  # batch-norm recalibration per fitness
