@@ -141,31 +141,33 @@ def reusable(path: Path, args, device: str) -> dict | None:
     return body if same else None
 
 
-def bootstrap(x: np.ndarray, y: np.ndarray, fn, rounds: int, seed: int) -> list[float]:
+def interval(n: int, stat, rounds: int, seed: int) -> list[float]:
+    """95% bootstrap interval of ``stat(idx)`` over resamples of ``n`` architectures."""
     rs = np.random.default_rng(seed)
     vals = []
     for _ in range(rounds):
-        idx = rs.integers(0, len(x), len(x))
+        idx = rs.integers(0, n, n)
         if len(set(idx)) > 2:
-            v = fn(x[idx], y[idx])
+            v = stat(idx)
             if np.isfinite(v):  # a resample whose scores all tie has no rank correlation
                 vals.append(v)
-    return [round(float(np.percentile(vals, 2.5)), 4), round(float(np.percentile(vals, 97.5)), 4)]
+    return [round(float(np.percentile(vals, q)), 4) for q in (2.5, 97.5)]
+
+
+def bootstrap(x: np.ndarray, y: np.ndarray, fn, rounds: int, seed: int) -> list[float]:
+    return interval(len(x), lambda idx: fn(x[idx], y[idx]), rounds, seed)
 
 
 def gain(truth: np.ndarray, scores: np.ndarray, base: np.ndarray, rounds: int, seed: int) -> dict:
     """tau(scores) - tau(base) with a paired bootstrap 95% interval: both rank the same
     resampled architectures, so the architectures' own spread cancels."""
-    rs = np.random.default_rng(seed)
-    vals = []
-    for _ in range(rounds):
-        idx = rs.integers(0, len(truth), len(truth))
-        v = tau(truth[idx], scores[idx]) - tau(truth[idx], base[idx])
-        if np.isfinite(v):
-            vals.append(v)
+
+    def diff(idx: np.ndarray) -> float:
+        return tau(truth[idx], scores[idx]) - tau(truth[idx], base[idx])
+
     return {
         "tau_gain": round(tau(truth, scores) - tau(truth, base), 4),
-        "tau_gain_ci": [round(float(np.percentile(vals, q)), 4) for q in (2.5, 97.5)],
+        "tau_gain_ci": interval(len(truth), diff, rounds, seed),
     }
 
 

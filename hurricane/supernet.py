@@ -27,6 +27,7 @@ from torch import nn
 from hurricane.arch import Arch
 from hurricane.costs import instance_cost
 from hurricane.dynamic import load_active_weights
+from hurricane.errors import UserError
 from hurricane.lutkeys import OpInstance
 from hurricane.opnames import OpSpec, parse_op
 from hurricane.ops import build_op
@@ -44,6 +45,16 @@ DEFAULT_SHARING = "none"
 def check_sharing(share: str) -> str:
     if share not in SHARING:
         raise ValueError(f"weight sharing {share!r} is not one of {', '.join(SHARING)}")
+    return share
+
+
+def saved_sharing(saved: dict, source: str) -> str:
+    """The sharing a saved supernet (a loaded ``supernet.pt``) was trained with; files from
+    before sharing existed have ``none``."""
+    config = saved.get("config")
+    share = config.get("share", "none") if isinstance(config, dict) else "none"
+    if share not in SHARING:
+        raise UserError(f"{source}: config.share {share!r} is not one of {', '.join(SHARING)}")
     return share
 
 

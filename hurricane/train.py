@@ -48,7 +48,7 @@ from hurricane.loader import default_workers, iterate
 from hurricane.provenance import provenance
 from hurricane.space import SearchSpace
 from hurricane.space_file import load_space
-from hurricane.supernet import DEFAULT_SHARING, SHARING, Supernet
+from hurricane.supernet import DEFAULT_SHARING, SHARING, Supernet, saved_sharing
 
 if TYPE_CHECKING:
     from hurricane.shrink import Latency
@@ -310,8 +310,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         init = load_tensors(cfg.init, "supernet (--init)") if cfg.init and net is None else None
         if init is not None:  # the weights fix the sharing: a final run from a shared supernet
-            made = init.get("config")
-            share = made.get("share", "none") if isinstance(made, dict) else "none"
+            share = saved_sharing(init, f"--init {cfg.init}")
             cfg = self.cfg = dataclasses.replace(cfg, share=share)
         if cfg.share not in SHARING:
             raise UserError(

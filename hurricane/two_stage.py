@@ -25,7 +25,7 @@ from hurricane.loader import default_workers
 from hurricane.search import EvolutionSearch, Latency, SearchConfig
 from hurricane.space import SearchSpace
 from hurricane.space_file import load_space
-from hurricane.supernet import SHARING, Supernet
+from hurricane.supernet import Supernet, saved_sharing
 from hurricane.train import TrainConfig, Trainer, load_tensors
 
 
@@ -68,11 +68,7 @@ def load_supernet(space: SearchSpace, path: str | Path) -> Supernet:
     """A trained ``supernet.pt`` of ``space``; tensors only (``train.load_tensors``). Its
     weight sharing is the one its training recorded (files from before: ``none``)."""
     obj = load_tensors(path, "supernet")
-    config = obj.get("config")
-    share = config.get("share", "none") if isinstance(config, dict) else "none"
-    if share not in SHARING:
-        raise UserError(f"{path}: config.share {share!r} is not one of {', '.join(SHARING)}")
-    net = Supernet(space, share)
+    net = Supernet(space, saved_sharing(obj, str(path)))
     try:
         net.load_state_dict(obj["model"])
     except RuntimeError as exc:  # another space's supernet: missing or misshapen weights
