@@ -3,7 +3,10 @@
 A design (PE array, buffers, DRAM bandwidth, clock, precision) is written out as zigzag's
 accelerator YAML, a LUT operator instance is exported to ONNX (the same module a campaign
 would time), and zigzag's cost model, with a small bounded mapping search, gives cycles and
-energy. Figures are cached per (key, design, lpf_limit) in the LUT database, so the
+energy. The design's dataflow says which loop dimensions its array may unroll (a fixed
+dataflow is what makes the hardware matter to the architecture: a depthwise convolution fills
+one row of an output-by-input-channel array). Figures are cached per (key, design, lpf_limit)
+in the LUT database, so the
 co-exploration can ask again for free. Only MAC layers cost anything in zigzag 3.9.1: its ONNX
 parser reads Conv (grouped and depthwise included), Gemm and MatMul, and turns every other node
 (activations, BN that export did not fold, pooling, Add/Mul of residuals and SE) into a
@@ -52,6 +55,23 @@ DRAM_PJ_PER_BIT = 11.0
 MAC_PJ_8BIT = 0.04
 
 
+# Dataflows: the loop dimensions zigzag may unroll over the array's rows (D1) and columns
+# (D2); it picks the best of a few spatial mappings drawn from these. ``flexible`` lets every
+# layer choose (a reconfigurable array, or an upper bound); the fixed ones are common designs.
+# Measured (zigzag 3.9.1, 16x16 PEs, 64 KiB, lpf_limit 4, 14x14 input, 32 channels): an MBConv
+# k3 e6 block takes 21.1k cycles on flexible, 21.4k on KOX and 38.3k on KC; a fused MBConv
+# k3 e3 27.6k on flexible and KC and 35.8k on KOX.
+DATAFLOWS: dict[str, dict[str, list[str]]] = {
+    # output channels (depthwise: groups) by input channels or output pixels
+    "flexible": {"D1": ["K", "G"], "D2": ["C", "OX", "OY"]},
+    # output by input channels, weight stationary, as a TPU's systolic array
+    "KC": {"D1": ["K", "G"], "D2": ["C"]},
+    # output channels by output columns, as ShiDianNao and Eyeriss-like row arrays
+    "KOX": {"D1": ["K", "G"], "D2": ["OX"]},
+}
+DEFAULT_DATAFLOW = "flexible"
+
+
 class AcceleratorError(UserError):
     """A design zigzag cannot model, or a layer it cannot map onto a design."""
 
@@ -72,10 +92,18 @@ class AcceleratorDesign:
     dram_bw: int = 32  # bytes per cycle
     clock_mhz: int = 500
     precision_bits: int = 8
+    dataflow: str = DEFAULT_DATAFLOW
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "dataflow":
+                if value not in DATAFLOWS:
+                    raise AcceleratorError(
+                        f"accelerator design: dataflow: {value!r} is not one of "
+                        f"{', '.join(DATAFLOWS)}"
+                    )
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise AcceleratorError(f"accelerator design: {f.name}: must be > 0, got {value!r}")
         problem = design_problem(self)
@@ -84,10 +112,12 @@ class AcceleratorDesign:
 
     @property
     def name(self) -> str:
-        """Readable and unique over every knob: the cache's key for the design."""
+        """Readable and unique over every knob: the cache's key for the design (a flexible
+        design keeps the name it had before dataflows were a knob, and so its cached rows)."""
+        flow = "" if self.dataflow == DEFAULT_DATAFLOW else f"-df{self.dataflow}"
         return (
             f"pe{self.pe_rows}x{self.pe_cols}-gb{self.global_buffer_kib}k-rf{self.reg_bytes}"
-            f"-bw{self.dram_bw}-c{self.clock_mhz}-i{self.precision_bits}"
+            f"-bw{self.dram_bw}-c{self.clock_mhz}-i{self.precision_bits}{flow}"
         )
 
     @property
@@ -107,9 +137,11 @@ class AcceleratorDesign:
         return {"pes": self.pes, "buffer_bytes": self.buffer_bytes}
 
 
-def knob_problem(knob: str, value: int) -> str | None:
+def knob_problem(knob: str, value: int | str) -> str | None:
     """Why zigzag cannot model one knob's value, or None."""
-    if knob in ("pe_rows", "pe_cols") and value > MAX_PE_SIDE:
+    if knob == "dataflow":
+        return None if value in DATAFLOWS else f"{value!r} is not one of {', '.join(DATAFLOWS)}"
+    if isinstance(value, int) and knob in ("pe_rows", "pe_cols") and value > MAX_PE_SIDE:
         return (
             f"{knob} {value} is above {MAX_PE_SIDE} (larger arrays are not checked with zigzag-dse)"
         )
@@ -136,7 +168,7 @@ LIMITS = ("max_pes", "max_buffer_bytes")
 class AcceleratorSpace:
     """A grid of designs (one list of values per knob), a default design and resource limits."""
 
-    knobs: dict[str, tuple[int, ...]]
+    knobs: dict[str, tuple[int | str, ...]]
     default: AcceleratorDesign
     max_pes: int | None = None
     max_buffer_bytes: int | None = None
@@ -152,8 +184,9 @@ class AcceleratorSpace:
         """Every combination of knob values zigzag can model, limits not applied."""
         designs = []
         for combo in itertools.product(*(self.knobs[k] for k in KNOBS)):
+            knobs: dict[str, Any] = dict(zip(KNOBS, combo))
             try:
-                designs.append(AcceleratorDesign(**dict(zip(KNOBS, combo))))
+                designs.append(AcceleratorDesign(**knobs))
             except AcceleratorError:
                 continue  # registers narrower than a weight in this combination
         return designs
@@ -175,12 +208,16 @@ def load_accelerator_space(path: str | Path) -> AcceleratorSpace:
     top.str("kind", "accelerator", choices=("accelerator",))
     top.str("description", "", empty=True)
     base = AcceleratorDesign()
-    knobs: dict[str, tuple[int, ...]] = {}
+    knobs: dict[str, tuple[int | str, ...]] = {}
     for knob in KNOBS:
-        values = top.int_list(knob, [getattr(base, knob)])
+        values: list[Any]
+        if knob == "dataflow":
+            values = top.str_list(knob, [base.dataflow])
+        else:
+            values = top.int_list(knob, [getattr(base, knob)])
         if not values:
             raise top.error(knob, "expected at least one value")
-        if min(values) <= 0:
+        if knob != "dataflow" and min(values) <= 0:
             raise top.error(knob, f"values must be > 0, got {min(values)}")
         for value in values:
             problem = knob_problem(knob, value)
@@ -206,11 +243,14 @@ def load_accelerator_space(path: str | Path) -> AcceleratorSpace:
     return AcceleratorSpace(knobs, default, max_pes, max_buffer, space.name, source)
 
 
-def _default(table: Fields, knobs: dict[str, tuple[int, ...]]) -> AcceleratorDesign:
+def _default(table: Fields, knobs: dict[str, tuple[int | str, ...]]) -> AcceleratorDesign:
     table.only(set(KNOBS))
-    chosen: dict[str, int] = {}
+    chosen: dict[str, Any] = {}
     for knob in KNOBS:
-        value = table.int(knob, knobs[knob][0], lo=1)
+        if knob == "dataflow":
+            value = table.str(knob, knobs[knob][0])
+        else:
+            value = table.int(knob, knobs[knob][0], lo=1)
         if value not in knobs[knob]:
             raise table.error(knob, f"{value} is not one of the knob's values {list(knobs[knob])}")
         chosen[knob] = value
@@ -307,15 +347,15 @@ def accelerator_yaml(design: AcceleratorDesign) -> dict[str, Any]:
     }
 
 
-# zigzag picks the best of a few spatial mappings drawn from these hints: output and input
-# channels (or depthwise groups) across the array, output pixels where channels run out.
-MAPPING_YAML: list[dict[str, Any]] = [
-    {
-        "name": "default",
-        "spatial_mapping_hint": {"D1": ["K", "G"], "D2": ["C", "OX", "OY"]},
-        "memory_operand_links": {"O": "O", "W": "I2", "I": "I1"},
-    }
-]
+def mapping_yaml(design: AcceleratorDesign) -> list[dict[str, Any]]:
+    """zigzag's mapping description: the design's dataflow as spatial mapping hints."""
+    return [
+        {
+            "name": "default",
+            "spatial_mapping_hint": DATAFLOWS[design.dataflow],
+            "memory_operand_links": {"O": "O", "W": "I2", "I": "I1"},
+        }
+    ]
 
 
 def _workload(onnx_bytes: bytes, bits: int) -> tuple[Any, list[str], int]:
@@ -456,7 +496,7 @@ def _evaluate(key: str, data: bytes, design: AcceleratorDesign, lpf_limit: int) 
         with tempfile.TemporaryDirectory() as tmp:
             acc, mapping = Path(tmp) / "accelerator.yaml", Path(tmp) / "mapping.yaml"
             acc.write_text(yaml.safe_dump(accelerator_yaml(design), sort_keys=False))
-            mapping.write_text(yaml.safe_dump(MAPPING_YAML, sort_keys=False))
+            mapping.write_text(yaml.safe_dump(mapping_yaml(design), sort_keys=False))
             try:
                 layers = _quiet_zigzag(model, str(acc), str(mapping), f"{tmp}/out", lpf_limit)
             except Exception as exc:  # zigzag raises bare exceptions for unmappable layers
@@ -527,14 +567,16 @@ def design_tables(
 
 
 def write_design_files(design: AcceleratorDesign, out: Path) -> list[Path]:
-    """The chosen design as a user keeps it: ``hardware.toml`` (its knobs and resources)
-    and ``accelerator.yaml`` (the description zigzag-dse evaluated)."""
+    """The chosen design as a user keeps it: ``hardware.toml`` (its knobs and resources),
+    and ``accelerator.yaml`` and ``mapping.yaml`` (the descriptions zigzag-dse evaluated)."""
     import yaml
 
     out.mkdir(parents=True, exist_ok=True)
     toml_path, yaml_path = out / "hardware.toml", out / "accelerator.yaml"
+    mapping_path = out / "mapping.yaml"
     body = {"name": design.name, "kind": "accelerator", **asdict(design)}
     body["resources"] = design.resources()
     toml_path.write_text(dumps_toml(body, f"accelerator design {design.name}"))
     yaml_path.write_text(yaml.safe_dump(accelerator_yaml(design), sort_keys=False))
-    return [toml_path, yaml_path]
+    mapping_path.write_text(yaml.safe_dump(mapping_yaml(design), sort_keys=False))
+    return [toml_path, yaml_path, mapping_path]

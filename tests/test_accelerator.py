@@ -54,6 +54,45 @@ def test_hand_counted_conv(conv1x1, capfd) -> None:
     assert out.out == "" and out.err == ""  # zigzag's logging kept off the terminal
 
 
+@pytest.fixture(scope="module")
+def depthwise(tmp_path_factory, single_thread) -> tuple[Path, int]:
+    """A 16-channel 3x3 depthwise convolution on an 8x8 input (padded), as ONNX, and its
+    MAC count by hand."""
+    path = tmp_path_factory.mktemp("accel") / "dw.onnx"
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False).eval()
+    to_onnx(conv, torch.randn(1, 16, 8, 8), path)
+    return path, 16 * 9 * 8 * 8  # channels * taps * output pixels
+
+
+def test_a_fixed_dataflow_costs_what_its_array_can_unroll(depthwise, conv1x1) -> None:
+    """On an output-by-input-channel array (KC) a depthwise layer has one input channel per
+    group: only the 8 rows work, so it takes at least MACs / 8 cycles; an array that unrolls
+    output columns (KOX) fills all 64 PEs. A dense 1x1 layer fills KC as it is."""
+    path, macs = depthwise
+    kc = evaluate_layer(path, AcceleratorDesign(pe_rows=8, pe_cols=8, dataflow="KC"))
+    kox = evaluate_layer(path, AcceleratorDesign(pe_rows=8, pe_cols=8, dataflow="KOX"))
+    rows_only = macs // 8
+    assert kc["ideal_cycles"] == kox["ideal_cycles"] == macs // 64
+    assert rows_only <= kc["cycles"] <= 1.5 * rows_only
+    assert kox["cycles"] < rows_only / 2 and kox["cycles"] >= macs // 64
+    dense, _ = conv1x1
+    flexible = evaluate_layer(dense, AcceleratorDesign(pe_rows=8, pe_cols=8))
+    assert evaluate_layer(dense, AcceleratorDesign(pe_rows=8, pe_cols=8, dataflow="KC")) == (
+        flexible
+    )
+
+
+def test_dataflow_names_and_refusals() -> None:
+    flexible, kc = AcceleratorDesign(), AcceleratorDesign(dataflow="KC")
+    # A flexible design keeps the name (the cache key) it had before dataflows existed.
+    assert flexible.name == "pe16x16-gb256k-rf16-bw32-c500-i8"
+    assert kc.name == flexible.name + "-dfKC" and kc.resources() == flexible.resources()
+    with pytest.raises(AcceleratorError, match="dataflow: 'CK' is not one of flexible, KC"):
+        AcceleratorDesign(dataflow="CK")
+    assert accel.mapping_yaml(kc)[0]["spatial_mapping_hint"] == {"D1": ["K", "G"], "D2": ["C"]}
+
+
 def test_lut_block_mac_layers() -> None:
     """An MBConv block from its LUT key: expand, depthwise and project convolutions are
     costed (each ideal = its MACs over the PEs), activations listed as not costed."""
@@ -116,6 +155,15 @@ max_pes = 128
 """
 
 
+def test_dataflow_is_a_knob(tmp_path: Path) -> None:
+    path = tmp_path / "space.toml"
+    path.write_text(BASE.replace("pe_cols = [8]", 'pe_cols = [8]\ndataflow = ["KC", "KOX"]'))
+    space = load_accelerator_space(path)
+    assert space.default.dataflow == "KC"  # the first value, as for every knob
+    assert sorted({d.dataflow for d in space.designs()}) == ["KC", "KOX"]
+    assert len(space.designs()) == 2 * len({(d.pe_rows, d.pe_cols) for d in space.designs()})
+
+
 @pytest.mark.parametrize(
     ("edit", "field", "needle"),
     [
@@ -131,6 +179,13 @@ max_pes = 128
         (("max_pes = 128", "max_pes = 32"), "limits.max_pes", "the smallest uses 64"),
         (("max_pes = 128", "max_buffer_bytes = 1000"), "limits.max_buffer_bytes", "uses 66816"),
         (("max_pes = 128", "max_pes = 128\nmax_area = 3"), "limits.max_area", "unknown field"),
+        (("pe_cols = [8]", 'pe_cols = [8]\ndataflow = ["KC", "XY"]'), "dataflow", "'XY' is"),
+        (("pe_cols = [8]", "pe_cols = [8]\ndataflow = [1]"), "dataflow", "non-empty strings"),
+        (
+            ("pe_rows = 8\n[limits]", 'pe_rows = 8\ndataflow = "KOX"\n[limits]'),
+            "default.dataflow",
+            "not one of",
+        ),
         (("pe_rows = 8\n[limits]", "pe_rows = 32\n[limits]"), "default.pe_rows", "not one of"),
         (
             ("pe_rows = 8\n[limits]\nmax_pes = 128", "pe_rows = 16\n[limits]\nmax_pes = 100"),
