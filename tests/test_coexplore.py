@@ -202,6 +202,7 @@ def test_coexplore_cli_names_both_halves(mini_supernet, tmp_path: Path, strategy
     assert design["name"] == res["hardware"]["name"] and design["kind"] == "accelerator"
     assert design["pe_rows"] == res["hardware"]["pe_rows"]
     assert "memories" in (out / "accelerator.yaml").read_text()
+    assert "spatial_mapping_hint" in (out / "mapping.yaml").read_text()
     # The fronts: each evaluated architecture on its tuned design and on the default one.
     pairs = res["pairs"]
     assert len(pairs) == res["evaluations"] and res["default"] == "pe8x8-gb64k-rf16-bw32-c500-i8"
@@ -213,7 +214,8 @@ def test_coexplore_cli_names_both_halves(mini_supernet, tmp_path: Path, strategy
 
         bundle = Path(res["final"]["bundle"])
         m = read_manifest(bundle)
-        assert check_files(bundle) == [] and {"model.onnx", "accelerator.yaml"} <= set(m["files"])
+        assert check_files(bundle) == []
+        assert {"model.onnx", "accelerator.yaml", "mapping.yaml"} <= set(m["files"])
         assert m["device"] == {
             "name": res["hardware"]["config"],
             "kind": "accelerator",
