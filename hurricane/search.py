@@ -258,10 +258,11 @@ class EvolutionSearch:
             self.state.seconds = time.perf_counter() - t0
             self._save()
             best, fit = self.top(1)[0]
+            # A generation can make nothing new: every mutation over budget or seen before.
+            mean = f"{np.mean([self.state.evaluated[a] for a in names]):.4f}" if names else "-"
             self.log(
                 f"generation {gen + 1}/{cfg.generations}: {len(pop)} new, best fitness "
-                f"{fit:.4f} at {self.state.latency[best]:.3f} ms, population mean "
-                f"{np.mean([self.state.evaluated[a] for a in names]):.4f}, "
+                f"{fit:.4f} at {self.state.latency[best]:.3f} ms, population mean {mean}, "
                 f"{len(self.state.evaluated)} evaluated, {self.state.rejected} over budget "
                 "rejected" + (f", {self.state.below} under the band" if cfg.min_fraction else "")
             )
