@@ -98,11 +98,9 @@ class AcceleratorDesign:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "dataflow":
-                if value not in DATAFLOWS:
-                    raise AcceleratorError(
-                        f"accelerator design: dataflow: {value!r} is not one of "
-                        f"{', '.join(DATAFLOWS)}"
-                    )
+                problem = knob_problem(f.name, value)
+                if problem:
+                    raise AcceleratorError(f"accelerator design: dataflow: {problem}")
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise AcceleratorError(f"accelerator design: {f.name}: must be > 0, got {value!r}")
