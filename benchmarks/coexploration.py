@@ -172,6 +172,7 @@ def main() -> None:
                         "tables_seconds": tables_s,
                     }
                 )
+                write_rows(args, rows)  # an interrupted run keeps the rows it finished
                 r = rows[-1]
                 print(
                     f"{hw.name} @ {budget:.4g} ms {method:>20}: acc {r['test_acc']:.4f} "
@@ -179,6 +180,20 @@ def main() -> None:
                     f"{evaluations} evaluated, {r['search_seconds']} s)",
                     flush=True,
                 )
+    path = write_rows(args, rows)
+    for line in goal_lines(rows):
+        print(line)
+    print(f"wrote {path} ({len(rows)} rows)")
+
+
+# Test accuracies within this of each other count as equal where a row has one seed: the
+# final models' seed spread on this space (search_comparison.json: 0.004-0.011 over five
+# seeds). With several seeds, twice the larger of the two rows' standard deviations.
+EQUAL_ACC = 0.01
+
+
+def write_rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> Path:
+    """Write the rows so far with what produced them."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / args.result
     meta = {
@@ -189,17 +204,8 @@ def main() -> None:
         "final_seeds": args.final_seeds,
         "provenance": provenance(),
     }
-    body = [{**r, **meta} for r in rows]
-    path.write_text(json.dumps(body, indent=1) + "\n")
-    for line in goal_lines(rows):
-        print(line)
-    print(f"wrote {path} ({len(rows)} rows)")
-
-
-# Test accuracies within this of each other count as equal where a row has one seed: the
-# final models' seed spread on this space (search_comparison.json: 0.004-0.011 over five
-# seeds). With several seeds, twice the larger of the two rows' standard deviations.
-EQUAL_ACC = 0.01
+    path.write_text(json.dumps([{**r, **meta} for r in rows], indent=1) + "\n")
+    return path
 
 
 def supernet_config(args: argparse.Namespace, out: Path) -> TrainConfig:
