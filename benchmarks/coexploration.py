@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/coexploration.py [--space benchmarks/spaces/coexplore.toml]
         [--targets HW.toml ...] [--budgets 40% 70%] [--training product|spos] [--steps 1500]
         [--final-steps 400] [--final-seeds 3] [--population 8] [--generations 3]
-        [--workers N] [--seed 0] [--out runs/bench-coexplore]
+        [--workers N] [--seed 0] [--out runs/bench-coexplore] [--methods coexplore_rl ...]
 
 The default space is the demo space with six of its ops and two widths (135 operator
 instances instead of 544), so that seven accelerator designs are costed and eight deployment
@@ -97,6 +97,13 @@ def main() -> None:
     ap.add_argument("--tune", default="fastest", help="fast exploration's rule (TUNE_RULES)")
     ap.add_argument("--out", default="runs/bench-coexplore")
     ap.add_argument("--result", default="coexploration.json")
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        choices=[m for m, _, _ in METHODS],
+        default=[m for m, _, _ in METHODS],
+        help="rerun only these; the result file's rows of the others are kept",
+    )
     args = ap.parse_args()
     out = Path(args.out)
     db = out / "lut.sqlite"
@@ -106,6 +113,7 @@ def main() -> None:
     sup = Path(cfg.out) / "supernet.pt"
     fitness = fitness_for(load_supernet(space, sup), data_for(cfg, space), cfg, args.seed)
     rows: list[dict[str, Any]] = []
+    kept = kept_rows(RESULTS / args.result, args.methods)
     for target in args.targets:
         t0 = time.perf_counter()
         hw = hardware_tables(target, space, db, args.lpf_limit, workers=args.workers)
@@ -120,6 +128,9 @@ def main() -> None:
             g = GenerateSettings(population=args.population, generations=args.generations)
             search = g.search_config(budget, args.seed)
             for method, strategy, fixed in METHODS:
+                if method not in args.methods:
+                    rows += kept.get((hw.name, round(budget, 6), method), [])
+                    continue
                 where = out / hw.name / f"{budget:.4g}"
                 found = STRATEGIES[strategy](
                     space, explorer, fitness, search, where / method, base if fixed else None
@@ -192,6 +203,17 @@ def main() -> None:
 EQUAL_ACC = 0.01
 
 
+def kept_rows(path: Path, methods: list[str]) -> dict[tuple[str, float, str], list[dict]]:
+    """The result file's rows of the methods not rerun, by (target, budget, method)."""
+    if not path.exists() or len(methods) == len(METHODS):
+        return {}
+    out: dict[tuple[str, float, str], list[dict]] = {}
+    for r in json.loads(path.read_text()):
+        if r["method"] not in methods:
+            out.setdefault((r["target"], r["budget_ms"], r["method"]), []).append(r)
+    return out
+
+
 def write_rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> Path:
     """Write the rows so far with what produced them."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -204,7 +226,9 @@ def write_rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> Path:
         "final_seeds": args.final_seeds,
         "provenance": provenance(),
     }
-    path.write_text(json.dumps([{**r, **meta} for r in rows], indent=1) + "\n")
+    # A kept row keeps the provenance of the run that made it.
+    body = [{**meta, **r} if "provenance" in r else {**r, **meta} for r in rows]
+    path.write_text(json.dumps(body, indent=1) + "\n")
     return path
 
 

@@ -346,25 +346,34 @@ def rl_search(
     a: float = 0.8,
     seed: int = 0,
     lr: float = 0.05,
+    evaluations: int | None = None,
 ) -> dict[str, Any]:
     """The controller's search: ``episodes`` pairs in batches of ``batch``, its hardware
     tokens over the configurations within the limits; a pair over budget on its
-    configuration gets -1 without an evaluation. Resumable after every batch from
-    ``out/rl_state.pt`` (each batch samples from its own seeded generator)."""
+    configuration gets -1 without an evaluation. With ``evaluations`` it stops once that
+    many architectures are evaluated (``episodes`` then caps it), so it can be given the
+    evolution's count. Resumable after every batch from ``out/rl_state.pt`` (each batch
+    samples from its own seeded generator)."""
     tokens_of = JointTokens(space, explorer.configs)
     agent = Reinforce(Controller(tokens_of.choices, seed=seed), lr=lr)
     done: list[dict[str, Any]] = []
     evaluated: dict[str, float] = {}
     seconds, t0 = 0.0, time.perf_counter()
     state_file = Path(out) / "rl_state.pt" if out else None
+    # States stored before ``evaluations`` existed still resume.
+    identity = [episodes, batch, a, seed, lr] + ([evaluations] if evaluations else [])
     if state_file is not None and state_file.exists():
         saved = torch.load(state_file, weights_only=True)
-        if saved["identity"] != [episodes, batch, a, seed, lr]:
+        if saved["identity"] != identity:
             raise UserError(f"{state_file}: a search with other settings is stored here")
         agent.load_state_dict(saved["agent"])
         done, evaluated = json.loads(saved["history"]), json.loads(saved["evaluated"])
         seconds = float(saved.get("seconds", 0.0))
-    while len(done) < episodes:
+
+    def enough() -> bool:
+        return len(done) >= episodes or bool(evaluations and len(evaluated) >= evaluations)
+
+    while not enough():
         b = len(done) // batch
         gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
         eps = []
@@ -385,13 +394,15 @@ def rl_search(
             eps.append((tokens, r))
             row = {"arch": str(arch), "config": cfg.name, "latency_ms": lat}
             done.append({**row, "fitness": acc, "reward": r})
+            if enough():
+                break
         agent.update(eps)
         if state_file is not None:
             state_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = state_file.with_suffix(".tmp")
             torch.save(
                 {
-                    "identity": [episodes, batch, a, seed, lr],
+                    "identity": identity,
                     "agent": agent.state_dict(),
                     "history": json.dumps(done),
                     "evaluated": json.dumps(evaluated),
@@ -489,12 +500,13 @@ def reinforce_pairs(
     latency: Latency | None = None,
     a: float = 0.8,
 ) -> PairResult | None:
-    """The controller over as many episodes as the evolution makes candidates
-    (population x generations); None when no episode found a pair within budget."""
+    """The controller until it has evaluated as many architectures as the evolution plans
+    to (pruned pairs and repeats cost no evaluation, so up to 20 episodes per evaluation);
+    None when no episode found a pair within budget."""
     if latency is not None:
         raise UserError("the controller chooses the configuration: it takes no fixed table")
-    episodes = cfg.population * cfg.generations
-    res = rl_search(space, explorer, fitness, episodes, out, seed=cfg.seed, a=a)
+    n = cfg.planned_evaluations()
+    res = rl_search(space, explorer, fitness, 20 * n, out, seed=cfg.seed, a=a, evaluations=n)
     if res["best"] is None:
         return None
     best = res["best"]

@@ -57,6 +57,11 @@ class SearchConfig:
     # search drifts below the budget it was given.
     min_fraction: float = 0.0
 
+    def planned_evaluations(self) -> int:
+        """The architectures the evolution evaluates when no generation falls short:
+        another strategy given the same search gets as many."""
+        return self.population + (self.generations - 1) * (self.mutations + self.crossovers)
+
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
         if not d["min_fraction"]:  # searches stored before the field existed still resume

@@ -172,7 +172,7 @@ def _coexplore(args: argparse.Namespace) -> int:
     found = STRATEGIES[args.strategy](space, explorer, fitness, cfg, out / args.strategy, a=args.a)
     if found is None:
         raise UserError(
-            f"no pair within {args.latency_ms:g} ms in {args.population * args.generations} "
+            f"no pair within {args.latency_ms:g} ms in {20 * cfg.planned_evaluations()} "
             "episodes; raise --latency-ms, --population or --generations"
         )
     arch, fit, evaluations, pruned = (

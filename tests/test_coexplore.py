@@ -286,3 +286,27 @@ def test_a_resumed_evolution_reports_the_same_pruned_pairs(tables, tmp_path: Pat
         first.pair_pruned_share,
         first.seconds,
     )
+
+
+def test_the_controller_gets_as_many_evaluations_as_the_evolution(tables) -> None:
+    from hurricane.coexplore import evolve_pairs, reinforce_pairs
+
+    space, latency = tables
+    rng = random.Random(2)
+    budget = float(
+        np.percentile(latency["threads2"]([space.sample_arch(rng) for _ in range(50)]), 50)
+    )
+    cfg = SearchConfig(budget_ms=budget, population=6, generations=2, mutations=3, crossovers=3)
+    assert cfg.planned_evaluations() == 12
+    calls: list[str] = []
+
+    def fitness(arch) -> float:
+        calls.append(str(arch))
+        return len(str(arch)) / 100
+
+    evo = evolve_pairs(space, FastExplorer(CONFIGS, latency, budget), fitness, cfg)
+    assert evo is not None and evo.evaluations == 12
+    calls.clear()
+    rl = reinforce_pairs(space, FastExplorer(CONFIGS, latency, budget), fitness, cfg)
+    # Pruned pairs and repeats are free, so it runs more episodes than evaluations.
+    assert rl is not None and rl.evaluations == len(calls) == 12
