@@ -274,11 +274,13 @@ def test_decisions_allow_for_the_noise_the_profile_measured(ort_lut, tmp_path: P
     budget = ms / (1 + row_noise(rows[arch], device_noise(db, spec))) * 0.98
     over = choose_measured(space, spec, ranked, budget, db, n=1, progress=False)
     assert not over["accepted"] and over["decision"]["verdict"] == "over budget"
+    # A profile whose best batch was a tenth of its typical one (noise 0.9): the second
+    # measurement, itself often 30% off on this shared VM, stays within that noise.
     with sqlite3.connect(db) as conn:
         conn.execute(
             "UPDATE runs SET info = json_set(info, '$.drift.reference_best_ms', 0.01, "
-            "'$.drift.reference_median_ms', 0.02)"
+            "'$.drift.reference_median_ms', 0.1)"
         )
-    assert device_noise(db, spec) == 0.5
+    assert device_noise(db, spec) == pytest.approx(0.9)
     near = choose_measured(space, spec, ranked, budget, db, n=1, progress=False)
     assert near["accepted"] and near["decision"]["verdict"] == "within noise of the budget"
