@@ -114,6 +114,14 @@ def main() -> None:
     fitness = fitness_for(load_supernet(space, sup), data_for(cfg, space), cfg, args.seed)
     rows: list[dict[str, Any]] = []
     kept = kept_rows(RESULTS / args.result, args.methods)
+    meta = {  # what produced each new row; a kept row keeps its own
+        "space": args.space,
+        "training": args.training,
+        "steps": args.steps,
+        "final_steps": args.final_steps,
+        "final_seeds": args.final_seeds,
+        "provenance": provenance(),
+    }
     for target in args.targets:
         t0 = time.perf_counter()
         hw = hardware_tables(target, space, db, args.lpf_limit, workers=args.workers)
@@ -181,6 +189,7 @@ def main() -> None:
                         "pruned_archs_share": found.pruned_share,
                         "search_seconds": round(seconds, 1),
                         "tables_seconds": tables_s,
+                        **meta,
                     }
                 )
                 write_rows(args, rows)  # an interrupted run keeps the rows it finished
@@ -215,20 +224,10 @@ def kept_rows(path: Path, methods: list[str]) -> dict[tuple[str, float, str], li
 
 
 def write_rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> Path:
-    """Write the rows so far with what produced them."""
+    """Write the rows so far."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / args.result
-    meta = {
-        "space": args.space,
-        "training": args.training,
-        "steps": args.steps,
-        "final_steps": args.final_steps,
-        "final_seeds": args.final_seeds,
-        "provenance": provenance(),
-    }
-    # A kept row keeps the provenance of the run that made it.
-    body = [{**meta, **r} if "provenance" in r else {**r, **meta} for r in rows]
-    path.write_text(json.dumps(body, indent=1) + "\n")
+    path.write_text(json.dumps(rows, indent=1) + "\n")
     return path
 
 

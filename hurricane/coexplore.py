@@ -491,6 +491,11 @@ def evolve_pairs(
     )
 
 
+# How many episodes the controller may spend per evaluation it is owed: pruned pairs and
+# repeats cost no evaluation, and a policy that settles on few architectures must still stop.
+EPISODES_PER_EVALUATION = 20
+
+
 def reinforce_pairs(
     space: SearchSpace,
     explorer: FastExplorer,
@@ -501,12 +506,13 @@ def reinforce_pairs(
     a: float = 0.8,
 ) -> PairResult | None:
     """The controller until it has evaluated as many architectures as the evolution plans
-    to (pruned pairs and repeats cost no evaluation, so up to 20 episodes per evaluation);
-    None when no episode found a pair within budget."""
+    to, in at most ``EPISODES_PER_EVALUATION`` episodes per evaluation; None when no
+    episode found a pair within budget."""
     if latency is not None:
         raise UserError("the controller chooses the configuration: it takes no fixed table")
     n = cfg.planned_evaluations()
-    res = rl_search(space, explorer, fitness, 20 * n, out, seed=cfg.seed, a=a, evaluations=n)
+    episodes = EPISODES_PER_EVALUATION * n
+    res = rl_search(space, explorer, fitness, episodes, out, seed=cfg.seed, a=a, evaluations=n)
     if res["best"] is None:
         return None
     best = res["best"]

@@ -141,7 +141,7 @@ def hardware_tables(
 
 
 def _coexplore(args: argparse.Namespace) -> int:
-    from hurricane.coexplore import STRATEGIES, FastExplorer, fronts
+    from hurricane.coexplore import EPISODES_PER_EVALUATION, STRATEGIES, FastExplorer, fronts
     from hurricane.space_file import load_space
     from hurricane.two_stage import data_for, fitness_for, load_supernet
 
@@ -172,7 +172,8 @@ def _coexplore(args: argparse.Namespace) -> int:
     found = STRATEGIES[args.strategy](space, explorer, fitness, cfg, out / args.strategy, a=args.a)
     if found is None:
         raise UserError(
-            f"no pair within {args.latency_ms:g} ms in {20 * cfg.planned_evaluations()} "
+            f"no pair within {args.latency_ms:g} ms in "
+            f"{EPISODES_PER_EVALUATION * cfg.planned_evaluations()} "
             "episodes; raise --latency-ms, --population or --generations"
         )
     arch, fit, evaluations, pruned = (
